@@ -1,0 +1,89 @@
+"""Store errors and the classification of backend exceptions into them."""
+
+from __future__ import annotations
+
+import re
+
+import obstore.exceptions as obx
+
+from hometier.errors import Conflict, Error, NotFound
+
+
+class StoreError(Error):
+    """Object storage error: {}"""
+
+    exit_code = 6
+    http_status = 502
+
+
+class StoreUnavailable(StoreError):
+    """Object storage at {} did not answer after {} attempts: {}"""
+
+    http_status = 503
+
+
+class AccessDenied(StoreError):
+    """Access to {} was denied: check the credentials (AWS_*, GOOGLE_*, AZURE_* variables). {}"""
+
+    http_status = 502
+
+
+class BucketNotFound(StoreError):
+    """The bucket or container of {} does not exist: {}"""
+
+
+class ObjectNotFound(StoreError, NotFound):
+    """Object {} not found in the repository."""
+
+    exit_code = 3
+    http_status = 404
+
+
+class ObjectExists(StoreError, Conflict):
+    """Object {} already exists."""
+
+    exit_code = 4
+    http_status = 409
+
+
+_STATUS = re.compile(r"status code: (\d{3})")
+_PERMANENT_CODES = ("NoSuchBucket", "InvalidBucketName", "ContainerNotFound", "AccountIsDisabled")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when retrying the same request may succeed (network, throttling, 5xx)."""
+    if isinstance(
+        exc,
+        FileNotFoundError
+        | obx.NotFoundError
+        | obx.PermissionDeniedError
+        | obx.UnauthenticatedError
+        | obx.AlreadyExistsError
+        | obx.PreconditionError
+        | obx.InvalidPathError
+        | obx.NotSupportedError
+        | obx.UnknownConfigurationKeyError
+        | FileExistsError
+        | PermissionError
+        | IsADirectoryError
+        | NotADirectoryError,
+    ):
+        return False
+    text = str(exc)
+    if any(code in text for code in _PERMANENT_CODES):
+        return False
+    m = _STATUS.search(text)
+    if m:
+        status = int(m.group(1))
+        return status >= 500 or status in (408, 429)
+    if isinstance(exc, OSError) and getattr(exc, "errno", None) is not None:
+        # Local filesystem: a full disk or read-only volume will not heal by retrying.
+        return False
+    # Connection refused/reset, timeouts, truncated bodies: obstore raises GenericError.
+    return True
+
+
+def short(exc: BaseException) -> str:
+    """The first line of a backend error, without obstore's debug dump."""
+    text = str(exc).split("\n\nDebug source:")[0].strip()
+    return text.splitlines()[0][:500] if text else type(exc).__name__
