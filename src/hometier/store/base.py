@@ -21,6 +21,7 @@ from hometier.store.errors import (
     StoreUnavailable,
     is_transient,
     short,
+    status_code,
 )
 
 T = TypeVar("T")
@@ -125,7 +126,9 @@ class Store:
             return ObjectNotFound(key)
         if isinstance(exc, obx.AlreadyExistsError | obx.PreconditionError | FileExistsError):
             return ObjectExists(key)
-        if isinstance(exc, obx.PermissionDeniedError | obx.UnauthenticatedError | PermissionError):
+        if isinstance(
+            exc, obx.PermissionDeniedError | obx.UnauthenticatedError | PermissionError
+        ) or status_code(exc) in (401, 403):  # S3 list errors are GenericError
             return AccessDenied(self.url, short(exc))
         if "NoSuchBucket" in str(exc) or "ContainerNotFound" in str(exc):
             return BucketNotFound(self.url, short(exc))
@@ -135,7 +138,9 @@ class Store:
 
     # --- operations ---------------------------------------------------------------
 
-    def put(self, key: str, data: bytes | bytearray | memoryview, *, if_absent: bool = False) -> None:
+    def put(
+        self, key: str, data: bytes | bytearray | memoryview, *, if_absent: bool = False
+    ) -> None:
         """Write ``data`` at ``key`` in one request.
 
         With ``if_absent`` the write fails with ``ObjectExists`` when the key exists
@@ -151,8 +156,10 @@ class Store:
             if if_absent and not self.supports_create:
                 if self._exists_raw(key):
                     raise FileExistsError(key)
-            mode = "create" if if_absent and self.supports_create else "overwrite"
-            obstore.put(self._backend, key, payload, mode=mode, use_multipart=False)
+            if if_absent and self.supports_create:
+                obstore.put(self._backend, key, payload, mode="create", use_multipart=False)
+            else:
+                obstore.put(self._backend, key, payload, mode="overwrite", use_multipart=False)
 
         try:
             self._call("put", key, do)

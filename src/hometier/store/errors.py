@@ -47,7 +47,22 @@ class ObjectExists(StoreError, Conflict):
 
 
 _STATUS = re.compile(r"status code: (\d{3})")
-_PERMANENT_CODES = ("NoSuchBucket", "InvalidBucketName", "ContainerNotFound", "AccountIsDisabled")
+_PERMANENT_CODES = (
+    "NoSuchBucket",
+    "InvalidBucketName",
+    "ContainerNotFound",
+    "AccountIsDisabled",
+    # A range outside the object (memory and local stores say so without a status code).
+    "InvalidRange",
+    "Invalid range",
+    "Requested range was invalid",
+)
+
+
+def status_code(exc: BaseException) -> int | None:
+    """The HTTP status in a backend error's text (obstore's GenericError has no field)."""
+    m = _STATUS.search(str(exc))
+    return int(m.group(1)) if m else None
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -66,15 +81,17 @@ def is_transient(exc: BaseException) -> bool:
         | FileExistsError
         | PermissionError
         | IsADirectoryError
-        | NotADirectoryError,
+        | NotADirectoryError
+        # Invalid arguments (obstore: an empty or inverted range) never heal.
+        | ValueError
+        | TypeError,
     ):
         return False
     text = str(exc)
     if any(code in text for code in _PERMANENT_CODES):
         return False
-    m = _STATUS.search(text)
-    if m:
-        status = int(m.group(1))
+    status = status_code(exc)
+    if status is not None:
         return status >= 500 or status in (408, 429)
     if isinstance(exc, OSError) and getattr(exc, "errno", None) is not None:
         # Local filesystem: a full disk or read-only volume will not heal by retrying.

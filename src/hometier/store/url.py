@@ -53,8 +53,8 @@ def open_store(url: str, *, retry: Retry | None = None) -> Store:
         return Store(backend, url, retry=retry)
     if scheme == "s3":
         endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        config: dict[str, Any] = {}
-        client = dict(_CLIENT)
+        config: Any = {}
+        client: Any = dict(_CLIENT)
         if endpoint:
             config["endpoint"] = endpoint
             if endpoint.startswith("http://"):
@@ -65,6 +65,12 @@ def open_store(url: str, *, retry: Retry | None = None) -> Store:
                     )
                 client["allow_http"] = True
             config.setdefault("virtual_hosted_style_request", False)
+            if _loopback(endpoint) and not os.environ.get("AWS_ACCESS_KEY_ID"):
+                # Without this obstore would go looking for instance credentials.
+                raise UsageError(
+                    f"no credentials for {endpoint}: set AWS_ACCESS_KEY_ID and "
+                    "AWS_SECRET_ACCESS_KEY"
+                )
         if not os.environ.get("AWS_REGION") and not os.environ.get("AWS_DEFAULT_REGION"):
             config["region"] = "us-east-1"
         backend = S3Store.from_url(

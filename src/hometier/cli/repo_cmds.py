@@ -1,0 +1,201 @@
+"""Verbs that work on the repository alone: init, backup, restore, snapshots, check."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from rich.table import Table
+
+from hometier.cli.output import emit_json, err, human, out, progress_bar
+from hometier.config import Hometier
+from hometier.engine import backup, check, restore
+from hometier.engine.archive import Progress as BackupProgress
+from hometier.engine.restore import RestoreProgress
+from hometier.lifecycle.homes import HomeLayout, check_username
+from hometier.repo import Repository
+from hometier.repo.snapshot import Snapshot
+from hometier.store import open_store
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    """Flags accepted after the verb as well as before it."""
+    p.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print one JSON document for scripts",
+    )
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("init", help="create a repository at the store URL")
+    p.set_defaults(handler=cmd_init)
+
+    p = sub.add_parser("backup", help="snapshot a user's home, leaving it as it is")
+    p.add_argument("user")
+    p.add_argument("--source", help="folder to archive instead of the user's home")
+    p.add_argument("--full", action="store_true", help="read every file (no parent snapshot)")
+    p.set_defaults(handler=cmd_backup)
+
+    p = sub.add_parser("restore", help="restore a user's snapshot into an empty folder")
+    p.add_argument("user")
+    p.add_argument("--snapshot", default="latest", help="snapshot id or prefix (default: latest)")
+    p.add_argument("--target", help="folder to restore into (absent or empty); default: the home")
+    p.set_defaults(handler=cmd_restore)
+
+    p = sub.add_parser("snapshots", help="list a user's snapshots")
+    p.add_argument("user", nargs="?")
+    p.set_defaults(handler=cmd_snapshots)
+
+    p = sub.add_parser("check", help="verify the repository")
+    p.add_argument("--read-data", action="store_true", help="also download and hash every blob")
+    p.set_defaults(handler=cmd_check)
+    for parser in sub.choices.values():
+        add_common(parser)
+
+
+def _repo(cfg: Hometier, *, create: bool = False) -> tuple[Repository, bool]:
+    store = open_store(cfg.store)
+    if create:
+        return Repository.open_or_create(store)
+    return Repository.open(store), False
+
+
+def cmd_init(args: argparse.Namespace, cfg: Hometier) -> int:
+    repo = Repository.create(open_store(cfg.store))
+    if args.json:
+        emit_json({"created": True, "id": repo.config.id, "url": repo.store.url})
+    else:
+        out.print(f"created repository {repo.config.id} at {repo.store.url}")
+    return 0
+
+
+def cmd_backup(args: argparse.Namespace, cfg: Hometier) -> int:
+    user = check_username(args.user)
+    source = args.source or str(HomeLayout(cfg.homes, cfg.home_template).path(user))
+    repo, created = _repo(cfg, create=True)
+    if created and not args.json:
+        err.print(f"created a new repository at {repo.store.url}")
+    parent = None
+    if not args.full:
+        snaps = repo.list_snapshots(user)
+        parent = snaps[-1] if snaps else None
+    with progress_bar(f"archiving {user}", not args.json) as bar:
+
+        def show(p: BackupProgress) -> None:
+            if bar is not None:
+                bar.update(
+                    bar.task_ids[0],
+                    completed=p.bytes_read,
+                    description=f"archiving {user}: {p.files} files",
+                )
+
+        snap = backup(
+            repo,
+            source,
+            user=user,
+            parent=parent,
+            workers=cfg.workers,
+            pack_size=cfg.pack_size_mb * 1024 * 1024,
+            progress=show,
+        )
+    if args.json:
+        emit_json(
+            {
+                "snapshot": snap.id,
+                "user": user,
+                "parent": snap.parent,
+                "stats": dataclasses.asdict(snap.stats),
+                "store": repo.store.stats.snapshot(),
+            }
+        )
+    else:
+        s = snap.stats
+        out.print(snap.id)
+        err.print(
+            f"{s.files} files, {human(s.bytes)}; read {human(s.bytes_read)}, "
+            f"stored {human(s.bytes_new_stored)} new in {s.packs_new} pack(s)"
+        )
+        for kind in ("skipped", "changed", "errors"):
+            for line in getattr(s, kind):
+                err.print(f"[yellow]{kind}:[/yellow] {line}", highlight=False)
+    return 0 if snap.stats.complete else 1
+
+
+def cmd_restore(args: argparse.Namespace, cfg: Hometier) -> int:
+    user = check_username(args.user)
+    target = args.target or str(HomeLayout(cfg.homes, cfg.home_template).path(user))
+    repo, _ = _repo(cfg)
+    snap = repo.find_snapshot(args.snapshot, user)
+    with progress_bar(f"restoring {user}", not args.json) as bar:
+
+        def show(p: RestoreProgress) -> None:
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=p.bytes_done, total=p.bytes_total)
+
+        stats = restore(repo, snap, target, workers=cfg.workers, progress=show)
+    if args.json:
+        emit_json({"snapshot": snap.id, "target": target, "stats": dataclasses.asdict(stats)})
+    else:
+        err.print(
+            f"restored {snap.id[:12]} into {target}: {stats.files} files, "
+            f"{human(stats.bytes)} in {stats.seconds:.1f}s"
+        )
+    return 0
+
+
+def _snap_row(s: Snapshot) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "user": s.user,
+        "time": s.time.isoformat(),
+        "files": s.stats.files,
+        "bytes": s.stats.bytes,
+        "stored_bytes": s.stats.bytes_new_stored,
+        "parent": s.parent,
+        "complete": s.stats.complete,
+    }
+
+
+def cmd_snapshots(args: argparse.Namespace, cfg: Hometier) -> int:
+    if args.user:
+        check_username(args.user)
+    repo, _ = _repo(cfg)
+    snaps = repo.list_snapshots(args.user)
+    if args.json:
+        emit_json([_snap_row(s) for s in snaps])
+        return 0
+    table = Table("id", "user", "time", "files", "size", "stored")
+    for s in snaps:
+        table.add_row(
+            s.id[:12],
+            s.user,
+            s.time.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            str(s.stats.files),
+            human(s.stats.bytes),
+            human(s.stats.bytes_new_stored),
+        )
+    out.print(table)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, cfg: Hometier) -> int:
+    repo, _ = _repo(cfg)
+    report = check(repo, read_data=args.read_data, workers=cfg.workers)
+    if args.json:
+        emit_json(dataclasses.asdict(report) | {"ok": report.ok})
+    else:
+        out.print(
+            f"ok: {report.snapshots} snapshots, {report.trees} trees, {report.packs} packs"
+            + (
+                f", {report.packs_read} packs read ({human(report.bytes_read)})"
+                if args.read_data
+                else ""
+            )
+        )
+        for w in report.warnings:
+            err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
+    return 0

@@ -1,0 +1,90 @@
+"""Configuration shared by the edges (CLI, service, hub), in JupyterHub's traitlets style.
+
+Values come, in increasing precedence, from defaults, ``HOMETIER_*`` environment
+variables, a config file (``hometier_config.py``/``.json``: ``c.Hometier.store = ...``)
+and command-line flags. Only the edges read configuration; the engine gets arguments.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from traitlets import Integer, Unicode, default
+from traitlets.config import Config, Configurable
+from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
+
+from hometier.errors import UsageError
+
+DEFAULT_DIR = ".hometier"
+
+
+class Hometier(Configurable):
+    """Where homes live, where they are archived, where state is kept."""
+
+    homes = Unicode(
+        help="Root folder of the homes (the POSIX volume). Env: HOMETIER_HOMES.",
+    ).tag(config=True)
+
+    store = Unicode(
+        help=(
+            "Repository URL: file://PATH, s3://BUCKET/PREFIX, gs://BUCKET/PREFIX, "
+            "az://CONTAINER/PREFIX. Credentials come from each cloud's standard "
+            "variables (AWS_*, GOOGLE_*, AZURE_*). Env: HOMETIER_STORE."
+        ),
+    ).tag(config=True)
+
+    db = Unicode(
+        help="SQLAlchemy URL of the state database (SQLite or PostgreSQL). Env: HOMETIER_DB.",
+    ).tag(config=True)
+
+    home_template = Unicode(
+        "{username}",
+        help=(
+            "Folder of a user's home, relative to `homes`; `{username}` is replaced by "
+            "the user name. Names that would leave the homes root are refused."
+        ),
+    ).tag(config=True)
+
+    workers = Integer(4, help="Threads that read, hash, compress and transfer in parallel.").tag(
+        config=True
+    )
+
+    pack_size_mb = Integer(32, help="Target size of a pack object, in MiB.").tag(config=True)
+
+    @default("homes")
+    def _homes_default(self) -> str:
+        return os.environ.get("HOMETIER_HOMES", "/home")
+
+    @default("store")
+    def _store_default(self) -> str:
+        return os.environ.get("HOMETIER_STORE", f"file://{DEFAULT_DIR}/repo")
+
+    @default("db")
+    def _db_default(self) -> str:
+        return os.environ.get("HOMETIER_DB", f"sqlite:///{DEFAULT_DIR}/state.db")
+
+
+def load_config(path: str | None) -> Config:
+    """Read a Python or JSON config file; ``UsageError`` if it is missing or broken."""
+    if not path:
+        for candidate in ("hometier_config.py", "hometier_config.json"):
+            if Path(candidate).is_file():
+                path = candidate
+                break
+        else:
+            return Config()
+    p = Path(path)
+    if not p.is_file():
+        raise UsageError(f"config file {path} does not exist")
+    loader: Any
+    if p.suffix == ".json":
+        loader = JSONFileConfigLoader(p.name, path=str(p.parent.absolute()))
+    else:
+        loader = PyFileConfigLoader(p.name, path=str(p.parent.absolute()))
+    try:
+        cfg: Config = loader.load_config()
+        return cfg
+    except Exception as exc:
+        raise UsageError(f"config file {path} could not be read: {exc}") from exc

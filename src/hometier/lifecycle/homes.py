@@ -1,0 +1,50 @@
+"""Map user names to home folders, refusing names that would escape the homes root."""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from pathlib import Path
+
+from hometier.errors import UsageError
+
+MAX_NAME = 255
+
+
+class InvalidUsername(UsageError):
+    """Invalid user name {!r}: {}."""
+
+
+def check_username(user: str) -> str:
+    """Return ``user`` if it is a safe single path component, else raise ``InvalidUsername``."""
+    if not user:
+        raise InvalidUsername(user, "it is empty")
+    if len(user) > MAX_NAME:
+        raise InvalidUsername(user[:40] + "...", f"longer than {MAX_NAME} characters")
+    if "/" in user or "\\" in user or "\0" in user:
+        raise InvalidUsername(user, "it contains a path separator or NUL")
+    if user in (".", "..") or user.startswith("."):
+        raise InvalidUsername(user, "it starts with a dot")
+    if any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in user):
+        raise InvalidUsername(user, "it contains control characters")
+    try:
+        user.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidUsername(user, "it is not valid Unicode") from None
+    return user
+
+
+class HomeLayout:
+    """Where each user's home lives: ``root / template.format(username=user)``."""
+
+    def __init__(self, root: str | os.PathLike[str], template: str = "{username}") -> None:
+        self.root = Path(os.path.abspath(root))
+        self.template = template
+
+    def path(self, user: str) -> Path:
+        check_username(user)
+        rel = self.template.format(username=user)
+        full = Path(os.path.normpath(self.root / rel))
+        if full == self.root or self.root not in full.parents:
+            raise InvalidUsername(user, f"its home would be outside {self.root}")
+        return full

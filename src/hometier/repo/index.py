@@ -1,0 +1,129 @@
+"""The index: which pack holds each blob, in memory and in ``index/`` objects.
+
+An index object is one zstd frame of::
+
+    magic "HTINDEX\\x01" | npacks u32 | per pack: pack_id[32] pack_size u64 count u32
+        entries (pack.ENTRY each) | checksum[16]
+
+``checksum`` is the first 16 bytes of the plain BLAKE3 of everything before it. An
+index object is written after every pack it names is durable, and its key is
+``index/<hex of the plain BLAKE3 of the object>``.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import zstandard
+
+from hometier.errors import IntegrityError
+from hometier.repo.ids import BlobId, BlobType, Compression, PackId, plain_hash
+from hometier.repo.pack import CHECKSUM_LEN, ENTRY, Entry, decode_entries, encode_entries
+
+MAGIC = b"HTINDEX\x01"
+HEAD = struct.Struct("<8sI")
+PACK = struct.Struct("<32sQI")
+MAX_INDEX_RAW = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A blob's place: pack, offset and lengths, type and compression."""
+
+    pack: PackId
+    offset: int
+    stored_len: int
+    raw_len: int
+    type: BlobType
+    comp: Compression
+
+
+@dataclass
+class PackRecord:
+    id: PackId
+    size: int
+    entries: list[Entry]
+
+
+def encode_index(packs: Iterable[PackRecord]) -> bytes:
+    packs = list(packs)
+    parts = [HEAD.pack(MAGIC, len(packs))]
+    for p in packs:
+        parts.append(PACK.pack(p.id, p.size, len(p.entries)))
+        parts.append(encode_entries(p.entries))
+    body = b"".join(parts)
+    body += plain_hash(body)[:CHECKSUM_LEN]
+    return zstandard.ZstdCompressor(level=3).compress(body)
+
+
+def decode_index(data: bytes) -> list[PackRecord]:
+    """Parse an index object; ``IntegrityError`` on any inconsistency."""
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(data)
+        body = reader.read(MAX_INDEX_RAW + 1)
+    except zstandard.ZstdError as exc:
+        raise IntegrityError(f"index object does not decompress: {exc}") from exc
+    if len(body) > MAX_INDEX_RAW:
+        raise IntegrityError("index object is too large")
+    if len(body) < HEAD.size + CHECKSUM_LEN:
+        raise IntegrityError("index object is truncated")
+    if plain_hash(body[:-CHECKSUM_LEN])[:CHECKSUM_LEN] != body[-CHECKSUM_LEN:]:
+        raise IntegrityError("index object checksum mismatch")
+    magic, npacks = HEAD.unpack_from(body, 0)
+    if magic != MAGIC:
+        raise IntegrityError("not an index object")
+    pos = HEAD.size
+    end = len(body) - CHECKSUM_LEN
+    out: list[PackRecord] = []
+    for _ in range(npacks):
+        if pos + PACK.size > end:
+            raise IntegrityError("index object is truncated")
+        pid, size, count = PACK.unpack_from(body, pos)
+        pos += PACK.size
+        n = count * ENTRY.size
+        if pos + n > end:
+            raise IntegrityError("index object is truncated")
+        out.append(PackRecord(PackId(pid), size, decode_entries(body[pos : pos + n], count)))
+        pos += n
+    if pos != end:
+        raise IntegrityError("index object has trailing bytes")
+    return out
+
+
+class Index:
+    """The in-memory map blob -> ``Location``; thread-safe for concurrent readers/adders."""
+
+    def __init__(self) -> None:
+        self._map: dict[bytes, Location] = {}
+        self._packs: dict[bytes, int] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._map)
+
+    def __contains__(self, bid: object) -> bool:
+        return bid in self._map
+
+    def get(self, bid: BlobId) -> Location | None:
+        return self._map.get(bid)
+
+    def add_pack(self, rec: PackRecord) -> None:
+        pid = rec.id
+        with self._lock:
+            self._packs[pid] = rec.size
+            for e in rec.entries:
+                if e.id not in self._map:
+                    self._map[e.id] = Location(
+                        pid, e.offset, e.stored_len, e.raw_len, e.type, e.comp
+                    )
+
+    def packs(self) -> dict[bytes, int]:
+        """Pack id -> size, for every pack any index object names."""
+        with self._lock:
+            return dict(self._packs)
+
+    def items(self) -> Iterator[tuple[bytes, Location]]:
+        return iter(list(self._map.items()))

@@ -1,0 +1,307 @@
+"""``Repository``: open or create one, load its index, read and write blobs and snapshots."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+from hometier.errors import IntegrityError, NotFound
+from hometier.repo import codec
+from hometier.repo.config import (
+    CONFIG_KEY,
+    NotARepository,
+    RepoConfig,
+    RepositoryNotFound,
+    UnsupportedVersion,
+)
+from hometier.repo.ids import BlobId, SnapshotId, blob_id, pack_key, plain_hash
+from hometier.repo.index import Index, Location, PackRecord, decode_index, encode_index
+from hometier.repo.snapshot import Snapshot, user_key
+from hometier.repo.tree import Node, decode_tree
+from hometier.repo.writer import BlobWriter
+from hometier.store import ObjectExists, ObjectNotFound, Store
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "NotARepository",
+    "Repository",
+    "RepositoryNotFound",
+    "SnapshotNotFound",
+    "UnsupportedVersion",
+]
+
+GAP = 256 * 1024
+"""Blobs of one pack closer than this are fetched in one range request."""
+SEGMENT = 16 * 1024 * 1024
+"""The most one range request fetches; bounds memory per fetch worker."""
+
+
+class SnapshotNotFound(NotFound):
+    """Snapshot {} not found."""
+
+
+class Repository:
+    """An opened repository. Thread-safe for reading; writing goes through ``writer()``."""
+
+    def __init__(self, store: Store, config: RepoConfig) -> None:
+        self.store = store
+        self.config = config
+        self.index = Index()
+        self._loaded_index: set[str] = set()
+        self._index_lock = threading.Lock()
+
+    # --- opening ------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, store: Store) -> Repository:
+        """Open an existing repository; ``RepositoryNotFound`` / ``NotARepository``."""
+        try:
+            data = store.get(CONFIG_KEY)
+        except ObjectNotFound:
+            if next(iter(store.list("")), None) is not None:
+                raise NotARepository(store.url) from None
+            raise RepositoryNotFound(store.url) from None
+        return cls(store, RepoConfig.from_bytes(data, store.url))
+
+    @classmethod
+    def create(cls, store: Store, config: RepoConfig | None = None) -> Repository:
+        """Create a repository in an empty location (atomic where the store allows).
+
+        Raises ``NotARepository`` if the location holds anything, including another
+        repository (use ``open`` for that).
+        """
+        if next(iter(store.list("")), None) is not None:
+            raise NotARepository(store.url)
+        config = config or RepoConfig.new()
+        try:
+            store.put(CONFIG_KEY, config.to_bytes(), if_absent=True)
+        except ObjectExists:
+            raise NotARepository(store.url) from None
+        log.info("created repository %s at %s", config.id, store.url)
+        return cls(store, config)
+
+    @classmethod
+    def open_or_create(cls, store: Store) -> tuple[Repository, bool]:
+        """Open, or create in an empty location; returns (repository, created)."""
+        try:
+            return cls.open(store), False
+        except RepositoryNotFound:
+            try:
+                return cls.create(store), True
+            except NotARepository:
+                # Someone else created it between our two looks.
+                return cls.open(store), False
+
+    @property
+    def key(self) -> bytes:
+        return self.config.blob_key
+
+    def blob_id(self, data: bytes | memoryview) -> BlobId:
+        return blob_id(self.config.blob_key, data)
+
+    # --- index --------------------------------------------------------------------
+
+    def load_index(self, workers: int = 8) -> int:
+        """Read every index object not read yet; returns how many blobs are known.
+
+        Idempotent and cheap to call again: only new index objects are fetched.
+        """
+        keys = [o.key for o in self.store.list("index/") if o.key not in self._loaded_index]
+        if not keys:
+            return len(self.index)
+
+        def fetch(key: str) -> tuple[str, list[PackRecord]]:
+            data = self.store.get(key)
+            if plain_hash(data).hex() != key.rsplit("/", 1)[-1]:
+                raise IntegrityError(f"index object {key} does not match its name")
+            return key, decode_index(data)
+
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
+            for key, recs in pool.map(fetch, keys):
+                for rec in recs:
+                    self.index.add_pack(rec)
+                with self._index_lock:
+                    self._loaded_index.add(key)
+        return len(self.index)
+
+    def write_index(self, packs: list[PackRecord]) -> str:
+        """Write one index object naming ``packs`` (already durable); returns its key."""
+        data = encode_index(packs)
+        key = f"index/{plain_hash(data).hex()}"
+        try:
+            self.store.put(key, data, if_absent=True)
+        except ObjectExists:
+            pass
+        for rec in packs:
+            self.index.add_pack(rec)
+        with self._index_lock:
+            self._loaded_index.add(key)
+        return key
+
+    def writer(self, *, pack_size: int = 32 * 1024 * 1024, uploads: int = 2) -> BlobWriter:
+        return BlobWriter(self, pack_size=pack_size, uploads=uploads)
+
+    # --- reading blobs --------------------------------------------------------------
+
+    def locate(self, bid: BlobId) -> Location:
+        loc = self.index.get(bid)
+        if loc is None:
+            raise IntegrityError(f"blob {bid.hex()[:16]} is referenced but not in the index")
+        return loc
+
+    def decode_blob(self, bid: BlobId, loc: Location, stored: bytes | memoryview) -> bytes:
+        """Decompress and verify a stored blob against its id; ``IntegrityError`` on mismatch."""
+        data = codec.decode(loc.comp, stored, loc.raw_len)
+        if blob_id(self.config.blob_key, data) != bid:
+            raise IntegrityError(
+                f"blob {bid.hex()[:16]} in pack {loc.pack.hex()[:16]} does not match its hash"
+            )
+        return data
+
+    def read_blob(self, bid: BlobId) -> bytes:
+        loc = self.locate(bid)
+        (stored,) = self.store.get_ranges(
+            pack_key(loc.pack), [(loc.offset, loc.offset + loc.stored_len)]
+        )
+        return self.decode_blob(bid, loc, stored)
+
+    def load_tree(self, bid: BlobId) -> list[Node]:
+        return decode_tree(self.read_blob(bid))
+
+    def for_each_blob(
+        self,
+        ids: Iterable[BlobId],
+        fn: Callable[[BlobId, bytes], None],
+        *,
+        workers: int = 4,
+    ) -> None:
+        """Fetch, verify and hand every blob of ``ids`` to ``fn`` (called in worker threads).
+
+        Each pack is fetched once, by ranges in offset order, with nearby blobs coalesced
+        into one request of at most ``SEGMENT`` bytes; packs are fetched ``workers`` at
+        a time. Each distinct id is passed to ``fn`` once. The first error (from the
+        store, verification or ``fn``) stops the work and is raised.
+        """
+        by_pack: dict[bytes, list[tuple[BlobId, Location]]] = {}
+        seen: set[bytes] = set()
+        for bid in ids:
+            if bid in seen:
+                continue
+            seen.add(bid)
+            loc = self.locate(bid)
+            by_pack.setdefault(loc.pack, []).append((bid, loc))
+        jobs: list[list[tuple[BlobId, Location]]] = []
+        for _pack, items in sorted(by_pack.items()):
+            items.sort(key=lambda x: x[1].offset)
+            segment: list[tuple[BlobId, Location]] = []
+            for item in items:
+                if segment:
+                    first, last = segment[0][1], segment[-1][1]
+                    end = last.offset + last.stored_len
+                    if (
+                        item[1].offset - end > GAP
+                        or item[1].offset + item[1].stored_len - first.offset > SEGMENT
+                    ):
+                        jobs.append(segment)
+                        segment = []
+                segment.append(item)
+            if segment:
+                jobs.append(segment)
+
+        def run(segment: list[tuple[BlobId, Location]]) -> None:
+            first = segment[0][1]
+            last = segment[-1][1]
+            start, end = first.offset, last.offset + last.stored_len
+            (data,) = self.store.get_ranges(pack_key(first.pack), [(start, end)])
+            view = memoryview(data)
+            for bid, loc in segment:
+                rel = loc.offset - start
+                fn(bid, self.decode_blob(bid, loc, view[rel : rel + loc.stored_len]))
+
+        _run_bounded(run, jobs, workers)
+
+    # --- snapshots ----------------------------------------------------------------
+
+    def save_snapshot(self, snap: Snapshot) -> SnapshotId:
+        """Write a snapshot document; its blobs must already be durable and indexed."""
+        data = snap.to_bytes()
+        sid = SnapshotId(plain_hash(data).hex())
+        try:
+            self.store.put(f"snapshots/{user_key(snap.user)}/{sid}", data, if_absent=True)
+        except ObjectExists:
+            pass
+        snap.id = sid
+        return sid
+
+    def snapshot_keys(self, user: str | None = None) -> list[str]:
+        prefix = "snapshots/" if user is None else f"snapshots/{user_key(user)}/"
+        return [o.key for o in self.store.list(prefix)]
+
+    def _load_snapshot_key(self, key: str) -> Snapshot:
+        sid = SnapshotId(key.rsplit("/", 1)[-1])
+        data = self.store.get(key)
+        if plain_hash(data).hex() != sid:
+            raise IntegrityError(f"snapshot {sid} does not match its name")
+        return Snapshot.from_bytes(data, sid)
+
+    def list_snapshots(self, user: str | None = None, workers: int = 8) -> list[Snapshot]:
+        """Snapshots (of one user, or all), oldest first."""
+        keys = self.snapshot_keys(user)
+        if not keys:
+            return []
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
+            snaps = list(pool.map(self._load_snapshot_key, keys))
+        if user is not None:
+            snaps = [s for s in snaps if s.user == user]
+        return sorted(snaps, key=lambda s: (s.time_ns, s.id))
+
+    def find_snapshot(self, ref: str, user: str | None = None) -> Snapshot:
+        """A snapshot by id or unique id prefix (at least 6 hex digits), or ``latest``."""
+        if ref == "latest":
+            snaps = self.list_snapshots(user)
+            if not snaps:
+                raise SnapshotNotFound(f"latest of {user}" if user else "latest")
+            return snaps[-1]
+        ref = ref.lower()
+        if len(ref) < 6 or any(c not in "0123456789abcdef" for c in ref):
+            raise SnapshotNotFound(ref)
+        matches = [k for k in self.snapshot_keys(user) if k.rsplit("/", 1)[-1].startswith(ref)]
+        if len(matches) != 1:
+            raise SnapshotNotFound(ref if not matches else f"{ref} (ambiguous)")
+        snap = self._load_snapshot_key(matches[0])
+        if user is not None and snap.user != user:
+            raise SnapshotNotFound(ref)
+        return snap
+
+    def delete_snapshot(self, snap: Snapshot) -> None:
+        self.store.delete(f"snapshots/{user_key(snap.user)}/{snap.id}")
+
+
+def _run_bounded(
+    fn: Callable[[list[tuple[BlobId, Location]]], None],
+    jobs: list[list[tuple[BlobId, Location]]],
+    workers: int,
+) -> None:
+    """Run ``fn`` over ``jobs`` with at most ``workers`` at once; raise the first error."""
+    if not jobs:
+        return
+    workers = max(1, min(workers, len(jobs)))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: set[Future[None]] = set()
+        it = iter(jobs)
+        try:
+            for job in it:
+                pending.add(pool.submit(fn, job))
+                if len(pending) >= workers * 2:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        f.result()
+            for f in pending:
+                f.result()
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise

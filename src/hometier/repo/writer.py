@@ -1,0 +1,143 @@
+"""``BlobWriter``: deduplicate, compress and pack blobs, upload packs in the background."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from hometier.repo import codec
+from hometier.repo.ids import BlobId, BlobType, pack_key
+from hometier.repo.index import PackRecord
+from hometier.repo.pack import PackBuilder
+
+if TYPE_CHECKING:
+    from hometier.repo.repository import Repository
+
+INDEX_EVERY = 16
+"""Write an index object every this many packs, so a crashed backup's packs are reused."""
+
+
+@dataclass
+class WriterStats:
+    blobs_new: int = 0
+    bytes_new_raw: int = 0
+    bytes_new_stored: int = 0
+    packs: int = 0
+
+
+class BlobWriter:
+    """Adds blobs to a repository; thread-safe.
+
+    ``add`` returns at once for a blob the repository (or this writer) already has.
+    New blobs are compressed in the calling thread and appended to the open pack; a full
+    pack is sealed and uploaded on a background thread, at most ``uploads`` at a time
+    (``add`` blocks beyond that, which bounds memory to about
+    ``(uploads + 1) * pack_size``). Nothing is visible to readers until ``flush``
+    returns: packs first, then the index object that names them.
+    """
+
+    def __init__(self, repo: Repository, *, pack_size: int, uploads: int) -> None:
+        self.repo = repo
+        self.pack_size = pack_size
+        self.stats = WriterStats()
+        self._lock = threading.Lock()
+        self._pending: set[bytes] = set()
+        self._builder = PackBuilder()
+        self._slots = threading.BoundedSemaphore(uploads)
+        self._pool = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="upload")
+        self._futures: list[Future[PackRecord]] = []
+        self._unindexed: list[PackRecord] = []
+        self._error: BaseException | None = None
+        self._closed = False
+
+    def has(self, bid: BlobId) -> bool:
+        return bid in self.repo.index or bid in self._pending
+
+    def add(self, typ: BlobType, data: bytes, bid: BlobId | None = None) -> tuple[BlobId, bool]:
+        """Store ``data`` unless it is already known; returns (id, whether it was new)."""
+        if self._error is not None:
+            raise self._error
+        if bid is None:
+            bid = self.repo.blob_id(data)
+        with self._lock:
+            if bid in self._pending or bid in self.repo.index:
+                return bid, False
+            self._pending.add(bid)
+        comp, stored = codec.encode(data)
+        sealed: PackBuilder | None = None
+        with self._lock:
+            self._builder.add(bid, typ, comp, stored, len(data))
+            self.stats.blobs_new += 1
+            self.stats.bytes_new_raw += len(data)
+            self.stats.bytes_new_stored += len(stored)
+            if self._builder.size >= self.pack_size:
+                sealed, self._builder = self._builder, PackBuilder()
+        if sealed is not None:
+            self._upload(sealed)
+        return bid, True
+
+    def _upload(self, builder: PackBuilder) -> None:
+        self._slots.acquire()
+        try:
+            pid, data, entries = builder.seal()
+            fut = self._pool.submit(self._put, pid, data, entries)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._futures.append(fut)
+            self.stats.packs += 1
+
+    def _put(self, pid: bytes, data: bytes, entries: list) -> PackRecord:  # type: ignore[type-arg]
+        try:
+            self.repo.store.put(pack_key(pid), data)  # type: ignore[arg-type]
+            rec = PackRecord(pid, len(data), entries)  # type: ignore[arg-type]
+            flush_now: list[PackRecord] = []
+            with self._lock:
+                self._unindexed.append(rec)
+                if len(self._unindexed) >= INDEX_EVERY:
+                    flush_now, self._unindexed = self._unindexed, []
+            if flush_now:
+                self.repo.write_index(flush_now)
+            return rec
+        except BaseException as exc:
+            self._error = exc
+            raise
+        finally:
+            self._slots.release()
+
+    def flush(self) -> None:
+        """Upload the open pack, wait for every upload, write the index; raise any error.
+
+        After ``flush`` returns every blob added so far is durable and indexed.
+        """
+        with self._lock:
+            builder, self._builder = self._builder, PackBuilder()
+        if len(builder):
+            self._upload(builder)
+        with self._lock:
+            futures, self._futures = self._futures, []
+        for f in futures:
+            f.result()
+        if self._error is not None:
+            raise self._error
+        with self._lock:
+            rest, self._unindexed = self._unindexed, []
+        if rest:
+            self.repo.write_index(rest)
+        with self._lock:
+            self._pending.clear()
+
+    def close(self) -> None:
+        """Stop the upload threads (after ``flush``, or to abandon the work)."""
+        if not self._closed:
+            self._closed = True
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
