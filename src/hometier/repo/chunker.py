@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from fastcdc.fastcdc_cy import chunk_generator
 
-WINDOW = 16 * 1024 * 1024
+WINDOW = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -45,35 +45,42 @@ def _read_exact(fd: int, n: int) -> bytes:
 def iter_chunks(fd: int, length: int, params: Chunking) -> Iterator[bytes]:
     """Yield the chunks of the next ``length`` bytes of ``fd`` (fewer if the file shrinks).
 
-    Never holds more than ``WINDOW + params.max`` bytes. The caller decides what a short
-    read means (the file changed while being read).
+    Reads into one buffer of ``WINDOW + params.max`` bytes, reused for the whole file,
+    so memory per reader stays at that plus the chunk being yielded. The caller decides
+    what a short read means (the file changed while being read).
     """
     if length <= params.small:
         data = _read_exact(fd, length)
         if data:
             yield data
         return
-    carry = b""
+    buf = bytearray(WINDOW + params.max)
+    view = memoryview(buf)
+    filled = 0
     remaining = length
     while True:
-        want = min(WINDOW, remaining)
-        fresh = _read_exact(fd, want) if want > 0 else b""
-        remaining -= len(fresh)
-        eof = remaining <= 0 or len(fresh) < want
-        buf = carry + fresh if carry else fresh
-        if not buf:
+        eof = False
+        while filled < len(buf) and remaining > 0:
+            n = os.readv(fd, [view[filled : filled + min(len(buf) - filled, remaining)]])
+            if n == 0:
+                eof = True
+                break
+            filled += n
+            remaining -= n
+        eof = eof or remaining <= 0
+        if filled == 0:
             return
-        view = memoryview(buf)
         start = 0
-        for chunk in chunk_generator(view, params.min, params.avg, params.max, False, None):
+        window = view[:filled]
+        for chunk in chunk_generator(window, params.min, params.avg, params.max, False, None):
             end = chunk.offset + chunk.length
-            if end == len(buf) and not eof:
+            if end == filled and not eof:
                 break
             yield bytes(view[chunk.offset : end])
             start = end
-        carry = bytes(view[start:])
-        view.release()
+        window.release()
         if eof:
-            if carry:
-                yield carry
             return
+        rest = filled - start
+        buf[:rest] = view[start:filled]
+        filled = rest

@@ -36,8 +36,10 @@ def blob_id(key: bytes, data: bytes | memoryview) -> BlobId:
     return BlobId(h.digest())
 
 
-def plain_hash(data: bytes | memoryview) -> bytes:
-    return blake3.blake3(data).digest()
+def plain_hash(data: bytes | bytearray | memoryview) -> bytes:
+    return blake3.blake3(
+        data, max_threads=blake3.blake3.AUTO if len(data) > 1 << 20 else 1
+    ).digest()
 
 
 def pack_key(pack: PackId) -> str:

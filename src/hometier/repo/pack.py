@@ -68,7 +68,9 @@ class PackBuilder:
     """
 
     def __init__(self) -> None:
-        self._parts: list[bytes] = []
+        # One growing buffer (realloc of a large block is a remap, not a copy), handed to
+        # the store as is: a pack is never held twice in memory.
+        self._buf = bytearray()
         self._entries: list[Entry] = []
         self.size = 0
 
@@ -79,16 +81,14 @@ class PackBuilder:
         self, bid: BlobId, typ: BlobType, comp: Compression, stored: bytes, raw_len: int
     ) -> None:
         self._entries.append(Entry(bid, typ, comp, self.size, len(stored), raw_len))
-        self._parts.append(stored)
+        self._buf += stored
         self.size += len(stored)
 
-    def seal(self) -> tuple[PackId, bytes, list[Entry]]:
+    def seal(self) -> tuple[PackId, bytearray, list[Entry]]:
         table = encode_entries(self._entries) + COUNT.pack(len(self._entries))
         checksum = plain_hash(table)[:CHECKSUM_LEN]
-        trailer = table + checksum + FOOTER.pack(len(table) + CHECKSUM_LEN, MAGIC)
-        self._parts.append(trailer)
-        data = b"".join(self._parts)
-        self._parts = []
+        self._buf += table + checksum + FOOTER.pack(len(table) + CHECKSUM_LEN, MAGIC)
+        data, self._buf = self._buf, bytearray()
         return PackId(plain_hash(data)), data, self._entries
 
 

@@ -35,7 +35,7 @@ __all__ = [
 
 GAP = 256 * 1024
 """Blobs of one pack closer than this are fetched in one range request."""
-SEGMENT = 16 * 1024 * 1024
+SEGMENT = 8 * 1024 * 1024
 """The most one range request fetches; bounds memory per fetch worker."""
 
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hometier.repo import codec
-from hometier.repo.ids import BlobId, BlobType, pack_key
+from hometier.repo.ids import BlobId, BlobType, PackId, pack_key
 from hometier.repo.index import PackRecord
-from hometier.repo.pack import PackBuilder
+from hometier.repo.pack import Entry, PackBuilder
 
 if TYPE_CHECKING:
     from hometier.repo.repository import Repository
@@ -90,10 +90,10 @@ class BlobWriter:
             self._futures.append(fut)
             self.stats.packs += 1
 
-    def _put(self, pid: bytes, data: bytes, entries: list) -> PackRecord:  # type: ignore[type-arg]
+    def _put(self, pid: PackId, data: bytearray, entries: list[Entry]) -> PackRecord:
         try:
-            self.repo.store.put(pack_key(pid), data)  # type: ignore[arg-type]
-            rec = PackRecord(pid, len(data), entries)  # type: ignore[arg-type]
+            self.repo.store.put(pack_key(pid), data)
+            rec = PackRecord(pid, len(data), entries)
             flush_now: list[PackRecord] = []
             with self._lock:
                 self._unindexed.append(rec)

@@ -150,7 +150,7 @@ class Store:
         reports ``ObjectExists`` for data that is already there.
         """
         size = len(data)
-        payload = bytes(data) if not isinstance(data, bytes) else data
+        payload = data
 
         def do() -> None:
             if if_absent and not self.supports_create:
