@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from traitlets import Integer, Unicode, default
+from traitlets import Bool, Integer, Unicode, default
 from traitlets.config import Config, Configurable
 from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
 
@@ -64,6 +64,51 @@ class Hometier(Configurable):
     @default("db")
     def _db_default(self) -> str:
         return os.environ.get("HOMETIER_DB", f"sqlite:///{DEFAULT_DIR}/state.db")
+
+
+class Archiver(Configurable):
+    """The idle policy and the archive loop (``c.Archiver.*``)."""
+
+    inactive_after = Unicode(
+        "30d", help="Archive a home after this long without activity (30d, 12h, 2w)."
+    ).tag(config=True)
+    min_size = Unicode("0", help="Skip homes smaller than this (e.g. 1MB).").tag(config=True)
+    max_size = Unicode("0", help="Skip homes larger than this (e.g. 500GB); 0 means no cap.").tag(
+        config=True
+    )
+    max_per_cycle = Integer(50, help="Archive at most this many homes per cycle.").tag(config=True)
+    quiet_hours = Unicode(
+        "", help="Local times when nothing is archived, e.g. 08:00-20:00 (may wrap midnight)."
+    ).tag(config=True)
+    timezone = Unicode("UTC", help="Time zone of quiet_hours (IANA name).").tag(config=True)
+    interval = Unicode("1h", help="Time between two archiver cycles.").tag(config=True)
+    quarantine_for = Unicode(
+        "3d",
+        help=(
+            "Keep archived files in a quarantine folder on the same filesystem this long "
+            "before removing them (0 removes them at the end of the cycle)."
+        ),
+    ).tag(config=True)
+    read_back = Bool(
+        False, help="Download and hash every blob of a new snapshot before deleting the home."
+    ).tag(config=True)
+    hub_api_url = Unicode(
+        help="JupyterHub API URL (http://127.0.0.1:8081/hub/api). Env: JUPYTERHUB_API_URL."
+    ).tag(config=True)
+    hub_api_token = Unicode(
+        help=(
+            "JupyterHub API token with list:users, read:users:activity and read:servers. "
+            "Env: HOMETIER_HUB_TOKEN or JUPYTERHUB_API_TOKEN."
+        ),
+    ).tag(config=True)
+
+    @default("hub_api_url")
+    def _hub_url_default(self) -> str:
+        return os.environ.get("JUPYTERHUB_API_URL", "")
+
+    @default("hub_api_token")
+    def _hub_token_default(self) -> str:
+        return os.environ.get("HOMETIER_HUB_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
 
 def load_config(path: str | None) -> Config:

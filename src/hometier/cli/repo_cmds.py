@@ -53,8 +53,6 @@ def register(sub: Any) -> None:
     p = sub.add_parser("check", help="verify the repository")
     p.add_argument("--read-data", action="store_true", help="also download and hash every blob")
     p.set_defaults(handler=cmd_check)
-    for parser in sub.choices.values():
-        add_common(parser)
 
 
 def _repo(cfg: Hometier, *, create: bool = False) -> tuple[Repository, bool]:
@@ -127,6 +125,8 @@ def cmd_backup(args: argparse.Namespace, cfg: Hometier) -> int:
 
 def cmd_restore(args: argparse.Namespace, cfg: Hometier) -> int:
     user = check_username(args.user)
+    if not args.target and args.snapshot == "latest":
+        return _restore_home(args, cfg, user)
     target = args.target or str(HomeLayout(cfg.homes, cfg.home_template).path(user))
     repo, _ = _repo(cfg)
     snap = repo.find_snapshot(args.snapshot, user)
@@ -144,6 +144,52 @@ def cmd_restore(args: argparse.Namespace, cfg: Hometier) -> int:
             f"restored {snap.id[:12]} into {target}: {stats.files} files, "
             f"{human(stats.bytes)} in {stats.seconds:.1f}s"
         )
+    return 0
+
+
+def _restore_home(args: argparse.Namespace, cfg: Hometier, user: str) -> int:
+    """Restore into the home itself, through the lifecycle: the state goes back to active."""
+    from hometier.app import make_lifecycle
+    from hometier.config import Archiver
+    from hometier.lifecycle.restoring import restore_home
+    from hometier.state import queries
+
+    lc = make_lifecycle(cfg, Archiver(config=cfg.config), create_repo=False)
+    path = lc.layout.path(user)
+    try:
+        home = queries.get_home(lc.db, user)
+    except queries.HomeNotFound:
+        home = None
+    if home is None or home.state == "active":
+        # Not archived by the lifecycle: a plain restore into an empty or absent home.
+        queries.get_or_create_home(lc.db, user, str(path), lc.now(), actor="cli")
+        snap = lc.repo.find_snapshot("latest", user)
+        stats = restore(lc.repo, snap, path, workers=cfg.workers)
+        doc = {
+            "user": user,
+            "outcome": "restored",
+            "snapshot": snap.id,
+            "stats": dataclasses.asdict(stats),
+        }
+    else:
+        with progress_bar(f"restoring {user}", not args.json) as bar:
+
+            def show(p: RestoreProgress) -> None:
+                if bar is not None:
+                    bar.update(bar.task_ids[0], completed=p.bytes_done, total=p.bytes_total)
+
+            result = restore_home(lc, user, "cli", progress=show)
+        doc = dataclasses.asdict(result)
+    if args.json:
+        emit_json(doc)
+    else:
+        err.print(f"{user}: {doc['outcome']}", highlight=False)
+        for name in doc.get("conflicts", []):
+            err.print(
+                f"[yellow]conflict:[/yellow] kept the existing {name}; the archived "
+                f"one is in {doc['conflicts_dir']}",
+                highlight=False,
+            )
     return 0
 
 

@@ -18,6 +18,7 @@ from hometier.engine.trees import TreeCache
 from hometier.errors import Error
 from hometier.repo import BlobId, BlobType, Repository
 from hometier.repo.chunker import Chunking, iter_chunks
+from hometier.repo.codec import MAX_BLOB
 from hometier.repo.snapshot import Snapshot, Stats
 from hometier.repo.tree import Node, decode_tree, encode_tree
 from hometier.repo.writer import BlobWriter
@@ -110,6 +111,21 @@ class _Archiver:
     # --- one regular file (runs on a worker thread) ---------------------------------
 
     def read_file(self, path: bytes, rel: bytes, st: os.stat_result, node: Node) -> None:
+        """Read one file into ``node``; a file that cannot be read gets ``node.error``
+        (restore skips it) and is listed, the backup goes on."""
+        try:
+            self._read_file(path, rel, st, node)
+        except BackupError as exc:
+            node.content, node.sparse, node.error = [], None, str(exc.args[1])
+            self._note("changed", rel, node.error)
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                raise
+            node.content, node.sparse = [], None
+            node.error = f"unreadable: {exc.strerror or exc}"
+            self._note("errors", rel, node.error)
+
+    def _read_file(self, path: bytes, rel: bytes, st: os.stat_result, node: Node) -> None:
         try:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME)
@@ -228,7 +244,10 @@ class _Archiver:
                     self._note("skipped", sub, f"{what} not archived")
                     continue
                 if node.type != "symlink":
-                    node.xattrs = _readxattrs(full)
+                    try:
+                        node.xattrs = _readxattrs(full)
+                    except PermissionError as exc:
+                        self._note("errors", sub, f"extended attributes unreadable: {exc.strerror}")
             except FileNotFoundError:
                 self._note("changed", sub, "vanished")
                 continue
@@ -245,7 +264,12 @@ class _Archiver:
         self.progress.files = self.stats.files
         self.progress.bytes = self.stats.bytes
         self._report()
-        bid, _ = self.writer.add(BlobType.TREE, encode_tree(nodes))
+        data = encode_tree(nodes)
+        if len(data) > MAX_BLOB:
+            raise BackupError(
+                os.fsdecode(rel) or "/", f"folder has too many entries ({len(nodes)})"
+            )
+        bid, _ = self.writer.add(BlobType.TREE, data)
         return bid
 
     def _file(
@@ -258,13 +282,12 @@ class _Archiver:
         futures: list[Future[None]],
     ) -> None:
         node.size = st.st_size
+        key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
-            key = (st.st_dev, st.st_ino)
             first = self.hardlinks.get(key)
             if first is not None:
                 node.link = first
                 return
-            self.hardlinks[key] = rel
         if (
             prev is not None
             and prev.type == "file"
@@ -277,6 +300,15 @@ class _Archiver:
         ):
             node.content = prev.content
             node.sparse = prev.sparse
+            if st.st_nlink > 1:
+                self.hardlinks[key] = rel
+            return
+        if st.st_nlink > 1:
+            # Read now, not on a worker: later names may link to this one only if it
+            # really is in the snapshot with its content.
+            self.read_file(full, rel, st, node)
+            if node.error is None:
+                self.hardlinks[key] = rel
             return
         self.slots.acquire()
 

@@ -1,4 +1,11 @@
-"""``restore``: unpack a snapshot into an empty or absent folder, all or nothing."""
+"""``restore``: unpack a snapshot into an empty or absent folder, all or nothing.
+
+Every filesystem call is made relative to an open descriptor of the staging folder
+(``dir_fd``), never by re-resolving a path from ``/``: the staging folder may sit inside
+a home its user can write to, and a user who swaps it for a symlink must not make a root
+restore write, chown or chmod anything outside it. The staging folder is root's own
+(0700) until the end, so nobody else can touch what is inside while it is built.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from hometier.engine.fsutil import rename_noreplace
 from hometier.engine.trees import TreeCache
 from hometier.errors import Conflict, Error, IntegrityError
 from hometier.repo import BlobId, Repository
@@ -22,9 +30,11 @@ from hometier.repo.tree import Node
 log = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".hometier-restore-"
+CONFLICTS_PREFIX = "hometier-conflicts-"
 MAX_NODES = 20_000_000
 MAX_DEPTH = 1000
 XATTR_PREFIX = b"user."
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class RestoreError(Error):
@@ -54,32 +64,30 @@ class RestoreStats:
     blobs: int = 0
     seconds: float = 0.0
     skipped: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)
+    """With ``merge``: names that already existed in the target; the snapshot's
+    versions of them were put in ``conflicts_dir`` instead."""
+    conflicts_dir: str | None = None
 
 
 ProgressFn = Callable[[RestoreProgress], None]
 
 
-@dataclass(slots=True)
-class _File:
-    path: bytes
-    node: Node
-
-
 class _Plan:
-    """Everything a restore will create, built while walking the trees."""
+    """Everything a restore will create, as paths relative to the staging folder."""
 
     def __init__(self) -> None:
-        self.files: list[_File] = []
+        self.files: list[tuple[bytes, Node]] = []
         self.dirs: list[tuple[bytes, Node]] = []
         self.specials: list[tuple[bytes, Node]] = []
-        self.links: list[tuple[bytes, bytes, Node]] = []
+        self.links: list[tuple[bytes, bytes]] = []
         self.dest: dict[bytes, list[tuple[int, int]]] = {}
         self.regular: set[bytes] = set()
         self.count = 0
 
 
-def _check_target(target: bytes) -> bool:
-    """True if ``target`` exists (and is an empty real folder); raise if unusable."""
+def _check_target(target: bytes, merge: bool) -> bool:
+    """True if ``target`` exists (an empty real folder, or any folder with ``merge``)."""
     try:
         st = os.lstat(target)
     except FileNotFoundError:
@@ -89,48 +97,72 @@ def _check_target(target: bytes) -> bool:
     if not stat.S_ISDIR(st.st_mode):
         raise TargetNotEmpty(os.fsdecode(target), "it is not a folder")
     names = [n for n in os.listdir(target) if not n.startswith(STAGING_PREFIX.encode())]
-    if names:
-        shown = ", ".join(os.fsdecode(n) for n in sorted(names)[:3])
+    if names and not merge:
+        shown = ", ".join(repr(os.fsdecode(n)) for n in sorted(names)[:3])
         raise TargetNotEmpty(os.fsdecode(target), f"it holds {shown}")
     return True
 
 
-def _plan(repo: Repository, trees: TreeCache, root: BlobId, staging: bytes) -> _Plan:
+def _open_staging(parent_fd: int, name: bytes) -> int:
+    """Create and open a fresh staging folder, and prove it is ours."""
+    os.mkdir(name, 0o700, dir_fd=parent_fd)
+    fd = os.open(name, _DIR, dir_fd=parent_fd)
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
+        os.close(fd)
+        raise RestoreError("-", os.fsdecode(name), "the staging folder was tampered with")
+    return fd
+
+
+def _clean_stale(parent_fd: int, prefix: bytes) -> None:
+    """Remove staging folders a crashed restore left behind (only our own)."""
+    for name in map(os.fsencode, os.listdir(parent_fd)):
+        if not name.startswith(prefix):
+            continue
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
+            log.warning("removing a restore left unfinished: %s", os.fsdecode(name))
+            shutil.rmtree(name, dir_fd=parent_fd)
+
+
+def _plan(repo: Repository, trees: TreeCache, root: BlobId, sfd: int) -> _Plan:
     plan = _Plan()
-    stack: list[tuple[BlobId, bytes, bytes, int]] = [(root, staging, b"", 0)]
+    stack: list[tuple[BlobId, bytes, int]] = [(root, b"", 0)]
     while stack:
-        tid, path, rel, depth = stack.pop()
+        tid, rel, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise IntegrityError(f"snapshot nests deeper than {MAX_DEPTH} folders")
         for n in trees.nodes(tid):
             plan.count += 1
             if plan.count > MAX_NODES:
                 raise IntegrityError(f"snapshot holds more than {MAX_NODES} entries")
-            full = path + b"/" + n.name
             sub = rel + b"/" + n.name if rel else n.name
             if n.type == "dir":
                 assert n.subtree is not None
-                os.mkdir(full, 0o700)
-                plan.dirs.append((full, n))
-                stack.append((n.subtree, full, sub, depth + 1))
+                os.mkdir(sub, 0o700, dir_fd=sfd)
+                plan.dirs.append((sub, n))
+                stack.append((n.subtree, sub, depth + 1))
+            elif n.type == "file" and n.error is not None:
+                plan.count -= 1
             elif n.type == "file" and n.link is not None:
-                plan.links.append((full, n.link, n))
+                plan.links.append((sub, n.link))
             elif n.type == "file":
-                _plan_file(repo, plan, full, sub, n)
+                _plan_file(repo, plan, sfd, sub, n)
             else:
-                plan.specials.append((full, n))
+                plan.specials.append((sub, n))
     return plan
 
 
-def _plan_file(repo: Repository, plan: _Plan, full: bytes, rel: bytes, n: Node) -> None:
-    fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+def _plan_file(repo: Repository, plan: _Plan, sfd: int, rel: bytes, n: Node) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(rel, flags, 0o600, dir_fd=sfd)
     try:
         if n.sparse is not None:
             os.ftruncate(fd, n.size)
     finally:
         os.close(fd)
     idx = len(plan.files)
-    plan.files.append(_File(full, n))
+    plan.files.append((rel, n))
     plan.regular.add(rel)
     extents = n.sparse if n.sparse is not None else [(0, n.size)]
     ext_i, pos, left = 0, 0, 0
@@ -146,19 +178,36 @@ def _plan_file(repo: Repository, plan: _Plan, full: bytes, rel: bytes, n: Node) 
         plan.dest.setdefault(bid, []).append((idx, pos))
         pos += length
         left -= length
-    if left != 0 or ext_i + 1 < len(extents) and any(ln for _, ln in extents[ext_i + 1 :]):
+    if left != 0 or any(ln for _, ln in extents[ext_i + 1 :]):
         raise IntegrityError(f"content of {os.fsdecode(rel)} is shorter than its declared size")
 
 
-def _set_meta(path: bytes, n: Node, *, as_root: bool, symlink: bool = False) -> None:
+def _set_meta(sfd: int, rel: bytes, n: Node, *, as_root: bool, symlink: bool = False) -> None:
+    """Owner, xattrs, mode, then times (chown clears setuid bits; chmod may forbid xattrs)."""
     if as_root:
-        os.chown(path, n.uid, n.gid, follow_symlinks=not symlink)
+        os.chown(rel, n.uid, n.gid, dir_fd=sfd, follow_symlinks=False)
     if not symlink:
-        os.chmod(path, n.mode)
-        for name, value in (n.xattrs or {}).items():
-            if name.startswith(XATTR_PREFIX):
-                os.setxattr(path, name, value, follow_symlinks=False)
-    os.utime(path, ns=(n.atime_ns, n.mtime_ns), follow_symlinks=not symlink)
+        if n.xattrs:
+            flags = _DIR if n.type == "dir" else os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+            if n.type in ("fifo", "chr", "blk"):
+                flags |= os.O_NONBLOCK | os.O_PATH
+            fd = os.open(rel, flags, dir_fd=sfd)
+            try:
+                for name, value in n.xattrs.items():
+                    if name.startswith(XATTR_PREFIX):
+                        os.setxattr(fd, name, value)
+            finally:
+                os.close(fd)
+        os.chmod(rel, n.mode, dir_fd=sfd)
+    os.utime(rel, ns=(n.atime_ns, n.mtime_ns), dir_fd=sfd, follow_symlinks=False)
+
+
+def _set_root_meta(fd: int, snap: Snapshot, as_root: bool) -> None:
+    r = snap.root
+    if as_root:
+        os.chown(fd, r.get("uid", 0), r.get("gid", 0))
+    os.chmod(fd, r.get("mode", 0o700))
+    os.utime(fd, ns=(r.get("atime", 0), r.get("mtime", 0)))
 
 
 def restore(
@@ -168,6 +217,7 @@ def restore(
     *,
     workers: int = 4,
     progress: ProgressFn | None = None,
+    merge: bool = False,
 ) -> RestoreStats:
     """Restore ``snap`` into ``target``, which must be absent or an empty folder.
 
@@ -176,45 +226,54 @@ def restore(
     directory metadata, and only then moves the result into place. On any failure the
     staging folder is removed, ``target`` is left as it was and ``RestoreError`` (or
     ``TargetNotEmpty`` before anything was written) is raised. Never follows a symlink:
-    names are checked by the tree decoder and every file is created with ``O_EXCL``.
+    names are checked by the tree decoder, every file is created with ``O_EXCL`` and
+    every call is relative to the staging folder's descriptor.
+
+    With ``merge`` the target may hold files: nothing in it is overwritten; a top-level
+    entry of the snapshot whose name is taken goes into ``hometier-conflicts-<id>/``
+    in the target instead, and is listed in ``stats.conflicts``.
     """
     started = time.monotonic()
     tgt = os.fsencode(os.path.abspath(target))
-    exists = _check_target(tgt)
-    token = secrets.token_hex(4)
+    exists = _check_target(tgt, merge)
+    token = secrets.token_hex(4).encode()
     if exists:
-        staging = tgt + b"/" + STAGING_PREFIX.encode() + token.encode()
+        parent_fd = os.open(tgt, _DIR)
+        prefix = STAGING_PREFIX.encode()
     else:
         parent, name = os.path.split(tgt)
         os.makedirs(parent, exist_ok=True)
-        staging = parent + b"/" + STAGING_PREFIX.encode() + name + b"-" + token.encode()
-    os.mkdir(staging, 0o700)
+        parent_fd = os.open(parent, _DIR)
+        prefix = STAGING_PREFIX.encode() + name + b"-"
     as_root = os.geteuid() == 0
     stats = RestoreStats()
+    staging = prefix + token
+    sfd = -1
     try:
-        repo.load_index()
-        trees = TreeCache(repo, [snap.tree], workers=workers)
-        plan = _plan(repo, trees, snap.tree, staging)
-        _write_contents(repo, plan, stats, workers, progress)
-        _finish(plan, staging, stats, as_root)
-        root = Node(name=b"root", type="dir")
-        r = snap.root
-        root.mode, root.uid, root.gid = r.get("mode", 0o700), r.get("uid", 0), r.get("gid", 0)
-        root.mtime_ns, root.atime_ns = r.get("mtime", 0), r.get("atime", 0)
-        if exists:
-            for name in os.listdir(staging):
-                os.rename(staging + b"/" + name, tgt + b"/" + name)
-            os.rmdir(staging)
-            _set_meta(tgt, root, as_root=as_root)
-        else:
-            _set_meta(staging, root, as_root=as_root)
-            os.rename(staging, tgt)
-    except BaseException as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, TargetNotEmpty | KeyboardInterrupt):
-            raise
-        detail = exc.get_message() if isinstance(exc, Error) else _describe(exc)
-        raise RestoreError(snap.id[:12], os.fsdecode(tgt), detail) from exc
+        _clean_stale(parent_fd, prefix)
+        sfd = _open_staging(parent_fd, staging)
+        try:
+            repo.load_index()
+            trees = TreeCache(repo, [snap.tree], workers=workers)
+            plan = _plan(repo, trees, snap.tree, sfd)
+            _write_contents(repo, plan, sfd, stats, workers, progress)
+            _finish(plan, sfd, stats, as_root)
+            if exists:
+                _move_into(sfd, parent_fd, staging, snap, stats, tgt)
+                _set_root_meta(parent_fd, snap, as_root)
+            else:
+                _set_root_meta(sfd, snap, as_root)
+                rename_noreplace(staging, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
+        except BaseException as exc:
+            shutil.rmtree(staging, dir_fd=parent_fd, ignore_errors=True)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            detail = exc.get_message() if isinstance(exc, Error) else _describe(exc)
+            raise RestoreError(snap.id[:12], os.fsdecode(tgt), detail) from exc
+    finally:
+        if sfd >= 0:
+            os.close(sfd)
+        os.close(parent_fd)
     stats.seconds = time.monotonic() - started
     log.info(
         "restored snapshot %s into %s: %d files, %d bytes in %.1fs",
@@ -227,26 +286,53 @@ def restore(
     return stats
 
 
+def _move_into(
+    sfd: int, tfd: int, staging: bytes, snap: Snapshot, stats: RestoreStats, tgt: bytes
+) -> None:
+    """Move staged entries into an existing target, never replacing what is there."""
+    conflicts = CONFLICTS_PREFIX.encode() + snap.id[:12].encode()
+    for name in sorted(map(os.fsencode, os.listdir(sfd))):
+        try:
+            rename_noreplace(name, name, src_dir_fd=sfd, dst_dir_fd=tfd)
+        except FileExistsError:
+            if not stats.conflicts:
+                os.mkdir(conflicts, 0o700, dir_fd=tfd)
+                cfd = os.open(conflicts, _DIR, dir_fd=tfd)
+                os.close(cfd)
+            rename_noreplace(name, conflicts + b"/" + name, src_dir_fd=sfd, dst_dir_fd=tfd)
+            stats.conflicts.append(os.fsdecode(name))
+    if stats.conflicts:
+        stats.conflicts_dir = os.fsdecode(tgt + b"/" + conflicts)
+    os.rmdir(staging, dir_fd=tfd)
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return "no space left on the device holding the home"
     if isinstance(exc, OSError):
-        return f"{exc.strerror or exc} ({os.fsdecode(exc.filename) if exc.filename else ''})"
+        where = f" ({os.fsdecode(exc.filename)})" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}"
     return str(exc) or type(exc).__name__
 
 
 def _write_contents(
-    repo: Repository, plan: _Plan, stats: RestoreStats, workers: int, progress: ProgressFn | None
+    repo: Repository,
+    plan: _Plan,
+    sfd: int,
+    stats: RestoreStats,
+    workers: int,
+    progress: ProgressFn | None,
 ) -> None:
     prog = RestoreProgress(files_total=len(plan.files))
-    for bid in plan.dest:
-        prog.bytes_total += repo.locate(BlobId(bid)).raw_len * len(plan.dest[bid])
+    for bid, dests in plan.dest.items():
+        prog.bytes_total += repo.locate(BlobId(bid)).raw_len * len(dests)
     lock = threading.Lock()
     last = [0.0]
 
     def write(bid: BlobId, data: bytes) -> None:
         for idx, off in plan.dest[bid]:
-            fd = os.open(plan.files[idx].path, os.O_WRONLY | os.O_NOFOLLOW)
+            rel = plan.files[idx][0]
+            fd = os.open(rel, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
             try:
                 view = memoryview(data)
                 while view:
@@ -268,34 +354,34 @@ def _write_contents(
         progress(prog)
 
 
-def _finish(plan: _Plan, staging: bytes, stats: RestoreStats, as_root: bool) -> None:
-    for f in plan.files:
-        _set_meta(f.path, f.node, as_root=as_root)
+def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool) -> None:
+    for rel, n in plan.files:
+        _set_meta(sfd, rel, n, as_root=as_root)
         stats.files += 1
-        stats.bytes += f.node.size
-    for full, link, _n in plan.links:
+        stats.bytes += n.size
+    for rel, link in plan.links:
         # ``link`` is relative to the snapshot root and must name a regular file this
         # restore created: never an arbitrary path, never through a symlink.
         if link not in plan.regular:
-            raise IntegrityError(f"hardlink {os.fsdecode(full)} points at a file not restored")
-        os.link(staging + b"/" + link, full, follow_symlinks=False)
+            raise IntegrityError(f"hardlink {os.fsdecode(rel)} points at a file not restored")
+        os.link(link, rel, src_dir_fd=sfd, dst_dir_fd=sfd, follow_symlinks=False)
         stats.files += 1
-    for full, n in plan.specials:
+    for rel, n in plan.specials:
         if n.type == "symlink":
             assert n.target is not None
-            os.symlink(n.target, full)
-            _set_meta(full, n, as_root=as_root, symlink=True)
+            os.symlink(n.target, rel, dir_fd=sfd)
+            _set_meta(sfd, rel, n, as_root=as_root, symlink=True)
             stats.symlinks += 1
             continue
         kind = {"fifo": stat.S_IFIFO, "chr": stat.S_IFCHR, "blk": stat.S_IFBLK}[n.type]
         dev = os.makedev(*n.rdev) if n.rdev else 0
         try:
-            os.mknod(full, 0o600 | kind, dev)
+            os.mknod(rel, 0o600 | kind, dev, dir_fd=sfd)
         except PermissionError:
-            stats.skipped.append(f"{os.fsdecode(full)}: device nodes need root")
+            stats.skipped.append(f"{os.fsdecode(rel)}: device nodes need root")
             continue
-        _set_meta(full, n, as_root=as_root)
+        _set_meta(sfd, rel, n, as_root=as_root)
         stats.others += 1
-    for full, n in reversed(plan.dirs):
-        _set_meta(full, n, as_root=as_root)
+    for rel, n in reversed(plan.dirs):
+        _set_meta(sfd, rel, n, as_root=as_root)
         stats.dirs += 1

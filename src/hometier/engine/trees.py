@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
 
 from hometier.errors import IntegrityError
 from hometier.repo import BlobId, Repository
@@ -19,9 +18,11 @@ class TreeCache:
     200,000 files costs tens of MB here, not hundreds.
     """
 
-    def __init__(self, repo: Repository, roots: Iterable[BlobId], *, workers: int = 4) -> None:
+    def __init__(self, repo: Repository, roots: list[BlobId], *, workers: int = 4) -> None:
         self.raw: dict[bytes, bytes] = {}
         lock = threading.Lock()
+        if any(r not in repo.index for r in roots):
+            repo.load_index()
         level = list(dict.fromkeys(roots))
         while level:
             fetched: dict[bytes, bytes] = {}

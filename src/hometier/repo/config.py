@@ -28,6 +28,12 @@ class NotARepository(Conflict):
     exit_code = 2
 
 
+class RepositoryExists(Conflict):
+    """{} already holds a hometier repository; nothing was changed."""
+
+    exit_code = 4
+
+
 class UnsupportedVersion(Error):
     """The repository at {} has format version {}; this hometier reads versions up to {}."""
 

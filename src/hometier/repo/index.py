@@ -63,7 +63,15 @@ def decode_index(data: bytes) -> list[PackRecord]:
     """Parse an index object; ``IntegrityError`` on any inconsistency."""
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(data)
-        body = reader.read(MAX_INDEX_RAW + 1)
+        parts: list[bytes] = []
+        size = 0
+        while size <= MAX_INDEX_RAW:
+            part = reader.read(16 * 1024 * 1024)
+            if not part:
+                break
+            parts.append(part)
+            size += len(part)
+        body = b"".join(parts)
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"index object does not decompress: {exc}") from exc
     if len(body) > MAX_INDEX_RAW:

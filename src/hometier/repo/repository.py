@@ -13,6 +13,7 @@ from hometier.repo.config import (
     CONFIG_KEY,
     NotARepository,
     RepoConfig,
+    RepositoryExists,
     RepositoryNotFound,
     UnsupportedVersion,
 )
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "NotARepository",
     "Repository",
+    "RepositoryExists",
     "RepositoryNotFound",
     "SnapshotNotFound",
     "UnsupportedVersion",
@@ -74,12 +76,14 @@ class Repository:
         repository (use ``open`` for that).
         """
         if next(iter(store.list("")), None) is not None:
+            if store.exists(CONFIG_KEY):
+                raise RepositoryExists(store.url)
             raise NotARepository(store.url)
         config = config or RepoConfig.new()
         try:
             store.put(CONFIG_KEY, config.to_bytes(), if_absent=True)
         except ObjectExists:
-            raise NotARepository(store.url) from None
+            raise RepositoryExists(store.url) from None
         log.info("created repository %s at %s", config.id, store.url)
         return cls(store, config)
 
@@ -91,7 +95,7 @@ class Repository:
         except RepositoryNotFound:
             try:
                 return cls.create(store), True
-            except NotARepository:
+            except RepositoryExists:
                 # Someone else created it between our two looks.
                 return cls.open(store), False
 

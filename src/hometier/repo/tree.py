@@ -49,6 +49,8 @@ class Node:
     rdev: tuple[int, int] | None = None
     xattrs: dict[bytes, bytes] | None = None
     link: bytes | None = None
+    error: str | None = None
+    """Set on a file whose content could not be read: restore skips it."""
 
 
 def _put_bytes(out: dict[str, Any], key: str, value: bytes) -> None:
@@ -84,7 +86,9 @@ def node_to_json(n: Node) -> dict[str, Any]:
     d["ino"] = n.ino
     if n.type == "file":
         d["size"] = n.size
-        if n.link is not None:
+        if n.error is not None:
+            d["error"] = n.error
+        elif n.link is not None:
             _put_bytes(d, "link", n.link)
         else:
             d["content"] = [b.hex() for b in n.content]
@@ -162,7 +166,11 @@ def node_from_json(d: Any) -> Node:
     if typ == "file":
         n.size = _int(d, "size", 0, 2**62)
         link = _get_bytes(d, "link")
-        if link is not None:
+        if "error" in d:
+            if not isinstance(d["error"], str):
+                raise IntegrityError("tree node error is not a string")
+            n.error = d["error"][:1000]
+        elif link is not None:
             parts = link.split(b"/")
             if not all(valid_name(p) for p in parts):
                 raise IntegrityError(f"tree node {name!r} has an unsafe hardlink path")

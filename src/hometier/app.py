@@ -1,0 +1,60 @@
+"""Build the runtime objects from configuration: shared by the CLI and the service."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from pathlib import Path
+
+from hometier.config import Archiver, Hometier
+from hometier.errors import UsageError
+from hometier.lifecycle.activity import HubClient
+from hometier.lifecycle.context import Lifecycle
+from hometier.lifecycle.homes import HomeLayout
+from hometier.lifecycle.policy import Policy, parse_quiet_hours
+from hometier.lifecycle.units import parse_duration, parse_size
+from hometier.repo import Repository
+from hometier.state import Database, open_database
+from hometier.store import open_store
+
+
+def make_policy(arch: Archiver) -> Policy:
+    try:
+        tz: dt.tzinfo = zoneinfo.ZoneInfo(arch.timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise UsageError(f"unknown time zone {arch.timezone!r}") from exc
+    return Policy(
+        inactive_after=parse_duration(arch.inactive_after),
+        min_size=parse_size(arch.min_size),
+        max_size=parse_size(arch.max_size),
+        max_per_cycle=arch.max_per_cycle,
+        quiet_hours=parse_quiet_hours(arch.quiet_hours),
+        timezone=tz,
+    )
+
+
+def open_db(cfg: Hometier) -> Database:
+    url = cfg.db
+    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
+    return open_database(url)
+
+
+def make_lifecycle(cfg: Hometier, arch: Archiver, *, create_repo: bool = True) -> Lifecycle:
+    """Open the database (migrating it) and the repository (creating it if allowed)."""
+    store = open_store(cfg.store)
+    repo = Repository.open_or_create(store)[0] if create_repo else Repository.open(store)
+    hub = HubClient(arch.hub_api_url, arch.hub_api_token) if arch.hub_api_url else None
+    if hub is not None and not arch.hub_api_token:
+        raise UsageError("hub_api_url is set but no token: set HOMETIER_HUB_TOKEN")
+    return Lifecycle(
+        db=open_db(cfg),
+        repo=repo,
+        layout=HomeLayout(cfg.homes, cfg.home_template),
+        policy=make_policy(arch),
+        hub=hub,
+        quarantine_for=parse_duration(arch.quarantine_for),
+        read_back=arch.read_back,
+        workers=cfg.workers,
+        pack_size=cfg.pack_size_mb * 1024 * 1024,
+    )

@@ -1,0 +1,168 @@
+"""Verify one snapshot after writing it, and compare it with the folder it came from.
+
+The lifecycle deletes a home only after ``verify_snapshot`` passed and ``compare_tree``
+found no difference: the trees read back from the repository describe exactly what is
+on disk, and every blob they name is indexed in a pack that exists.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+from dataclasses import dataclass, field
+
+from hometier.engine.trees import TreeCache
+from hometier.errors import Error, IntegrityError
+from hometier.repo import BlobId, Repository
+from hometier.repo.ids import pack_key
+from hometier.repo.snapshot import Snapshot
+from hometier.repo.tree import Node
+from hometier.store import ObjectNotFound
+
+MAX_DIFFS = 20
+
+
+class VerifyFailed(Error):
+    """Snapshot {} did not verify: {}"""
+
+    exit_code = 5
+
+
+@dataclass
+class Difference:
+    path: str
+    what: str
+
+
+@dataclass
+class Comparison:
+    entries: int = 0
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def same(self) -> bool:
+        return not self.differences
+
+
+def verify_snapshot(
+    repo: Repository, snap: Snapshot, *, read_data: bool = False, workers: int = 4
+) -> TreeCache:
+    """Read the snapshot's trees back from the repository (each checked against its hash),
+    check that every blob is indexed and every pack it lives in exists with the indexed
+    size; with ``read_data`` also fetch and hash every data blob. Returns the trees.
+    Raises ``VerifyFailed``.
+    """
+    try:
+        repo.load_index()
+        trees = TreeCache(repo, [snap.tree], workers=workers)
+        blobs: set[bytes] = set()
+        for tid in trees.raw:
+            for n in trees.nodes(BlobId(tid)):
+                blobs.update(n.content)
+        packs: dict[bytes, int] = {}
+        sizes = repo.index.packs()
+        for tid in list(trees.raw) + list(blobs):
+            loc = repo.locate(BlobId(tid))
+            packs[loc.pack] = sizes.get(loc.pack, -1)
+        for pid, size in packs.items():
+            try:
+                have = repo.store.head(pack_key(pid)).size  # type: ignore[arg-type]
+            except ObjectNotFound:
+                raise IntegrityError(f"pack {pid.hex()[:16]} is missing") from None
+            if have != size:
+                raise IntegrityError(f"pack {pid.hex()[:16]} has {have} bytes, expected {size}")
+        if read_data:
+            lock = threading.Lock()
+            seen = [0]
+
+            def count(_bid: BlobId, _data: bytes) -> None:
+                with lock:
+                    seen[0] += 1
+
+            repo.for_each_blob([BlobId(b) for b in blobs], count, workers=workers)
+            if seen[0] != len(blobs):
+                raise IntegrityError(f"read {seen[0]} of {len(blobs)} blobs")
+    except VerifyFailed:
+        raise
+    except Error as exc:
+        raise VerifyFailed(snap.id[:12], exc.get_message()) from exc
+    return trees
+
+
+def compare_tree(
+    trees: TreeCache, snap: Snapshot, path: str | os.PathLike[str], *, moved_top: bool = False
+) -> Comparison:
+    """Compare the folder at ``path`` with the snapshot, attribute by attribute.
+
+    A file counts as unchanged when type, size, mode, owner, mtime, ctime and inode are
+    what the snapshot recorded (ctime catches writes that restore mtime). Entries added
+    or removed, and entries the snapshot skipped (sockets, mounts) that still exist, are
+    differences too, except skipped ones the snapshot listed. Stops after ``MAX_DIFFS``.
+    ``moved_top``: the top-level entries were renamed into ``path`` since the snapshot,
+    which changes their ctime (Linux), so ctime is not compared for them.
+    """
+    cmp = Comparison()
+    root = os.fsencode(path)
+    try:
+        top = os.lstat(root)
+    except FileNotFoundError:
+        cmp.differences.append(Difference("", "the folder is gone"))
+        return cmp
+    skipped = {s.split(": ", 1)[0] for s in snap.stats.skipped}
+    stack: list[tuple[bytes, bytes, BlobId]] = [(root, b"", snap.tree)]
+    while stack and len(cmp.differences) < MAX_DIFFS:
+        path_b, rel, tid = stack.pop()
+        want = {n.name: n for n in trees.nodes(tid)}
+        try:
+            with os.scandir(path_b) as it:
+                have = {e.name: e for e in it}
+        except OSError as exc:
+            cmp.differences.append(Difference(os.fsdecode(rel), f"unreadable: {exc.strerror}"))
+            continue
+        for name in have.keys() - want.keys():
+            sub = rel + b"/" + name if rel else name
+            if os.fsdecode(sub) not in skipped:
+                cmp.differences.append(Difference(os.fsdecode(sub), "added"))
+        for name, node in want.items():
+            sub = rel + b"/" + name if rel else name
+            cmp.entries += 1
+            entry = have.get(name)
+            if entry is None:
+                cmp.differences.append(Difference(os.fsdecode(sub), "removed"))
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                cmp.differences.append(Difference(os.fsdecode(sub), "removed"))
+                continue
+            what = _differs(node, st, ctime=not (moved_top and not rel))
+            if what:
+                cmp.differences.append(Difference(os.fsdecode(sub), what))
+            elif node.type == "dir" and node.subtree is not None and st.st_dev == top.st_dev:
+                stack.append((path_b + b"/" + name, sub, node.subtree))
+    return cmp
+
+
+_TYPES = {
+    "file": stat.S_IFREG,
+    "dir": stat.S_IFDIR,
+    "symlink": stat.S_IFLNK,
+    "fifo": stat.S_IFIFO,
+    "chr": stat.S_IFCHR,
+    "blk": stat.S_IFBLK,
+}
+
+
+def _differs(n: Node, st: os.stat_result, ctime: bool = True) -> str | None:
+    if stat.S_IFMT(st.st_mode) != _TYPES[n.type]:
+        return "type changed"
+    if n.type == "file" and n.link is None and st.st_size != n.size:
+        return "size changed"
+    if stat.S_IMODE(st.st_mode) != n.mode or (st.st_uid, st.st_gid) != (n.uid, n.gid):
+        return "permissions or owner changed"
+    if st.st_mtime_ns != n.mtime_ns:
+        return "modified"
+    if st.st_ino != n.ino or (ctime and st.st_ctime_ns != n.ctime_ns):
+        return "changed (ctime or inode)"
+    return None

@@ -1,0 +1,54 @@
+"""``Lifecycle``: everything the archive and restore steps need, built once by the edges."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hometier.lifecycle.activity import HubClient
+from hometier.lifecycle.homes import HomeLayout
+from hometier.lifecycle.policy import Policy
+from hometier.repo import Repository
+from hometier.state import Database
+
+QUARANTINE_DIR = ".hometier-quarantine"
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def default_worker() -> str:
+    return f"archiver:{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Lifecycle:
+    db: Database
+    repo: Repository
+    layout: HomeLayout
+    policy: Policy = field(default_factory=Policy)
+    worker: str = field(default_factory=default_worker)
+    clock: Callable[[], dt.datetime] = utcnow
+    hub: HubClient | None = None
+    quarantine_for: dt.timedelta = dt.timedelta(days=3)
+    """How long archived files stay in the quarantine folder before they are removed."""
+    read_back: bool = False
+    """Download and hash every blob of a new snapshot before deleting the home."""
+    restore_from_quarantine: bool = True
+    """Bring a home back from its quarantine (instant) when it is still intact."""
+    workers: int = 4
+    pack_size: int = 32 * 1024 * 1024
+    claim_for: dt.timedelta = dt.timedelta(hours=1)
+    restore_wait: dt.timedelta = dt.timedelta(minutes=30)
+
+    @property
+    def quarantine_root(self) -> Path:
+        return self.layout.root / QUARANTINE_DIR
+
+    def now(self) -> dt.datetime:
+        return self.clock()

@@ -1,0 +1,340 @@
+"""Archive one home with every safety check of DESIGN.md, and recover from crashes.
+
+The order is the invariant: snapshot → verify → compare with the disk → the one atomic
+database step ``archiving → archived`` (refused if a login or lease arrived) → move the
+contents aside into the quarantine (same filesystem) → compare again → notice file.
+A crash at any point leaves the home on disk (before the database step) or its files in
+the quarantine with a verified snapshot (after it); ``recover`` finishes or undoes the
+move on the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hometier import faults
+from hometier.engine import backup
+from hometier.engine.fsutil import rename_noreplace
+from hometier.engine.trees import TreeCache
+from hometier.engine.verify import compare_tree, verify_snapshot
+from hometier.errors import Conflict, Error
+from hometier.lifecycle.activity import NOTICE_NAME
+from hometier.lifecycle.context import Lifecycle
+from hometier.lifecycle.locks import home_lock
+from hometier.repo.snapshot import Snapshot, user_key
+from hometier.state import ACTIVE, ARCHIVED, ARCHIVING, queries
+from hometier.state.queries import SnapshotInfo
+
+log = logging.getLogger(__name__)
+
+NOTICE = """\
+Your files were archived by hometier on {date} because this home was not used for a
+while. They come back automatically, exactly as they were, the next time you log in to
+JupyterHub. Nothing was lost. (Snapshot {snapshot}.)
+"""
+
+
+class NotEligible(Conflict):
+    """Home of {} cannot be archived now: {}."""
+
+
+@dataclass
+class ArchiveResult:
+    user: str
+    outcome: str
+    """``archived``, ``changed`` (kept: it changed while archiving), ``cancelled`` (a
+    login or lease arrived), or ``failed``."""
+    snapshot: str | None = None
+    reason: str = ""
+    bytes: int = 0
+    stored_bytes: int = 0
+    details: list[str] = field(default_factory=list)
+
+
+def _back_to_active(lc: Lifecycle, user: str, version: int, why: str, details: list[str]) -> None:
+    try:
+        queries.transition(
+            lc.db,
+            user,
+            ARCHIVING,
+            ACTIVE,
+            lc.worker,
+            lc.now(),
+            version=version,
+            detail={"reason": why, "details": details[:10]},
+        )
+    except queries.StateConflict:
+        pass  # a login already made it active (or another worker took over): fine
+
+
+def archive_home(lc: Lifecycle, user: str) -> ArchiveResult:
+    """Run the whole archive cycle for ``user`` now, whatever the idle policy says.
+
+    Refuses (``NotEligible``) a home that is not ``active``, is exempt or has a lease.
+    Never deletes anything unless every check passed; see the module docstring.
+    """
+    path = lc.layout.path(user)
+    now = lc.now()
+    queries.get_or_create_home(lc.db, user, str(path), now, actor=lc.worker)
+    claimed = queries.begin_archive_claim(
+        lc.db, lc.worker, now, limit=1, candidates=[user], claim_for=lc.claim_for
+    )
+    if not claimed:
+        home = queries.get_home(lc.db, user)
+        leases = queries.active_leases(lc.db, user, now)
+        why = (
+            f"it is {home.state}"
+            if home.state != ACTIVE
+            else "it is exempt"
+            if home.exempt
+            else f"it has {len(leases)} active lease(s)"
+            if leases
+            else "another worker holds it"
+        )
+        raise NotEligible(user, why)
+    return _archive_claimed(lc, user, claimed[0].version, path)
+
+
+def _archive_claimed(lc: Lifecycle, user: str, version: int, path: Path) -> ArchiveResult:
+    result = ArchiveResult(user, "failed")
+    try:
+        if not path.is_dir() or path.is_symlink():
+            raise NotEligible(user, f"{path} is not a folder")
+        if _only_notice(path):
+            _back_to_active(lc, user, version, "home is empty", [])
+            result.outcome, result.reason = "cancelled", "the home is empty"
+            return result
+        parent = _latest_snapshot(lc, user)
+        snap = backup(
+            lc.repo,
+            path,
+            user=user,
+            parent=parent,
+            workers=lc.workers,
+            pack_size=lc.pack_size,
+        )
+        faults.point("after_snapshot")
+        result.snapshot, result.bytes = snap.id, snap.stats.bytes
+        result.stored_bytes = snap.stats.bytes_new_stored
+        queries.record_snapshot(lc.db, user, _info(snap), lc.now())
+        if not snap.stats.complete or snap.stats.changed:
+            details = snap.stats.errors + snap.stats.changed
+            _back_to_active(lc, user, version, "changed or unreadable during snapshot", details)
+            result.outcome, result.reason, result.details = (
+                "changed",
+                "changed during snapshot",
+                details,
+            )
+            return result
+        trees = verify_snapshot(lc.repo, snap, read_data=lc.read_back, workers=lc.workers)
+        cmp = compare_tree(trees, snap, path)
+        if not cmp.same:
+            details = [f"{d.path}: {d.what}" for d in cmp.differences]
+            _back_to_active(lc, user, version, "changed after snapshot", details)
+            result.outcome, result.reason, result.details = (
+                "changed",
+                "changed after snapshot",
+                details,
+            )
+            return result
+        if lc.hub is not None and _hub_running(lc, user):
+            _back_to_active(lc, user, version, "a server started", [])
+            result.outcome, result.reason = "cancelled", "a server is running"
+            return result
+        quarantine = lc.quarantine_root / f"{user_key(user)}.{snap.id[:12]}"
+        # The lock is taken before the database step so that a login arriving right
+        # after it waits for the move to finish instead of racing it.
+        with home_lock(lc.quarantine_root, user):
+            if not queries.finish_archive(
+                lc.db,
+                user,
+                lc.worker,
+                version,
+                lc.now(),
+                _info(snap),
+                quarantine_path=str(quarantine),
+            ):
+                result.outcome, result.reason = "cancelled", "a login or lease arrived"
+                return result
+            faults.point("after_state_change")
+            _move_to_quarantine(lc, user, path, quarantine, snap)
+        result.outcome = "archived"
+        log.info("archived %s: snapshot %s, %d bytes", user, snap.id[:12], snap.stats.bytes)
+        return result
+    except BaseException as exc:
+        if isinstance(exc, faults.FaultInjected | KeyboardInterrupt):
+            raise
+        msg = exc.get_message() if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+        log.error("archiving %s failed: %s", user, msg)
+        _back_to_active(lc, user, version, "archive failed", [msg])
+        result.reason = msg
+        if not isinstance(exc, Error):
+            raise
+        return result
+
+
+def _move_to_quarantine(
+    lc: Lifecycle, user: str, path: Path, quarantine: Path, snap: Snapshot
+) -> None:
+    """Move every entry of the home into the quarantine, then prove nothing changed."""
+    lc.quarantine_root.mkdir(mode=0o700, exist_ok=True)
+    quarantine.mkdir(mode=0o700, exist_ok=True)
+    home = os.fsencode(path)
+    q = os.fsencode(quarantine)
+    for i, name in enumerate(sorted(os.listdir(home))):
+        if name == NOTICE_NAME.encode():
+            continue
+        rename_noreplace(home + b"/" + name, q + b"/" + name)
+        if i == 0:
+            faults.point("mid_delete")
+    _finish_move(lc, user, path, quarantine, snap)
+
+
+def _finish_move(lc: Lifecycle, user: str, path: Path, quarantine: Path, snap: Snapshot) -> None:
+    trees = TreeCache(lc.repo, [snap.tree], workers=lc.workers)
+    cmp = compare_tree(trees, snap, quarantine, moved_top=True)
+    if not cmp.same:
+        details = [f"{d.path}: {d.what}" for d in cmp.differences]
+        log.warning(
+            "home of %s changed while it was moved aside; putting it back: %s", user, details
+        )
+        _move_back(quarantine, path)
+        home = queries.get_home(lc.db, user)
+        queries.transition(
+            lc.db,
+            user,
+            ARCHIVED,
+            ACTIVE,
+            lc.worker,
+            lc.now(),
+            version=home.version,
+            detail={"reason": "changed while moved aside; kept", "details": details[:10]},
+            quarantine_path=None,
+        )
+        return
+    notice = path / NOTICE_NAME
+    tmp = path / f".{NOTICE_NAME}.tmp"
+    tmp.write_text(NOTICE.format(date=snap.time.date().isoformat(), snapshot=snap.id[:12]))
+    os.chmod(tmp, 0o444)
+    os.replace(tmp, notice)
+
+
+def _move_back(quarantine: Path, path: Path) -> None:
+    q, home = os.fsencode(quarantine), os.fsencode(path)
+    for name in os.listdir(q):
+        try:
+            rename_noreplace(q + b"/" + name, home + b"/" + name)
+        except FileExistsError:
+            log.error(
+                "kept %s in the quarantine: a file of that name reappeared in %s",
+                os.fsdecode(name),
+                path,
+            )
+    try:
+        os.rmdir(q)
+    except OSError:
+        pass
+
+
+def _only_notice(path: Path) -> bool:
+    return set(os.listdir(path)) <= {NOTICE_NAME, f".{NOTICE_NAME}.tmp"}
+
+
+def _hub_running(lc: Lifecycle, user: str) -> bool:
+    assert lc.hub is not None
+    return any(u.name == user and u.running for u in lc.hub.users())
+
+
+def _latest_snapshot(lc: Lifecycle, user: str) -> Snapshot | None:
+    snaps = lc.repo.list_snapshots(user)
+    complete = [s for s in snaps if s.stats.complete]
+    return complete[-1] if complete else None
+
+
+def _info(snap: Snapshot) -> SnapshotInfo:
+    return SnapshotInfo(
+        id=snap.id,
+        time=snap.time,
+        files=snap.stats.files,
+        bytes=snap.stats.bytes,
+        stored_bytes=snap.stats.bytes_new_stored,
+        tree=None,
+        parent=snap.parent,
+    )
+
+
+# --- recovery and housekeeping ---------------------------------------------------------------
+
+
+def recover(lc: Lifecycle) -> list[str]:
+    """Finish or undo moves interrupted by a crash; returns what was done.
+
+    An ``archived`` home whose folder still holds files besides the notice was being
+    moved aside when the process died: the move is finished (and checked) now.
+    """
+    done: list[str] = []
+    for home in queries.list_homes(lc.db, ARCHIVED):
+        if not home.quarantine_path:
+            continue
+        path = Path(home.path)
+        if not path.is_dir() or _only_notice(path) and (path / NOTICE_NAME).exists():
+            continue
+        quarantine = Path(home.quarantine_path)
+        snap_id = quarantine.name.rsplit(".", 1)[-1]
+        with home_lock(lc.quarantine_root, home.user):
+            current = queries.get_home(lc.db, home.user)
+            if current.state != ARCHIVED or current.quarantine_path != home.quarantine_path:
+                continue  # a login got there first
+            snap = lc.repo.find_snapshot(snap_id, home.user)
+            log.warning("finishing the interrupted archive of %s", home.user)
+            _move_to_quarantine(lc, home.user, path, quarantine, snap)
+        done.append(home.user)
+    now = lc.now()
+    for home in queries.list_homes(lc.db, ARCHIVING):
+        if home.claimed_until is not None and home.claimed_until < now:
+            # Its worker died before the database step: the home was never touched.
+            _back_to_active(lc, home.user, home.version, "worker gone; archive abandoned", [])
+            done.append(home.user)
+    return done
+
+
+def purge_quarantine(lc: Lifecycle) -> list[str]:
+    """Remove quarantined files older than ``quarantine_for`` (only completed archives)."""
+    root = lc.quarantine_root
+    if not root.is_dir():
+        return []
+    keep: set[str] = set()
+    since: dict[str, dt.datetime] = {}
+    owners: dict[str, str] = {}
+    for home in queries.list_homes(lc.db, ARCHIVED):
+        if not home.quarantine_path:
+            continue
+        owners[home.quarantine_path] = home.user
+        path = Path(home.path)
+        if path.is_dir() and not _only_notice(path) or not (path / NOTICE_NAME).exists():
+            keep.add(home.quarantine_path)  # a move in progress or to be recovered
+        elif home.archived_at is not None:
+            since[home.quarantine_path] = home.archived_at
+    cutoff = lc.now() - lc.quarantine_for
+    removed: list[str] = []
+    for entry in root.iterdir():
+        if str(entry) in keep or entry.name.startswith("."):
+            continue
+        # Archived homes age from their archive time (the database clock); leftovers
+        # nobody references (a restore used the bucket) from their folder's mtime.
+        when = since.get(str(entry)) or dt.datetime.fromtimestamp(entry.lstat().st_mtime, tz=dt.UTC)
+        if when <= cutoff:
+            user = owners.get(str(entry))
+            with home_lock(root, user) if user else contextlib.nullcontext():
+                if not entry.exists():
+                    continue  # a restore moved it back meanwhile
+                log.info("removing quarantined %s", entry.name)
+                shutil.rmtree(entry)
+            removed.append(entry.name)
+    return removed

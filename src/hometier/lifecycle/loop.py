@@ -1,0 +1,156 @@
+"""One archiver cycle, and the loop that runs it every ``interval``.
+
+A cycle: recover interrupted work → learn about homes on disk → gather activity (Hub,
+file times, leases) → ``select_idle`` → archive the chosen ones → purge the quarantine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+
+from hometier.errors import Error
+from hometier.lifecycle.activity import HubUnavailable, scan_home
+from hometier.lifecycle.context import QUARANTINE_DIR, Lifecycle
+from hometier.lifecycle.cycle import ArchiveResult, _archive_claimed, purge_quarantine, recover
+from hometier.lifecycle.homes import InvalidUsername
+from hometier.lifecycle.policy import Decision, HomeFacts, select_idle
+from hometier.state import ACTIVE, queries
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class CycleReport:
+    started: dt.datetime
+    decisions: list[Decision] = field(default_factory=list)
+    results: list[ArchiveResult] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    purged: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def discover_homes(lc: Lifecycle) -> list[str]:
+    """Register every folder under the homes root that maps back to a user name."""
+    found: list[str] = []
+    now = lc.now()
+    root = lc.layout.root
+    if not root.is_dir():
+        return found
+    for entry in os.scandir(root):
+        if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+            continue
+        user = entry.name
+        try:
+            if lc.layout.path(user) != root / user:
+                continue  # a template that does not map folder names back to users
+        except InvalidUsername:
+            continue
+        queries.get_or_create_home(lc.db, user, str(root / user), now, actor=lc.worker)
+        found.append(user)
+    return found
+
+
+def gather_facts(lc: Lifecycle, report: CycleReport) -> list[HomeFacts]:
+    now = lc.now()
+    running: set[str] = set()
+    if lc.hub is not None:
+        try:
+            for u in lc.hub.users():
+                if u.last_activity is not None:
+                    try:
+                        queries.record_activity(lc.db, u.name, u.last_activity, "hub")
+                    except queries.HomeNotFound:
+                        pass
+                if u.running:
+                    running.add(u.name)
+        except HubUnavailable as exc:
+            # Without the Hub nobody can tell who is logged in: archive nothing this time.
+            report.errors.append(exc.get_message())
+            raise
+    threshold = now - lc.policy.inactive_after
+    facts: list[HomeFacts] = []
+    for home in queries.list_homes(lc.db):
+        hot_bytes = home.hot_bytes
+        if (
+            home.state == ACTIVE
+            and not home.exempt
+            and (home.last_activity is None or home.last_activity < threshold)
+        ):
+            scan = scan_home(home.path, stop_after=threshold)
+            if scan.newest is not None:
+                queries.record_activity(lc.db, home.user, scan.newest, "files")
+            if scan.complete:
+                queries.set_sizes(lc.db, home.user, scan.bytes, scan.files)
+                hot_bytes = scan.bytes
+            home = queries.get_home(lc.db, home.user)
+        leases = len(queries.active_leases(lc.db, home.user, now)) if home.state == ACTIVE else 0
+        facts.append(
+            HomeFacts(
+                user=home.user,
+                state=home.state,
+                hot_bytes=hot_bytes,
+                exempt=home.exempt,
+                last_activity=home.last_activity,
+                activity_source=home.last_activity_source,
+                server_running=home.user in running,
+                leases=leases,
+            )
+        )
+    return facts
+
+
+def run_cycle(lc: Lifecycle) -> CycleReport:
+    """Run one archiver cycle; never raises for one home's failure (it is reported)."""
+    report = CycleReport(started=lc.now())
+    report.recovered = recover(lc)
+    discover_homes(lc)
+    try:
+        facts = gather_facts(lc, report)
+    except HubUnavailable:
+        log.error("skipping this cycle: %s", report.errors[-1])
+        return report
+    report.decisions = select_idle(facts, lc.now(), lc.policy)
+    idle_before = lc.now() - lc.policy.inactive_after
+    for d in report.decisions:
+        if not d.chosen:
+            continue
+        claimed = queries.begin_archive_claim(
+            lc.db,
+            lc.worker,
+            lc.now(),
+            limit=1,
+            candidates=[d.user],
+            idle_before=idle_before,
+            claim_for=lc.claim_for,
+        )
+        if not claimed:
+            continue  # another worker took it, or it became active meanwhile
+        try:
+            result = _archive_claimed(lc, d.user, claimed[0].version, lc.layout.path(d.user))
+        except Error as exc:
+            report.errors.append(f"{d.user}: {exc.get_message()}")
+            continue
+        report.results.append(result)
+        if result.outcome == "failed":
+            report.errors.append(f"{d.user}: {result.reason}")
+    report.purged = purge_quarantine(lc)
+    return report
+
+
+def run_forever(lc: Lifecycle, interval: dt.timedelta, stop: threading.Event) -> None:
+    """Run cycles until ``stop`` is set; a failing cycle (database down) is logged and retried."""
+    while not stop.is_set():
+        try:
+            report = run_cycle(lc)
+            archived = sum(1 for r in report.results if r.outcome == "archived")
+            log.info("cycle done: %d archived, %d errors", archived, len(report.errors))
+        except Exception:  # noqa: BLE001 - the loop must survive a bad cycle
+            log.exception("archiver cycle failed; retrying in %s", interval)
+        stop.wait(interval.total_seconds())
+
+
+__all__ = ["QUARANTINE_DIR", "CycleReport", "discover_homes", "run_cycle", "run_forever"]

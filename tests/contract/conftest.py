@@ -1,0 +1,18 @@
+"""Fixtures of the contract suites: the state layer runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ]
+)
+def db_url(request: pytest.FixtureRequest, tmp_path):
+    """A SQLAlchemy URL of a fresh, empty state database on each backend."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    return request.getfixturevalue("pg_url")
