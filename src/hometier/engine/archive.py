@@ -13,7 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from hometier import __version__
+from hometier import __version__, faults
 from hometier.engine.trees import TreeCache
 from hometier.errors import Error
 from hometier.repo import BlobId, BlobType, Repository
@@ -167,6 +167,7 @@ class _Archiver:
             after = os.fstat(fd)
             if after.st_mtime_ns != st.st_mtime_ns or after.st_size != st.st_size:
                 self._note("changed", rel, "modified while being read")
+            faults.point("mid_snapshot")
             with self.lock:
                 self.stats.files_read += 1
                 self.stats.bytes_read += read

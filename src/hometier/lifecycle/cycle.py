@@ -98,10 +98,10 @@ def archive_home(lc: Lifecycle, user: str) -> ArchiveResult:
             else "another worker holds it"
         )
         raise NotEligible(user, why)
-    return _archive_claimed(lc, user, claimed[0].version, path)
+    return archive_claimed(lc, user, claimed[0].version, path)
 
 
-def _archive_claimed(lc: Lifecycle, user: str, version: int, path: Path) -> ArchiveResult:
+def archive_claimed(lc: Lifecycle, user: str, version: int, path: Path) -> ArchiveResult:
     result = ArchiveResult(user, "failed")
     try:
         if not path.is_dir() or path.is_symlink():

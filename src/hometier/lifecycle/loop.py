@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from hometier.errors import Error
 from hometier.lifecycle.activity import HubUnavailable, scan_home
 from hometier.lifecycle.context import QUARANTINE_DIR, Lifecycle
-from hometier.lifecycle.cycle import ArchiveResult, _archive_claimed, purge_quarantine, recover
+from hometier.lifecycle.cycle import ArchiveResult, archive_claimed, purge_quarantine, recover
 from hometier.lifecycle.homes import InvalidUsername
 from hometier.lifecycle.policy import Decision, HomeFacts, select_idle
 from hometier.state import ACTIVE, queries
@@ -130,7 +130,7 @@ def run_cycle(lc: Lifecycle) -> CycleReport:
         if not claimed:
             continue  # another worker took it, or it became active meanwhile
         try:
-            result = _archive_claimed(lc, d.user, claimed[0].version, lc.layout.path(d.user))
+            result = archive_claimed(lc, d.user, claimed[0].version, lc.layout.path(d.user))
         except Error as exc:
             report.errors.append(f"{d.user}: {exc.get_message()}")
             continue

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
+from hometier import faults
 from hometier.errors import IntegrityError, NotFound
 from hometier.repo import codec
 from hometier.repo.config import (
@@ -139,6 +140,7 @@ class Repository:
             self.store.put(key, data, if_absent=True)
         except ObjectExists:
             pass
+        faults.point("after_index")
         for rec in packs:
             self.index.add_pack(rec)
         with self._index_lock:

@@ -7,6 +7,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from hometier import faults
 from hometier.repo import codec
 from hometier.repo.ids import BlobId, BlobType, PackId, pack_key
 from hometier.repo.index import PackRecord
@@ -93,6 +94,7 @@ class BlobWriter:
     def _put(self, pid: PackId, data: bytearray, entries: list[Entry]) -> PackRecord:
         try:
             self.repo.store.put(pack_key(pid), data)
+            faults.point("after_pack")
             rec = PackRecord(pid, len(data), entries)
             flush_now: list[PackRecord] = []
             with self._lock:
