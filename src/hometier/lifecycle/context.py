@@ -43,8 +43,11 @@ class Lifecycle:
     """Bring a home back from its quarantine (instant) when it is still intact."""
     workers: int = 4
     pack_size: int = 32 * 1024 * 1024
-    claim_for: dt.timedelta = dt.timedelta(hours=1)
+    claim_for: dt.timedelta = dt.timedelta(minutes=5)
+    """A worker's claim on a home it archives; renewed every quarter of it while the
+    worker lives, so a dead worker's homes are free again after at most this long."""
     restore_wait: dt.timedelta = dt.timedelta(minutes=30)
+    """How long a joining restore waits for the one in flight before giving up."""
 
     @property
     def quarantine_root(self) -> Path:

@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 import os
 import shutil
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,6 +103,31 @@ def archive_home(lc: Lifecycle, user: str) -> ArchiveResult:
 
 
 def archive_claimed(lc: Lifecycle, user: str, version: int, path: Path) -> ArchiveResult:
+    """The archive cycle for a home this worker has claimed at ``version``."""
+    stop = threading.Event()
+    beat = threading.Thread(
+        target=_heartbeat, args=(lc, user, version, stop), name="claim", daemon=True
+    )
+    beat.start()
+    try:
+        return _archive(lc, user, version, path)
+    finally:
+        stop.set()
+        beat.join()
+
+
+def _heartbeat(lc: Lifecycle, user: str, version: int, stop: threading.Event) -> None:
+    """Renew the claim while the archive runs, so only a dead worker's claim expires."""
+    period = lc.claim_for.total_seconds() / 4
+    while not stop.wait(period):
+        try:
+            if not queries.renew_claim(lc.db, user, lc.worker, version, lc.now(), lc.claim_for):
+                return  # the claim is gone (a login cancelled it): the DB step will refuse
+        except Exception:  # noqa: BLE001 - a missed beat only shortens the claim
+            log.warning("could not renew the claim on %s", user, exc_info=True)
+
+
+def _archive(lc: Lifecycle, user: str, version: int, path: Path) -> ArchiveResult:
     result = ArchiveResult(user, "failed")
     try:
         if not path.is_dir() or path.is_symlink():

@@ -25,6 +25,15 @@ class HomeBusy(Conflict):
     http_status = 409
 
 
+def lock_is_free(root: Path, user: str) -> bool:
+    """True if nobody holds ``user``'s lock right now (its holder, if any, is dead)."""
+    try:
+        with home_lock(root, user, timeout=0):
+            return True
+    except HomeBusy:
+        return False
+
+
 @contextlib.contextmanager
 def home_lock(root: Path, user: str, timeout: float = 600.0) -> Iterator[None]:
     """Hold the lock of ``user``'s home; ``HomeBusy`` after ``timeout`` seconds."""

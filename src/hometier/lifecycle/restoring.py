@@ -3,12 +3,14 @@
 One caller performs a restore; concurrent callers (a second login, a lease) join it by
 waiting for the state to change. Files that appeared in the home meanwhile are kept: the
 snapshot's versions of those names go into a conflicts folder, and the result says so.
-A restore whose worker died (state ``restoring`` for longer than ``restore_wait``) is
-taken over.
+A restore whose worker died is taken over: a live restorer holds the home's lock
+(``locks.home_lock``) for the whole restore, so ``restoring`` with a free lock, for
+longer than a short grace period, means its process is gone.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
 import time
@@ -24,13 +26,15 @@ from hometier.engine.verify import compare_tree
 from hometier.errors import Error
 from hometier.lifecycle.activity import NOTICE_NAME
 from hometier.lifecycle.context import Lifecycle
-from hometier.lifecycle.locks import home_lock
+from hometier.lifecycle.locks import home_lock, lock_is_free
 from hometier.repo.snapshot import Snapshot
 from hometier.state import ACTIVE, ARCHIVED, FAILED, RESTORING, queries
 
 log = logging.getLogger(__name__)
 
 POLL = 0.25
+TAKEOVER_GRACE = dt.timedelta(seconds=10)
+"""A restore takes its lock right after the database step; allow it that moment."""
 
 
 class RestoreFailed(Error):
@@ -88,10 +92,8 @@ def restore_home(
         home = queries.get_home(lc.db, user)
         if home.state != RESTORING:
             break
-        if lc.now() - home.state_since > lc.restore_wait:
-            log.warning(
-                "restore of %s looks abandoned since %s; taking it over", user, home.state_since
-            )
+        if lc.now() - home.state_since > TAKEOVER_GRACE and lock_is_free(lc.quarantine_root, user):
+            log.warning("restore of %s was abandoned (its process is gone); taking it over", user)
             try:
                 queries.transition(
                     lc.db,
@@ -106,6 +108,8 @@ def restore_home(
             except queries.StateConflict:
                 continue
             return _perform(lc, user, actor, progress, started)
+        if time.monotonic() - started > lc.restore_wait.total_seconds():
+            raise RestoreFailed(user, "another restore of this home is still running")
         time.sleep(POLL)
     if home.state == FAILED:
         raise RestoreFailed(user, home.error or "the restore failed")
