@@ -7,11 +7,12 @@ import zoneinfo
 from pathlib import Path
 
 from hometier.config import Archiver, Hometier
+from hometier.config import Retention as RetentionConfig
 from hometier.errors import UsageError
 from hometier.lifecycle.activity import HubClient
 from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.homes import HomeLayout
-from hometier.lifecycle.policy import Policy, parse_quiet_hours
+from hometier.lifecycle.policy import Policy, Retention, parse_quiet_hours
 from hometier.lifecycle.units import parse_duration, parse_size
 from hometier.repo import Repository
 from hometier.state import Database, open_database
@@ -30,6 +31,17 @@ def make_policy(arch: Archiver) -> Policy:
         max_per_cycle=arch.max_per_cycle,
         quiet_hours=parse_quiet_hours(arch.quiet_hours),
         timezone=tz,
+    )
+
+
+def make_retention(ret: RetentionConfig) -> Retention:
+    within = parse_duration(ret.keep_within) if ret.keep_within.strip() else None
+    every = parse_duration(ret.prune_interval)
+    return Retention(
+        keep_last=ret.keep_last,
+        keep_within=within,
+        grace=parse_duration(ret.grace),
+        every=every if every.total_seconds() > 0 else None,
     )
 
 
@@ -52,6 +64,7 @@ def make_lifecycle(cfg: Hometier, arch: Archiver, *, create_repo: bool = True) -
         repo=repo,
         layout=HomeLayout(cfg.homes, cfg.home_template),
         policy=make_policy(arch),
+        retention=make_retention(RetentionConfig(config=cfg.config)),
         hub=hub,
         quarantine_for=parse_duration(arch.quarantine_for),
         read_back=arch.read_back,

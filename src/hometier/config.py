@@ -111,6 +111,25 @@ class Archiver(Configurable):
         return os.environ.get("HOMETIER_HUB_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
 
 
+class Retention(Configurable):
+    """Which snapshots to keep and how prune frees the rest (``c.Retention.*``)."""
+
+    keep_last = Integer(3, help="Keep the newest N snapshots of every user.").tag(config=True)
+    keep_within = Unicode(
+        "30d", help="Also keep every snapshot younger than this (empty: none)."
+    ).tag(config=True)
+    grace = Unicode(
+        "1d",
+        help=(
+            "Packs no snapshot uses are deleted only after being marked this long; it must "
+            "be longer than the longest archive."
+        ),
+    ).tag(config=True)
+    prune_interval = Unicode(
+        "1d", help="How often the archiver loop applies retention and prunes (0: never)."
+    ).tag(config=True)
+
+
 def load_config(path: str | None) -> Config:
     """Read a Python or JSON config file; ``UsageError`` if it is missing or broken."""
     if not path:

@@ -17,6 +17,7 @@ from hometier.lifecycle.context import utcnow
 from hometier.lifecycle.cycle import archive_home
 from hometier.lifecycle.homes import check_username
 from hometier.lifecycle.loop import run_cycle, run_forever
+from hometier.lifecycle.retention import apply_retention
 from hometier.lifecycle.units import parse_duration
 from hometier.state import queries
 
@@ -49,6 +50,30 @@ def register(sub: Any) -> None:
     p.add_argument("--release", metavar="LEASE_ID", help="release this lease instead")
     p.add_argument("--renew", metavar="LEASE_ID", help="renew this lease for --for")
     p.set_defaults(handler=cmd_lease)
+
+    p = sub.add_parser("prune", help="forget old snapshots (retention) and free unused data")
+    p.add_argument("--dry-run", action="store_true", help="say what would happen, change nothing")
+    p.set_defaults(handler=cmd_prune)
+
+
+def cmd_prune(args: argparse.Namespace, cfg: Hometier) -> int:
+    lc = make_lifecycle(cfg, _arch(args, cfg), create_repo=False)
+    report = apply_retention(lc, lc.retention, dry_run=args.dry_run)
+    if args.json:
+        emit_json(dataclasses.asdict(report))
+        return 0
+    for user, ids in report.forgotten.items():
+        verb = "would forget" if args.dry_run else "forgot"
+        out.print(f"{user}: {verb} {len(ids)} snapshot(s)")
+    p = report.prune
+    assert p is not None
+    out.print(
+        f"{p.snapshots} snapshots, {p.packs} packs: {p.packs_marked} newly unused "
+        f"({human(p.bytes_marked)}) marked, {p.packs_deleted} deleted ({human(p.bytes_deleted)}), "
+        f"{p.packs_rescued} rescued, {p.orphans_deleted} orphans removed, "
+        f"{p.marks_waiting} mark(s) waiting for the grace period"
+    )
+    return 0
 
 
 def _arch(args: argparse.Namespace, cfg: Hometier) -> Archiver:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hometier.lifecycle.activity import HubClient
 from hometier.lifecycle.homes import HomeLayout
-from hometier.lifecycle.policy import Policy
+from hometier.lifecycle.policy import Policy, Retention
 from hometier.repo import Repository
 from hometier.state import Database
 
@@ -32,6 +32,7 @@ class Lifecycle:
     repo: Repository
     layout: HomeLayout
     policy: Policy = field(default_factory=Policy)
+    retention: Retention = field(default_factory=Retention)
     worker: str = field(default_factory=default_worker)
     clock: Callable[[], dt.datetime] = utcnow
     hub: HubClient | None = None

@@ -18,6 +18,7 @@ from hometier.lifecycle.context import QUARANTINE_DIR, Lifecycle
 from hometier.lifecycle.cycle import ArchiveResult, archive_claimed, purge_quarantine, recover
 from hometier.lifecycle.homes import InvalidUsername
 from hometier.lifecycle.policy import Decision, HomeFacts, select_idle
+from hometier.lifecycle.retention import apply_retention
 from hometier.state import ACTIVE, queries
 
 log = logging.getLogger(__name__)
@@ -143,11 +144,16 @@ def run_cycle(lc: Lifecycle) -> CycleReport:
 
 def run_forever(lc: Lifecycle, interval: dt.timedelta, stop: threading.Event) -> None:
     """Run cycles until ``stop`` is set; a failing cycle (database down) is logged and retried."""
+    last_prune: dt.datetime | None = None
     while not stop.is_set():
         try:
             report = run_cycle(lc)
             archived = sum(1 for r in report.results if r.outcome == "archived")
             log.info("cycle done: %d archived, %d errors", archived, len(report.errors))
+            every = lc.retention.every
+            if every is not None and (last_prune is None or lc.now() - last_prune >= every):
+                apply_retention(lc, lc.retention)
+                last_prune = lc.now()
         except Exception:  # noqa: BLE001 - the loop must survive a bad cycle
             log.exception("archiver cycle failed; retrying in %s", interval)
         stop.wait(interval.total_seconds())

@@ -30,6 +30,18 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class Retention:
+    """Which snapshots to keep; ``Retention`` traits build it from configuration."""
+
+    keep_last: int = 3
+    keep_within: dt.timedelta | None = dt.timedelta(days=30)
+    grace: dt.timedelta = dt.timedelta(days=1)
+    """Longer than the longest archive: how long marked packs wait before deletion."""
+    every: dt.timedelta | None = dt.timedelta(days=1)
+    """How often the loop applies retention and prunes; None: never (CLI only)."""
+
+
+@dataclass(frozen=True)
 class HomeFacts:
     """What the caller knows about one home at ``now``."""
 

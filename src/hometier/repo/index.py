@@ -118,12 +118,17 @@ class Index:
     def get(self, bid: BlobId) -> Location | None:
         return self._map.get(bid)
 
-    def add_pack(self, rec: PackRecord) -> None:
+    def add_pack(
+        self, rec: PackRecord, replace: set[bytes] | frozenset[bytes] = frozenset()
+    ) -> None:
+        """Add a pack's blobs; a blob already located in a pack of ``replace`` (packs a
+        prune will delete) moves to this pack."""
         pid = rec.id
         with self._lock:
             self._packs[pid] = rec.size
             for e in rec.entries:
-                if e.id not in self._map:
+                old = self._map.get(e.id)
+                if old is None or old.pack in replace:
                     self._map[e.id] = Location(
                         pid, e.offset, e.stored_len, e.raw_len, e.type, e.comp
                     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable, Iterable
@@ -26,6 +27,21 @@ from hometier.repo.writer import BlobWriter
 from hometier.store import ObjectExists, ObjectNotFound, Store
 
 log = logging.getLogger(__name__)
+
+PRUNE_PREFIX = "prune/"
+
+
+def tombstoned_packs(store: Store) -> set[bytes]:
+    """Packs named by the prune marks under ``prune/`` (see engine/prune.py)."""
+    out: set[bytes] = set()
+    for obj in store.list(PRUNE_PREFIX):
+        try:
+            doc = json.loads(store.get(obj.key))
+            out.update(bytes.fromhex(p) for p in doc.get("packs", []))
+        except (ValueError, TypeError, ObjectNotFound):
+            continue  # a mark being deleted by the prune that finished it
+    return out
+
 
 __all__ = [
     "NotARepository",
@@ -53,6 +69,8 @@ class Repository:
         self.store = store
         self.config = config
         self.index = Index()
+        self.doomed: set[bytes] = set()
+        """Packs a prune has marked for deletion: readable, but never deduplicated against."""
         self._loaded_index: set[str] = set()
         self._index_lock = threading.Lock()
 
@@ -114,7 +132,15 @@ class Repository:
 
         Idempotent and cheap to call again: only new index objects are fetched.
         """
-        keys = [o.key for o in self.store.list("index/") if o.key not in self._loaded_index]
+        present = {o.key for o in self.store.list("index/")}
+        self.doomed = tombstoned_packs(self.store)
+        if self._loaded_index - present:
+            # A prune consolidated the index and deleted packs: start afresh, so no
+            # location in a deleted pack survives in memory.
+            with self._index_lock:
+                self.index = Index()
+                self._loaded_index = set()
+        keys = sorted(present - self._loaded_index)
         if not keys:
             return len(self.index)
 
@@ -127,7 +153,7 @@ class Repository:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
             for key, recs in pool.map(fetch, keys):
                 for rec in recs:
-                    self.index.add_pack(rec)
+                    self.index.add_pack(rec, replace=self.doomed)
                 with self._index_lock:
                     self._loaded_index.add(key)
         return len(self.index)
@@ -142,7 +168,7 @@ class Repository:
             pass
         faults.point("after_index")
         for rec in packs:
-            self.index.add_pack(rec)
+            self.index.add_pack(rec, replace=self.doomed)
         with self._index_lock:
             self._loaded_index.add(key)
         return key
@@ -151,6 +177,15 @@ class Repository:
         return BlobWriter(self, pack_size=pack_size, uploads=uploads)
 
     # --- reading blobs --------------------------------------------------------------
+
+    def known(self, bid: BlobId) -> bool:
+        """True if the blob is stored in a pack that no prune has marked for deletion."""
+        loc = self.index.get(bid)
+        return loc is not None and loc.pack not in self.doomed
+
+    def loaded_index_keys(self) -> set[str]:
+        with self._index_lock:
+            return set(self._loaded_index)
 
     def locate(self, bid: BlobId) -> Location:
         loc = self.index.get(bid)

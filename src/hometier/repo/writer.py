@@ -54,7 +54,7 @@ class BlobWriter:
         self._closed = False
 
     def has(self, bid: BlobId) -> bool:
-        return bid in self.repo.index or bid in self._pending
+        return self.repo.known(bid) or bid in self._pending
 
     def add(self, typ: BlobType, data: bytes, bid: BlobId | None = None) -> tuple[BlobId, bool]:
         """Store ``data`` unless it is already known; returns (id, whether it was new)."""
@@ -63,7 +63,7 @@ class BlobWriter:
         if bid is None:
             bid = self.repo.blob_id(data)
         with self._lock:
-            if bid in self._pending or bid in self.repo.index:
+            if bid in self._pending or self.repo.known(bid):
                 return bid, False
             self._pending.add(bid)
         comp, stored = codec.encode(data)

@@ -630,3 +630,15 @@ def events(
     q = q.order_by(Event.id.desc() if newest_first else Event.id).limit(limit)
     with _tx(target, write=False) as s:
         return list(s.scalars(q))
+
+
+def forget_snapshots(target: Target, ids: Iterable[str]) -> int:
+    """Drop the rows of snapshots that were deleted from the repository; returns how many."""
+    wanted = list(ids)
+    if not wanted:
+        return 0
+    with _tx(target) as s:
+        rows = list(s.scalars(select(Snapshot).where(Snapshot.id.in_(wanted))))
+        for row in rows:
+            s.delete(row)
+        return len(rows)

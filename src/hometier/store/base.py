@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import random
 import threading
 import time
@@ -31,6 +32,7 @@ T = TypeVar("T")
 class ObjectInfo:
     key: str
     size: int
+    modified: datetime.datetime | None = None
 
 
 @dataclass
@@ -239,7 +241,7 @@ class Store:
         self.stats.add("list")
         while batch is not None:
             for meta in batch:
-                yield ObjectInfo(str(meta["path"]), int(meta["size"]))
+                yield ObjectInfo(str(meta["path"]), int(meta["size"]), meta.get("last_modified"))
             batch = self._call("list", prefix, lambda: next(stream, None))
 
     def delete(self, key: str) -> None:
