@@ -29,6 +29,9 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("serve", help="run the archiver loop")
     p.add_argument("--once", action="store_true", help="run one cycle and exit")
+    p.add_argument(
+        "--dry-run", action="store_true", help="with --once: show the decisions, archive nothing"
+    )
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("status", help="state of one home or of all")
@@ -101,7 +104,7 @@ def cmd_serve(args: argparse.Namespace, cfg: Hometier) -> int:
     arch = _arch(args, cfg)
     lc = make_lifecycle(cfg, arch)
     if args.once:
-        report = run_cycle(lc)
+        report = run_cycle(lc, dry_run=args.dry_run)
         if args.json:
             emit_json(dataclasses.asdict(report))
         else:

@@ -104,10 +104,15 @@ def gather_facts(lc: Lifecycle, report: CycleReport) -> list[HomeFacts]:
     return facts
 
 
-def run_cycle(lc: Lifecycle) -> CycleReport:
-    """Run one archiver cycle; never raises for one home's failure (it is reported)."""
+def run_cycle(lc: Lifecycle, *, dry_run: bool = False) -> CycleReport:
+    """Run one archiver cycle; never raises for one home's failure (it is reported).
+
+    ``dry_run`` registers homes and gathers activity (database only) and reports the
+    decisions, but archives, recovers and purges nothing.
+    """
     report = CycleReport(started=lc.now())
-    report.recovered = recover(lc)
+    if not dry_run:
+        report.recovered = recover(lc)
     discover_homes(lc)
     try:
         facts = gather_facts(lc, report)
@@ -115,6 +120,8 @@ def run_cycle(lc: Lifecycle) -> CycleReport:
         log.error("skipping this cycle: %s", report.errors[-1])
         return report
     report.decisions = select_idle(facts, lc.now(), lc.policy)
+    if dry_run:
+        return report
     idle_before = lc.now() - lc.policy.inactive_after
     for d in report.decisions:
         if not d.chosen:
