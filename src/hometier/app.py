@@ -6,9 +6,11 @@ import datetime as dt
 import zoneinfo
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from hometier.config import Archiver, Hometier
 from hometier.config import Retention as RetentionConfig
-from hometier.errors import UsageError
+from hometier.errors import Error, UsageError
 from hometier.lifecycle.activity import HubClient
 from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.homes import HomeLayout
@@ -45,11 +47,25 @@ def make_retention(ret: RetentionConfig) -> Retention:
     )
 
 
+class DatabaseUnavailable(Error):
+    """The state database {} could not be opened: {}"""
+
+    exit_code = 6
+    http_status = 503
+
+
 def open_db(cfg: Hometier) -> Database:
+    """Open (and migrate) the state database; an SQLite file's folder is created."""
     url = cfg.db
-    if url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-        Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
-    return open_database(url)
+    try:
+        if url.startswith("sqlite:///"):
+            path = url[len("sqlite:///") :].split("?", 1)[0]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return open_database(url)
+    except (OSError, SQLAlchemyError) as exc:
+        shown = url.split("@", 1)[-1] if "@" in url else url
+        raise DatabaseUnavailable(shown, str(exc).splitlines()[0]) from exc
 
 
 def make_lifecycle(cfg: Hometier, arch: Archiver, *, create_repo: bool = True) -> Lifecycle:

@@ -207,7 +207,7 @@ def _snap_row(s: Snapshot) -> dict[str, Any]:
 
 
 def cmd_snapshots(args: argparse.Namespace, cfg: Hometier) -> int:
-    if args.user:
+    if args.user is not None:
         check_username(args.user)
     repo, _ = _repo(cfg)
     snaps = repo.list_snapshots(args.user)

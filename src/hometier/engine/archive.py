@@ -239,6 +239,12 @@ class _Archiver:
                     ]
                     if fmt != stat.S_IFIFO:
                         node.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+                    if st.st_nlink > 1:
+                        key = (st.st_dev, st.st_ino)
+                        if key in self.hardlinks:
+                            node.link = self.hardlinks[key]
+                        else:
+                            self.hardlinks[key] = sub
                     self.stats.others += 1
                 else:
                     what = "socket" if fmt == stat.S_IFSOCK else f"file type {fmt:o}"
@@ -395,6 +401,7 @@ def backup(
         user=user,
         time_ns=started,
         tree=root,
+        root_xattrs=_readxattrs(src) or {},
         root={
             "mode": stat.S_IMODE(st.st_mode),
             "uid": st.st_uid,

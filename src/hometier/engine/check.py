@@ -54,7 +54,7 @@ def check(
     its id, trailer and each blob's hash are verified. Reads only; changes nothing.
     """
     report = CheckReport()
-    repo.load_index()
+    repo.load_index(errors=report.errors)
     present: dict[bytes, int] = {}
     for obj in repo.store.list("packs/"):
         parsed = parse_pack_key(obj.key)
@@ -75,7 +75,7 @@ def check(
             f"pack {pid.hex()[:16]} is not indexed (left by an interrupted backup?)"
         )
 
-    snaps = repo.list_snapshots()
+    snaps = repo.list_snapshots(errors=report.errors)
     report.snapshots = len(snaps)
     for snap in snaps:
         try:

@@ -39,3 +39,38 @@ def rename_noreplace(
         os.rename(s, d, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
         return
     raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), os.fsdecode(d))
+
+
+def remove_tree(name: bytes | str, dir_fd: int) -> None:
+    """Remove the folder ``name`` (relative to ``dir_fd``) and everything in it.
+
+    Iterative, so depth is no limit (``shutil.rmtree`` recurses once per level in
+    Python 3.11), and never follows a symlink. Missing entries are not an error.
+    """
+    top = os.fsencode(name)
+    stack: list[tuple[bytes, bool]] = [(top, False)]
+    while stack:
+        rel, emptied = stack.pop()
+        if emptied:
+            try:
+                os.rmdir(rel, dir_fd=dir_fd)
+            except FileNotFoundError:
+                pass
+            continue
+        try:
+            st = os.stat(rel, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if not (st.st_mode & 0o170000 == 0o040000):
+            os.unlink(rel, dir_fd=dir_fd)
+            continue
+        fd = os.open(
+            rel, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd
+        )
+        try:
+            names = os.listdir(fd)
+        finally:
+            os.close(fd)
+        stack.append((rel, True))
+        for child in names:
+            stack.append((rel + b"/" + os.fsencode(child), False))

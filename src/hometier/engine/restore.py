@@ -13,14 +13,13 @@ import errno
 import logging
 import os
 import secrets
-import shutil
 import stat
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hometier.engine.fsutil import rename_noreplace
+from hometier.engine.fsutil import remove_tree, rename_noreplace
 from hometier.engine.trees import TreeCache
 from hometier.errors import Conflict, Error, IntegrityError
 from hometier.repo import BlobId, Repository
@@ -122,7 +121,7 @@ def _clean_stale(parent_fd: int, prefix: bytes) -> None:
         st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid():
             log.warning("removing a restore left unfinished: %s", os.fsdecode(name))
-            shutil.rmtree(name, dir_fd=parent_fd)
+            remove_tree(name, parent_fd)
 
 
 def _plan(repo: Repository, trees: TreeCache, root: BlobId, sfd: int) -> _Plan:
@@ -144,7 +143,7 @@ def _plan(repo: Repository, trees: TreeCache, root: BlobId, sfd: int) -> _Plan:
                 stack.append((n.subtree, sub, depth + 1))
             elif n.type == "file" and n.error is not None:
                 plan.count -= 1
-            elif n.type == "file" and n.link is not None:
+            elif n.link is not None:
                 plan.links.append((sub, n.link))
             elif n.type == "file":
                 _plan_file(repo, plan, sfd, sub, n)
@@ -206,6 +205,9 @@ def _set_root_meta(fd: int, snap: Snapshot, as_root: bool) -> None:
     r = snap.root
     if as_root:
         os.chown(fd, r.get("uid", 0), r.get("gid", 0))
+    for name, value in snap.root_xattrs.items():
+        if name.startswith(XATTR_PREFIX):
+            os.setxattr(fd, name, value)
     os.chmod(fd, r.get("mode", 0o700))
     os.utime(fd, ns=(r.get("atime", 0), r.get("mtime", 0)))
 
@@ -237,14 +239,19 @@ def restore(
     tgt = os.fsencode(os.path.abspath(target))
     exists = _check_target(tgt, merge)
     token = secrets.token_hex(4).encode()
-    if exists:
-        parent_fd = os.open(tgt, _DIR)
-        prefix = STAGING_PREFIX.encode()
-    else:
-        parent, name = os.path.split(tgt)
-        os.makedirs(parent, exist_ok=True)
-        parent_fd = os.open(parent, _DIR)
-        prefix = STAGING_PREFIX.encode() + name + b"-"
+    try:
+        if exists:
+            parent_fd = os.open(tgt, _DIR)
+            prefix = STAGING_PREFIX.encode()
+        else:
+            # The folder above the target is the operator's (often /home, itself
+            # sometimes a symlink): follow it; the target itself is never a symlink.
+            parent, name = os.path.split(tgt)
+            os.makedirs(parent, exist_ok=True)
+            parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            prefix = STAGING_PREFIX.encode() + name + b"-"
+    except OSError as exc:
+        raise RestoreError(snap.id[:12], os.fsdecode(tgt), _describe(exc)) from exc
     as_root = os.geteuid() == 0
     stats = RestoreStats()
     staging = prefix + token
@@ -265,7 +272,7 @@ def restore(
                 _set_root_meta(sfd, snap, as_root)
                 rename_noreplace(staging, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         except BaseException as exc:
-            shutil.rmtree(staging, dir_fd=parent_fd, ignore_errors=True)
+            remove_tree(staging, parent_fd)
             if isinstance(exc, KeyboardInterrupt):
                 raise
             detail = exc.get_message() if isinstance(exc, Error) else _describe(exc)
@@ -359,13 +366,6 @@ def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool) -> None:
         _set_meta(sfd, rel, n, as_root=as_root)
         stats.files += 1
         stats.bytes += n.size
-    for rel, link in plan.links:
-        # ``link`` is relative to the snapshot root and must name a regular file this
-        # restore created: never an arbitrary path, never through a symlink.
-        if link not in plan.regular:
-            raise IntegrityError(f"hardlink {os.fsdecode(rel)} points at a file not restored")
-        os.link(link, rel, src_dir_fd=sfd, dst_dir_fd=sfd, follow_symlinks=False)
-        stats.files += 1
     for rel, n in plan.specials:
         if n.type == "symlink":
             assert n.target is not None
@@ -381,7 +381,15 @@ def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool) -> None:
             stats.skipped.append(f"{os.fsdecode(rel)}: device nodes need root")
             continue
         _set_meta(sfd, rel, n, as_root=as_root)
+        plan.regular.add(rel)
         stats.others += 1
+    for rel, link in plan.links:
+        # ``link`` is relative to the snapshot root and must name a file or special file
+        # this restore created: never an arbitrary path, never through a symlink.
+        if link not in plan.regular:
+            raise IntegrityError(f"hardlink {os.fsdecode(rel)} points at a file not restored")
+        os.link(link, rel, src_dir_fd=sfd, dst_dir_fd=sfd, follow_symlinks=False)
+        stats.files += 1
     for rel, n in reversed(plan.dirs):
         _set_meta(sfd, rel, n, as_root=as_root)
         stats.dirs += 1

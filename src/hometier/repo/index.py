@@ -26,7 +26,8 @@ from hometier.repo.pack import CHECKSUM_LEN, ENTRY, Entry, decode_entries, encod
 MAGIC = b"HTINDEX\x01"
 HEAD = struct.Struct("<8sI")
 PACK = struct.Struct("<32sQI")
-MAX_INDEX_RAW = 1 << 30
+MAX_INDEX_RAW = 256 * 1024 * 1024
+"""An index object never decodes to more than this (5.8 million blobs): writers split."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,41 +61,44 @@ def encode_index(packs: Iterable[PackRecord]) -> bytes:
 
 
 def decode_index(data: bytes) -> list[PackRecord]:
-    """Parse an index object; ``IntegrityError`` on any inconsistency."""
+    """Parse an index object; ``IntegrityError`` on any inconsistency.
+
+    Checks the magic before decompressing further and stops at ``MAX_INDEX_RAW``, so a
+    hostile object costs at most that much memory, once.
+    """
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(data)
-        parts: list[bytes] = []
-        size = 0
-        while size <= MAX_INDEX_RAW:
-            part = reader.read(16 * 1024 * 1024)
+        head = reader.read(HEAD.size)
+        if len(head) < HEAD.size or head[:8] != MAGIC:
+            raise IntegrityError("not an index object (bad magic or truncated)")
+        body = bytearray(head)
+        while len(body) <= MAX_INDEX_RAW:
+            part = reader.read(min(16 * 1024 * 1024, MAX_INDEX_RAW + 1 - len(body) + 1))
             if not part:
                 break
-            parts.append(part)
-            size += len(part)
-        body = b"".join(parts)
+            body += part
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"index object does not decompress: {exc}") from exc
     if len(body) > MAX_INDEX_RAW:
         raise IntegrityError("index object is too large")
     if len(body) < HEAD.size + CHECKSUM_LEN:
         raise IntegrityError("index object is truncated")
-    if plain_hash(body[:-CHECKSUM_LEN])[:CHECKSUM_LEN] != body[-CHECKSUM_LEN:]:
-        raise IntegrityError("index object checksum mismatch")
-    magic, npacks = HEAD.unpack_from(body, 0)
-    if magic != MAGIC:
-        raise IntegrityError("not an index object")
-    pos = HEAD.size
+    view = memoryview(body)
     end = len(body) - CHECKSUM_LEN
+    if plain_hash(view[:end])[:CHECKSUM_LEN] != bytes(view[end:]):
+        raise IntegrityError("index object checksum mismatch")
+    _magic, npacks = HEAD.unpack_from(view, 0)
+    pos = HEAD.size
     out: list[PackRecord] = []
     for _ in range(npacks):
         if pos + PACK.size > end:
             raise IntegrityError("index object is truncated")
-        pid, size, count = PACK.unpack_from(body, pos)
+        pid, size, count = PACK.unpack_from(view, pos)
         pos += PACK.size
         n = count * ENTRY.size
         if pos + n > end:
             raise IntegrityError("index object is truncated")
-        out.append(PackRecord(PackId(pid), size, decode_entries(body[pos : pos + n], count)))
+        out.append(PackRecord(PackId(pid), size, decode_entries(view[pos : pos + n], count)))
         pos += n
     if pos != end:
         raise IntegrityError("index object has trailing bytes")

@@ -127,10 +127,12 @@ class Repository:
 
     # --- index --------------------------------------------------------------------
 
-    def load_index(self, workers: int = 8) -> int:
+    def load_index(self, workers: int = 8, *, errors: list[str] | None = None) -> int:
         """Read every index object not read yet; returns how many blobs are known.
 
-        Idempotent and cheap to call again: only new index objects are fetched.
+        Idempotent and cheap to call again: only new index objects are fetched. A
+        damaged object raises ``IntegrityError``, or, when ``errors`` is given, is
+        recorded there and skipped (``check`` reports every problem at once).
         """
         present = {o.key for o in self.store.list("index/")}
         self.doomed = tombstoned_packs(self.store)
@@ -145,10 +147,16 @@ class Repository:
             return len(self.index)
 
         def fetch(key: str) -> tuple[str, list[PackRecord]]:
-            data = self.store.get(key)
-            if plain_hash(data).hex() != key.rsplit("/", 1)[-1]:
-                raise IntegrityError(f"index object {key} does not match its name")
-            return key, decode_index(data)
+            try:
+                data = self.store.get(key)
+                if plain_hash(data).hex() != key.rsplit("/", 1)[-1]:
+                    raise IntegrityError(f"index object {key} does not match its name")
+                return key, decode_index(data)
+            except (IntegrityError, ObjectNotFound) as exc:
+                if errors is None:
+                    raise
+                errors.append(f"{key}: {exc}")
+                return key, []
 
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
             for key, recs in pool.map(fetch, keys):
@@ -288,13 +296,26 @@ class Repository:
             raise IntegrityError(f"snapshot {sid} does not match its name")
         return Snapshot.from_bytes(data, sid)
 
-    def list_snapshots(self, user: str | None = None, workers: int = 8) -> list[Snapshot]:
-        """Snapshots (of one user, or all), oldest first."""
+    def list_snapshots(
+        self, user: str | None = None, workers: int = 8, *, errors: list[str] | None = None
+    ) -> list[Snapshot]:
+        """Snapshots (of one user, or all), oldest first. A damaged snapshot raises
+        ``IntegrityError`` or, when ``errors`` is given, is recorded there and left out."""
         keys = self.snapshot_keys(user)
         if not keys:
             return []
+
+        def load(key: str) -> Snapshot | None:
+            try:
+                return self._load_snapshot_key(key)
+            except (IntegrityError, ObjectNotFound) as exc:
+                if errors is None:
+                    raise
+                errors.append(f"{key}: {exc}")
+                return None
+
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
-            snaps = list(pool.map(self._load_snapshot_key, keys))
+            snaps = [s for s in pool.map(load, keys) if s is not None]
         if user is not None:
             snaps = [s for s in snaps if s.user == user]
         return sorted(snaps, key=lambda s: (s.time_ns, s.id))

@@ -8,6 +8,7 @@ needs is durable.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,11 @@ _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 
 
 def user_key(user: str) -> str:
-    raw = user.encode("utf-8", "surrogateescape")
+    try:
+        # A name decoded from bytes with os.fsdecode gets its bytes back.
+        raw = user.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = user.encode("utf-8", "surrogatepass")
     return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw) or "%"
 
 
@@ -65,6 +70,8 @@ class Snapshot:
     tree: BlobId
     root: dict[str, int] = field(default_factory=dict)
     """Attributes of the archived folder itself: mode, uid, gid, mtime, atime (ns)."""
+    root_xattrs: dict[bytes, bytes] = field(default_factory=dict)
+    """``user.*`` extended attributes of the archived folder itself."""
     hostname: str = ""
     source: str = ""
     parent: SnapshotId | None = None
@@ -84,6 +91,10 @@ class Snapshot:
             "time_ns": self.time_ns,
             "tree": self.tree.hex(),
             "root": self.root,
+            "root_xattrs": {
+                base64.b64encode(k).decode(): base64.b64encode(v).decode()
+                for k, v in sorted(self.root_xattrs.items())
+            },
             "hostname": self.hostname,
             "source": self.source,
             "parent": self.parent,
@@ -95,25 +106,86 @@ class Snapshot:
     @classmethod
     def from_bytes(cls, data: bytes, sid: SnapshotId) -> Snapshot:
         try:
-            doc = json.loads(data)
+            doc = json.loads(data, parse_constant=_no_constant)
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
             if doc.get("version") != VERSION:
                 raise IntegrityError(f"snapshot {sid} has unknown version {doc.get('version')}")
             tree = bytes.fromhex(doc["tree"])
             if len(tree) != ID_LEN:
                 raise ValueError("tree id length")
-            known = {f for f in Stats.__dataclass_fields__}
-            stats = Stats(**{k: v for k, v in doc.get("stats", {}).items() if k in known})
+            stats = _stats(doc.get("stats", {}))
+            parent = doc.get("parent")
+            if parent is not None and not (isinstance(parent, str) and len(parent) <= 128):
+                raise ValueError("parent is not a snapshot id")
+            xattrs = {
+                base64.b64decode(k, validate=True): base64.b64decode(v, validate=True)
+                for k, v in dict(doc.get("root_xattrs", {})).items()
+            }
             return cls(
-                user=str(doc["user"]),
-                time_ns=int(doc["time_ns"]),
+                user=_str(doc["user"]),
+                time_ns=_int(doc["time_ns"], -(2**63), 2**63 - 1),
                 tree=BlobId(tree),
-                root={str(k): int(v) for k, v in dict(doc.get("root", {})).items()},
+                root=_root(doc.get("root", {})),
+                root_xattrs=xattrs,
                 hostname=str(doc.get("hostname", "")),
                 source=str(doc.get("source", "")),
-                parent=doc.get("parent"),
+                parent=SnapshotId(parent) if parent is not None else None,
                 stats=stats,
                 program=str(doc.get("program", "")),
                 id=sid,
             )
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError, OverflowError) as exc:
             raise IntegrityError(f"snapshot {sid} is malformed: {exc}") from exc
+
+
+_ROOT_RANGES = {
+    "mode": (0, 0o7777),
+    "uid": (0, 2**32 - 1),
+    "gid": (0, 2**32 - 1),
+    "mtime": (-(2**63), 2**63 - 1),
+    "atime": (-(2**63), 2**63 - 1),
+}
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number")
+
+
+def _int(v: object, lo: int, hi: int) -> int:
+    if type(v) is not int or not lo <= v <= hi:
+        raise ValueError(f"{v!r} is not an integer in range")
+    return v
+
+
+def _str(v: object) -> str:
+    if not isinstance(v, str):
+        raise ValueError("expected a string")
+    return v
+
+
+def _root(raw: object) -> dict[str, int]:
+    if not isinstance(raw, dict):
+        raise ValueError("root is not an object")
+    out = {}
+    for key, (lo, hi) in _ROOT_RANGES.items():
+        if key in raw:
+            out[key] = _int(raw[key], lo, hi)
+    return out
+
+
+def _stats(raw: object) -> Stats:
+    if not isinstance(raw, dict):
+        raise ValueError("stats is not an object")
+    stats = Stats()
+    for f in Stats.__dataclass_fields__:
+        if f not in raw:
+            continue
+        v = raw[f]
+        if isinstance(getattr(stats, f), list):
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+                raise ValueError(f"stats.{f} is not a list of strings")
+            setattr(stats, f, v[:MAX_LISTED])
+        else:
+            setattr(stats, f, _int(v, 0, 2**63 - 1))
+    return stats

@@ -103,6 +103,8 @@ def node_to_json(n: Node) -> dict[str, Any]:
     elif n.type in ("chr", "blk"):
         assert n.rdev is not None
         d["rdev"] = list(n.rdev)
+    if n.type in ("fifo", "chr", "blk") and n.link is not None:
+        _put_bytes(d, "link", n.link)
     if n.xattrs:
         d["xattrs"] = {
             base64.b64encode(k).decode(): base64.b64encode(v).decode()
@@ -143,12 +145,20 @@ def valid_name(name: bytes) -> bool:
     )
 
 
+def _link_path(name: bytes, link: bytes) -> bytes:
+    """A hardlink's first name: a path relative to the snapshot root, safe components."""
+    if len(link) > 64 * MAX_NAME or not all(valid_name(p) for p in link.split(b"/")):
+        raise IntegrityError(f"tree node {name[:64]!r} has an unsafe hardlink path")
+    return link
+
+
 def node_from_json(d: Any) -> Node:
     if not isinstance(d, dict):
         raise IntegrityError("tree node is not an object")
     name = _get_bytes(d, "name")
     if name is None or not valid_name(name):
-        raise IntegrityError(f"tree holds an unsafe name {name!r}")
+        shown = repr(name[:64]) + ("..." if len(name) > 64 else "") if name else repr(name)
+        raise IntegrityError(f"tree holds an unsafe name {shown}")
     typ = d.get("type")
     if typ not in TYPES:
         raise IntegrityError(f"tree node {name!r} has unknown type {typ!r}")
@@ -171,10 +181,7 @@ def node_from_json(d: Any) -> Node:
                 raise IntegrityError("tree node error is not a string")
             n.error = d["error"][:1000]
         elif link is not None:
-            parts = link.split(b"/")
-            if not all(valid_name(p) for p in parts):
-                raise IntegrityError(f"tree node {name!r} has an unsafe hardlink path")
-            n.link = link
+            n.link = _link_path(name, link)
         else:
             content = d.get("content", [])
             if not isinstance(content, list):
@@ -211,6 +218,10 @@ def node_from_json(d: Any) -> Node:
         ):
             raise IntegrityError(f"device {name!r} has no valid rdev")
         n.rdev = (rdev[0], rdev[1])
+    if typ in ("fifo", "chr", "blk"):
+        link = _get_bytes(d, "link")
+        if link is not None:
+            n.link = _link_path(name, link)
     if "xattrs" in d:
         xa = d["xattrs"]
         if not isinstance(xa, dict):
