@@ -162,8 +162,8 @@ def _restore_home(args: argparse.Namespace, cfg: Hometier, user: str) -> int:
         home = None
     if home is None or home.state == "active":
         # Not archived by the lifecycle: a plain restore into an empty or absent home.
-        queries.get_or_create_home(lc.db, user, str(path), lc.now(), actor="cli")
         snap = lc.repo.find_snapshot("latest", user)
+        queries.get_or_create_home(lc.db, user, str(path), lc.now(), actor="cli")
         stats = restore(lc.repo, snap, path, workers=cfg.workers)
         doc = {
             "user": user,

@@ -74,3 +74,13 @@ def remove_tree(name: bytes | str, dir_fd: int) -> None:
         stack.append((rel, True))
         for child in names:
             stack.append((rel + b"/" + os.fsencode(child), False))
+
+
+def remove_path(path: str | os.PathLike[str]) -> None:
+    """``remove_tree`` for a path: the folder at ``path`` and everything in it."""
+    parent, name = os.path.split(os.path.abspath(os.fsencode(path)))
+    fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        remove_tree(name, fd)
+    finally:
+        os.close(fd)

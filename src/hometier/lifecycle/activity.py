@@ -91,14 +91,29 @@ class HubClient:
             )
             items = doc["items"] if isinstance(doc, dict) else doc
             for u in items:
-                out.append(_hub_user(u))
+                out.append(_hub_user(u, self.api_url))
             nxt = doc.get("_pagination", {}).get("next") if isinstance(doc, dict) else None
             if not nxt or not items:
                 return out
             offset = int(nxt.get("offset", offset + len(items)))
 
+    def user(self, name: str) -> HubUser | None:
+        """One user, read now (None if the Hub does not know them)."""
+        path = "/users/" + urllib.parse.quote(name, safe="")
+        try:
+            doc = self._get(path, {"include_stopped_servers": 0})
+        except HubUnavailable as exc:
+            if "HTTP 404" in exc.get_message():
+                return None
+            raise
+        return _hub_user(doc, self.api_url)
 
-def _hub_user(u: dict[str, Any]) -> HubUser:
+
+def _hub_user(u: dict[str, Any], where: str) -> HubUser:
+    if "servers" not in u:
+        # The Hub leaves the key out when the token lacks read:servers: every user would
+        # look idle, running servers included. Never guess that.
+        raise HubUnavailable(where, "the token lacks the read:servers scope")
     servers = u.get("servers") or {}
     times = [parse_time(u.get("last_activity"))]
     running = bool(u.get("server")) or bool(u.get("pending"))

@@ -14,21 +14,22 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import shutil
+import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from hometier import faults
 from hometier.engine import backup
-from hometier.engine.fsutil import rename_noreplace
+from hometier.engine.fsutil import remove_path, rename_noreplace
 from hometier.engine.trees import TreeCache
 from hometier.engine.verify import compare_tree, verify_snapshot
-from hometier.errors import Conflict, Error
+from hometier.errors import Conflict, Error, NotFound
 from hometier.lifecycle.activity import NOTICE_NAME
 from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.locks import home_lock
-from hometier.repo.snapshot import Snapshot, user_key
+from hometier.lifecycle.moves import move_entries
+from hometier.repo.snapshot import Snapshot, user_from_key, user_key
 from hometier.state import ACTIVE, ARCHIVED, ARCHIVING, queries
 from hometier.state.queries import SnapshotInfo
 
@@ -39,6 +40,10 @@ Your files were archived by hometier on {date} because this home was not used fo
 while. They come back automatically, exactly as they were, the next time you log in to
 JupyterHub. Nothing was lost. (Snapshot {snapshot}.)
 """
+
+
+class NoSuchHome(NotFound):
+    """No home folder for {} at {}."""
 
 
 class NotEligible(Conflict):
@@ -82,6 +87,11 @@ def archive_home(lc: Lifecycle, user: str) -> ArchiveResult:
     """
     path = lc.layout.path(user)
     now = lc.now()
+    try:
+        queries.get_home(lc.db, user)
+    except queries.HomeNotFound:
+        if not path.is_dir() or path.is_symlink():
+            raise NoSuchHome(user, path) from None
     queries.get_or_create_home(lc.db, user, str(path), now, actor=lc.worker)
     claimed = queries.begin_archive_claim(
         lc.db, lc.worker, now, limit=1, candidates=[user], claim_for=lc.claim_for
@@ -189,7 +199,9 @@ def _archive(lc: Lifecycle, user: str, version: int, path: Path) -> ArchiveResul
                 result.outcome, result.reason = "cancelled", "a login or lease arrived"
                 return result
             faults.point("after_state_change")
-            _move_to_quarantine(lc, user, path, quarantine, snap)
+            if not _move_to_quarantine(lc, user, path, quarantine, snap):
+                result.outcome, result.reason = "changed", "changed while moved aside; kept"
+                return result
         result.outcome = "archived"
         log.info("archived %s: snapshot %s, %d bytes", user, snap.id[:12], snap.stats.bytes)
         return result
@@ -207,8 +219,11 @@ def _archive(lc: Lifecycle, user: str, version: int, path: Path) -> ArchiveResul
 
 def _move_to_quarantine(
     lc: Lifecycle, user: str, path: Path, quarantine: Path, snap: Snapshot
-) -> None:
-    """Move every entry of the home into the quarantine, then prove nothing changed."""
+) -> bool:
+    """Move every entry of the home into the quarantine, then prove nothing changed.
+
+    Returns False when something had changed and everything was put back (the home is
+    then ``active`` again)."""
     lc.quarantine_root.mkdir(mode=0o700, exist_ok=True)
     quarantine.mkdir(mode=0o700, exist_ok=True)
     home = os.fsencode(path)
@@ -219,10 +234,10 @@ def _move_to_quarantine(
         rename_noreplace(home + b"/" + name, q + b"/" + name)
         if i == 0:
             faults.point("mid_delete")
-    _finish_move(lc, user, path, quarantine, snap)
+    return _finish_move(lc, user, path, quarantine, snap)
 
 
-def _finish_move(lc: Lifecycle, user: str, path: Path, quarantine: Path, snap: Snapshot) -> None:
+def _finish_move(lc: Lifecycle, user: str, path: Path, quarantine: Path, snap: Snapshot) -> bool:
     trees = TreeCache(lc.repo, [snap.tree], workers=lc.workers)
     cmp = compare_tree(trees, snap, quarantine, moved_top=True)
     if not cmp.same:
@@ -230,7 +245,7 @@ def _finish_move(lc: Lifecycle, user: str, path: Path, quarantine: Path, snap: S
         log.warning(
             "home of %s changed while it was moved aside; putting it back: %s", user, details
         )
-        _move_back(quarantine, path)
+        move_entries(quarantine, path, snap.id[:12])
         home = queries.get_home(lc.db, user)
         queries.transition(
             lc.db,
@@ -242,30 +257,15 @@ def _finish_move(lc: Lifecycle, user: str, path: Path, quarantine: Path, snap: S
             version=home.version,
             detail={"reason": "changed while moved aside; kept", "details": details[:10]},
             quarantine_path=None,
+            archived_at=None,
         )
-        return
+        return False
     notice = path / NOTICE_NAME
     tmp = path / f".{NOTICE_NAME}.tmp"
     tmp.write_text(NOTICE.format(date=snap.time.date().isoformat(), snapshot=snap.id[:12]))
     os.chmod(tmp, 0o444)
     os.replace(tmp, notice)
-
-
-def _move_back(quarantine: Path, path: Path) -> None:
-    q, home = os.fsencode(quarantine), os.fsencode(path)
-    for name in os.listdir(q):
-        try:
-            rename_noreplace(q + b"/" + name, home + b"/" + name)
-        except FileExistsError:
-            log.error(
-                "kept %s in the quarantine: a file of that name reappeared in %s",
-                os.fsdecode(name),
-                path,
-            )
-    try:
-        os.rmdir(q)
-    except OSError:
-        pass
+    return True
 
 
 def _only_notice(path: Path) -> bool:
@@ -273,8 +273,10 @@ def _only_notice(path: Path) -> bool:
 
 
 def _hub_running(lc: Lifecycle, user: str) -> bool:
+    """Ask the Hub about this one user right before the database step."""
     assert lc.hub is not None
-    return any(u.name == user and u.running for u in lc.hub.users())
+    found = lc.hub.user(user)
+    return found is not None and found.running
 
 
 def _latest_snapshot(lc: Lifecycle, user: str) -> Snapshot | None:
@@ -317,50 +319,83 @@ def recover(lc: Lifecycle) -> list[str]:
             current = queries.get_home(lc.db, home.user)
             if current.state != ARCHIVED or current.quarantine_path != home.quarantine_path:
                 continue  # a login got there first
+            if _only_notice(path) and (path / NOTICE_NAME).exists():
+                continue  # another worker finished it meanwhile
             snap = lc.repo.find_snapshot(snap_id, home.user)
             log.warning("finishing the interrupted archive of %s", home.user)
             _move_to_quarantine(lc, home.user, path, quarantine, snap)
         done.append(home.user)
     now = lc.now()
     for home in queries.list_homes(lc.db, ARCHIVING):
-        if home.claimed_until is not None and home.claimed_until < now:
+        expired = home.claimed_until is not None and home.claimed_until < now
+        if expired or _dead_here(home.claimed_by):
             # Its worker died before the database step: the home was never touched.
             _back_to_active(lc, home.user, home.version, "worker gone; archive abandoned", [])
             done.append(home.user)
     return done
 
 
+def _dead_here(worker: str | None) -> bool:
+    """True if ``worker`` (``kind:host:pid``) ran on this host and its process is gone:
+    a restarted archiver need not wait for its dead predecessor's claim to expire."""
+    if not worker or worker.count(":") < 2:
+        return False
+    _kind, host, pid = worker.rsplit(":", 2)
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def purge_quarantine(lc: Lifecycle) -> list[str]:
-    """Remove quarantined files older than ``quarantine_for`` (only completed archives)."""
+    """Remove quarantined files that are no longer needed; returns the folders removed.
+
+    A quarantine is removed, under its home's lock and after re-reading the home, when
+    its home is ``archived`` with the move finished and ``archived_at`` is older than
+    ``quarantine_for``, or when no home references it any more and its folder is older
+    than that. One referenced by a home that is ``restoring``, ``failed`` (it may be the
+    last good copy), or mid-move is kept.
+    """
     root = lc.quarantine_root
     if not root.is_dir():
         return []
-    keep: set[str] = set()
-    since: dict[str, dt.datetime] = {}
-    owners: dict[str, str] = {}
-    for home in queries.list_homes(lc.db, ARCHIVED):
-        if not home.quarantine_path:
-            continue
-        owners[home.quarantine_path] = home.user
-        path = Path(home.path)
-        if path.is_dir() and not _only_notice(path) or not (path / NOTICE_NAME).exists():
-            keep.add(home.quarantine_path)  # a move in progress or to be recovered
-        elif home.archived_at is not None:
-            since[home.quarantine_path] = home.archived_at
     cutoff = lc.now() - lc.quarantine_for
+    owners = {h.quarantine_path: h.user for h in queries.list_homes(lc.db) if h.quarantine_path}
     removed: list[str] = []
     for entry in root.iterdir():
-        if str(entry) in keep or entry.name.startswith("."):
+        if entry.name.startswith(".") or not entry.is_dir():
             continue
-        # Archived homes age from their archive time (the database clock); leftovers
-        # nobody references (a restore used the bucket) from their folder's mtime.
-        when = since.get(str(entry)) or dt.datetime.fromtimestamp(entry.lstat().st_mtime, tz=dt.UTC)
-        if when <= cutoff:
-            user = owners.get(str(entry))
-            with home_lock(root, user) if user else contextlib.nullcontext():
-                if not entry.exists():
-                    continue  # a restore moved it back meanwhile
-                log.info("removing quarantined %s", entry.name)
-                shutil.rmtree(entry)
-            removed.append(entry.name)
+        user = owners.get(str(entry)) or user_from_key(entry.name.rsplit(".", 1)[0])
+        with home_lock(root, user) if user else contextlib.nullcontext():
+            if not entry.exists():
+                continue  # a restore moved it back meanwhile
+            if not _purgeable(lc, entry, user, cutoff):
+                continue
+            log.info("removing quarantined %s", entry.name)
+            remove_path(entry)
+        removed.append(entry.name)
     return removed
+
+
+def _purgeable(lc: Lifecycle, entry: Path, user: str | None, cutoff: dt.datetime) -> bool:
+    home = None
+    if user is not None:
+        try:
+            home = queries.get_home(lc.db, user)
+        except queries.HomeNotFound:
+            home = None
+    if home is not None and home.quarantine_path == str(entry):
+        if home.state != ARCHIVED or home.archived_at is None:
+            return False  # restoring, failed or otherwise in use
+        path = Path(home.path)
+        if not (path / NOTICE_NAME).exists() or not _only_notice(path):
+            return False  # the move is not finished (recover() will)
+        return home.archived_at <= cutoff
+    # Nobody references it: a restore came from the bucket, or a move was undone.
+    when = dt.datetime.fromtimestamp(entry.lstat().st_mtime, tz=dt.UTC)
+    return when <= cutoff

@@ -99,6 +99,7 @@ def gather_facts(lc: Lifecycle, report: CycleReport) -> list[HomeFacts]:
                 activity_source=home.last_activity_source,
                 server_running=home.user in running,
                 leases=leases,
+                folder_missing=home.state == ACTIVE and not os.path.isdir(home.path),
             )
         )
     return facts

@@ -55,6 +55,8 @@ class HomeFacts:
     """A running or pending server (named ones too) or a spawn in progress."""
     leases: int = 0
     """Active leases."""
+    folder_missing: bool = False
+    """The home folder is not on the volume (a typo, or removed by an operator)."""
 
 
 @dataclass(frozen=True)
@@ -121,12 +123,16 @@ def _refusal(h: HomeFacts, idle: dt.timedelta | None, policy: Policy) -> str | N
         return f"state is {h.state}"
     if h.exempt:
         return "exempt"
+    if h.folder_missing:
+        return "no home folder on the volume"
     if h.server_running:
         return "a server is running"
     if h.leases:
         return f"{h.leases} active lease(s)"
     if idle is not None and idle < policy.inactive_after:
         src = f" ({h.activity_source})" if h.activity_source else ""
+        if idle < dt.timedelta(0):
+            return f"last activity is in the future{src}: clock skew? kept"
         return f"active {_fmt(idle)} ago{src}"
     if h.hot_bytes < policy.min_size:
         return "smaller than min_size"

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hometier.engine import restore
-from hometier.engine.fsutil import rename_noreplace
 from hometier.engine.restore import RestoreProgress
 from hometier.engine.trees import TreeCache
 from hometier.engine.verify import compare_tree
@@ -27,6 +26,7 @@ from hometier.errors import Error
 from hometier.lifecycle.activity import NOTICE_NAME
 from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.locks import home_lock, lock_is_free
+from hometier.lifecycle.moves import Moved, move_entries
 from hometier.repo.snapshot import Snapshot
 from hometier.state import ACTIVE, ARCHIVED, FAILED, RESTORING, queries
 
@@ -138,14 +138,17 @@ def _perform(
             if notice.exists():
                 notice.unlink()
             quarantine = Path(home.quarantine_path) if home.quarantine_path else None
-            if (
-                lc.restore_from_quarantine
-                and quarantine is not None
-                and quarantine.is_dir()
-                and quarantine.name.endswith("." + snap.id[:12])
-                and _from_quarantine(lc, snap, quarantine, path)
-            ):
-                result.source = "quarantine"
+            if quarantine is not None and not quarantine.name.endswith("." + snap.id[:12]):
+                quarantine = None  # it holds an older snapshot's files: the bucket has the truth
+            moved = None
+            if lc.restore_from_quarantine or not _empty(path):
+                moved = _from_volume(
+                    lc, snap, quarantine if lc.restore_from_quarantine else None, path
+                )
+            if moved is not None:
+                result.source = "quarantine" if quarantine is not None else "volume"
+                result.conflicts = moved.conflicts
+                result.conflicts_dir = str(moved.conflicts_dir) if moved.conflicts_dir else None
             else:
                 merge = path.exists() and not _empty(path)
                 stats = restore(
@@ -156,8 +159,8 @@ def _perform(
         result.bytes, result.files = snap.stats.bytes, snap.stats.files
         detail_fields = {"hot_bytes": snap.stats.bytes, "hot_files": snap.stats.files}
         queries.finish_restore(lc.db, user, actor, lc.now(), **detail_fields)
-    except Error as exc:
-        msg = exc.get_message()
+    except (Error, OSError) as exc:
+        msg = exc.get_message() if isinstance(exc, Error) else f"{exc.strerror or exc}"
         log.error("restoring %s failed: %s", user, msg)
         _put_notice_back(notice)
         queries.fail(lc.db, user, msg, actor, lc.now(), from_states=RESTORING)
@@ -178,34 +181,44 @@ def _empty(path: Path) -> bool:
     return not path.exists() or not any(p for p in os.listdir(path) if p != NOTICE_NAME)
 
 
-def _from_quarantine(lc: Lifecycle, snap: Snapshot, quarantine: Path, path: Path) -> bool:
-    """Move the quarantined files back (never over a file in the home) and check that
-    the home now equals the snapshot. False: the bucket restore fills what is missing
-    (in merge mode, so nothing that is there is overwritten)."""
-    path.mkdir(parents=True, exist_ok=True)
-    q, home = os.fsencode(quarantine), os.fsencode(path)
-    for name in os.listdir(q):
-        try:
-            rename_noreplace(q + b"/" + name, home + b"/" + name)
-        except FileExistsError:
-            log.warning("%s: kept %s in the quarantine, the home has one", path, os.fsdecode(name))
-    try:
-        os.rmdir(q)
-    except OSError:
-        pass
+def _from_volume(
+    lc: Lifecycle, snap: Snapshot, quarantine: Path | None, path: Path
+) -> Moved | None:
+    """Bring the home back from what is still on the volume, when that is the snapshot.
+
+    The archive moved the files into ``quarantine`` (fully, partly if it was
+    interrupted, or not at all if it died right after the database step). Nothing
+    moves before the snapshot's trees are loaded. Then the quarantined entries move
+    back, one rename each (a name that appeared in the home meanwhile keeps its new
+    file; the quarantined one goes to the conflicts folder), and the home is compared
+    with the snapshot: if everything the snapshot holds is there, unchanged, this is the
+    restore. None: the volume cannot provide it; the bucket restore fills in (merging,
+    so nothing on the volume is overwritten).
+    """
     try:
         trees = TreeCache(lc.repo, [snap.tree], workers=lc.workers)
-        cmp = compare_tree(trees, snap, path, moved_top=True)
     except Error as exc:
-        log.warning("%s: could not compare with the snapshot: %s", path, exc)
-        return False
-    if not cmp.same:
+        log.warning("%s: cannot load the snapshot's trees: %s", path, exc)
+        return None
+    moved = Moved()
+    if quarantine is not None and quarantine.is_dir():
+        path.mkdir(parents=True, exist_ok=True)
+        moved = move_entries(quarantine, path, snap.id[:12])
+    if not path.is_dir():
+        return None
+    cmp = compare_tree(trees, snap, path, moved_top=True)
+    taken = set(moved.conflicts)
+    real = [
+        d for d in cmp.differences if d.what != "added" and d.path.split("/", 1)[0] not in taken
+    ]
+    if real:
         log.warning(
-            "%s differs from its snapshot after leaving the quarantine: %s",
+            "%s: the volume does not hold the snapshot, restoring from the bucket: %s",
             path,
-            [f"{d.path}: {d.what}" for d in cmp.differences],
+            [f"{d.path}: {d.what}" for d in real],
         )
-    return cmp.same
+        return None
+    return moved
 
 
 def _put_notice_back(notice: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from decimal import Decimal
 
 from hometier.errors import UsageError
 
@@ -21,7 +22,10 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
     m = _DURATION.match(value)
     if not m:
         raise UsageError(f"not a duration: {value!r} (use e.g. 30d, 12h, 90m, 2w)")
-    return timedelta(seconds=float(m.group(1)) * _SECONDS[(m.group(2) or "s").lower()])
+    try:
+        return timedelta(seconds=float(m.group(1)) * _SECONDS[(m.group(2) or "s").lower()])
+    except OverflowError:
+        raise UsageError(f"not a duration: {value!r} is too long") from None
 
 
 def parse_size(value: str | int) -> int:
@@ -33,4 +37,4 @@ def parse_size(value: str | int) -> int:
         raise UsageError(f"not a size: {value!r} (use e.g. 500MB, 10GiB)")
     power = " kmgtp".index(m.group(2).lower() or " ")
     base = 1024 if m.group(3) else 1000
-    return int(float(m.group(1)) * base**power)
+    return int(Decimal(m.group(1)) * base**power)

@@ -31,6 +31,26 @@ def user_key(user: str) -> str:
     return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw) or "%"
 
 
+def user_from_key(key: str) -> str | None:
+    """The user name a ``user_key`` came from, or None if ``key`` is not one."""
+    raw = bytearray()
+    i = 0
+    try:
+        while i < len(key):
+            c = key[i]
+            if c == "%":
+                raw.append(int(key[i + 1 : i + 3], 16))
+                i += 3
+            elif ord(c) < 128 and ord(c) in _SAFE:
+                raw.append(ord(c))
+                i += 1
+            else:
+                return None
+        return bytes(raw).decode("utf-8", "surrogateescape") if raw else None
+    except ValueError:
+        return None
+
+
 @dataclass
 class Stats:
     files: int = 0
