@@ -84,6 +84,7 @@ def make_lifecycle(cfg: Hometier, arch: Archiver, *, create_repo: bool = True) -
         hub=hub,
         quarantine_for=parse_duration(arch.quarantine_for),
         read_back=arch.read_back,
+        restore_from_quarantine=arch.restore_from_quarantine,
         workers=cfg.workers,
         pack_size=cfg.pack_size_mb * 1024 * 1024,
     )

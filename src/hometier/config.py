@@ -89,6 +89,13 @@ class Archiver(Configurable):
             "before removing them (0 removes them at the end of the cycle)."
         ),
     ).tag(config=True)
+    restore_from_quarantine = Bool(
+        True,
+        help=(
+            "Bring a home back from its quarantine folder (instant) while that still holds "
+            "exactly the snapshot; else from object storage."
+        ),
+    ).tag(config=True)
     read_back = Bool(
         False, help="Download and hash every blob of a new snapshot before deleting the home."
     ).tag(config=True)
@@ -109,6 +116,28 @@ class Archiver(Configurable):
     @default("hub_api_token")
     def _hub_token_default(self) -> str:
         return os.environ.get("HOMETIER_HUB_TOKEN") or os.environ.get("JUPYTERHUB_API_TOKEN", "")
+
+
+class Service(Configurable):
+    """The HTTP service (``c.Service.*``)."""
+
+    ip = Unicode("127.0.0.1", help="Address to listen on (0.0.0.0 in a container).").tag(
+        config=True
+    )
+    port = Integer(8765, help="Port to listen on.").tag(config=True)
+    base_url = Unicode(
+        help=(
+            "URL prefix of every route; default: JUPYTERHUB_SERVICE_PREFIX when run as a "
+            "JupyterHub service, else /services/hometier/."
+        )
+    ).tag(config=True)
+    metrics_public = Bool(
+        False, help="Serve /metrics without a token (for a scraper inside the cluster)."
+    ).tag(config=True)
+
+    @default("base_url")
+    def _base_url_default(self) -> str:
+        return os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/hometier/")
 
 
 class Retention(Configurable):

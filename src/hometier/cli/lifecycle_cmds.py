@@ -12,7 +12,7 @@ from rich.table import Table
 
 from hometier.app import make_lifecycle
 from hometier.cli.output import emit_json, err, human, out
-from hometier.config import Archiver, Hometier
+from hometier.config import Archiver, Hometier, Service
 from hometier.lifecycle.context import utcnow
 from hometier.lifecycle.cycle import archive_home
 from hometier.lifecycle.homes import check_username
@@ -32,6 +32,10 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--dry-run", action="store_true", help="with --once: show the decisions, archive nothing"
     )
+    p.add_argument("--no-api", action="store_true", help="run only the archiver loop")
+    p.add_argument("--no-loop", action="store_true", help="run only the HTTP service")
+    p.add_argument("--ip", help="address of the HTTP service [c.Service.ip]")
+    p.add_argument("--port", type=int, help="port of the HTTP service [c.Service.port]")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("status", help="state of one home or of all")
@@ -116,6 +120,26 @@ def cmd_serve(args: argparse.Namespace, cfg: Hometier) -> int:
             for e in report.errors:
                 err.print(f"[red]error:[/red] {e}", highlight=False)
         return 1 if report.errors else 0
+    interval = None if args.no_loop else parse_duration(arch.interval)
+    if not args.no_api:
+        from hometier.service.app import run_service
+
+        svc = Service(config=cfg.config)
+        ip = args.ip or svc.ip
+        port = args.port or svc.port
+        err.print(
+            f"hometier service on http://{ip}:{port}{svc.base_url}"
+            + (f", archiving every {arch.interval}" if interval else "")
+        )
+        run_service(
+            lc,
+            ip=ip,
+            port=port,
+            prefix=svc.base_url,
+            interval=interval,
+            metrics_public=svc.metrics_public,
+        )
+        return 0
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

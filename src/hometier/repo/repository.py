@@ -196,7 +196,12 @@ class Repository:
             return set(self._loaded_index)
 
     def locate(self, bid: BlobId) -> Location:
+        """Where a blob is; reads new index objects once if it is not known yet (a
+        long-running process sees what other processes wrote). ``IntegrityError``."""
         loc = self.index.get(bid)
+        if loc is None:
+            self.load_index()
+            loc = self.index.get(bid)
         if loc is None:
             raise IntegrityError(f"blob {bid.hex()[:16]} is referenced but not in the index")
         return loc

@@ -642,3 +642,10 @@ def forget_snapshots(target: Target, ids: Iterable[str]) -> int:
         for row in rows:
             s.delete(row)
         return len(rows)
+
+
+def lease_owner(target: Target, lease_id: str) -> str:
+    """The user whose home a lease holds; ``LeaseNotFound``."""
+    with _tx(target, write=False) as s:
+        lease, home = _lease(s, lease_id)
+        return home.user

@@ -1,0 +1,112 @@
+"""The base handler: authentication through JupyterHub, JSON in and out, one error path."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from jupyterhub.services.auth import HubOAuthenticated
+from tornado import web
+
+from hometier.errors import Error, UsageError
+from hometier.lifecycle.homes import check_username
+from hometier.service.auth import Identity, Unauthorized
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+MAX_JSON = 64 * 1024
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "isoformat"):
+        return o.isoformat()
+    if isinstance(o, bytes):
+        return o.decode("utf-8", "replace")
+    return str(o)
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
+    """Every API handler: JSON errors, the caller's ``Identity``, blocking work off-loop."""
+
+    public = False
+    """True for handlers anyone may call (health)."""
+
+    @property
+    def hub_scopes(self) -> None:
+        # Every identified caller gets in; each handler checks its own scopes, because
+        # the one-spawn restore token has no access:services scope by design.
+        return None
+
+    @property
+    def ctx(self) -> Any:
+        return self.settings["hometier"]
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def check_xsrf_cookie(self) -> None:
+        # Token-authenticated API calls carry no cookie; cookie-authenticated ones from a
+        # browser must pass the XSRF check the Hub's helpers implement.
+        if self.request.headers.get("Authorization"):
+            return
+        super().check_xsrf_cookie()
+
+    def identity(self) -> Identity:
+        model = self.current_user
+        if not model:
+            raise Unauthorized()
+        return Identity.from_model(model, self.ctx.service_name)
+
+    def user_arg(self, user: str) -> str:
+        return check_username(user)
+
+    def body(self) -> dict[str, Any]:
+        raw = self.request.body or b"{}"
+        if len(raw) > MAX_JSON:
+            raise UsageError(f"request body is larger than {MAX_JSON} bytes")
+        try:
+            doc = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise UsageError(f"request body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise UsageError("request body must be a JSON object")
+        return doc
+
+    def send(self, doc: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.finish(json.dumps(doc, default=_json_default, sort_keys=True))
+
+    async def blocking(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.ctx.executor, functools.partial(fn, *args, **kwargs))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if isinstance(exc, Error):
+            doc = {"error": exc.get_message(), "kind": type(exc).__name__}
+        elif isinstance(exc, web.HTTPError):
+            doc = {"error": exc.log_message or self._reason, "kind": "HTTPError"}
+        else:
+            doc = {"error": self._reason, "kind": "InternalError"}
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(json.dumps(doc))
+
+    def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, Error):
+            log.info("%s %s: %s", self.request.method, self.request.path, value.get_message())
+            return
+        super().log_exception(typ, value, tb)
+
+    def _handle_request_exception(self, e: BaseException) -> None:
+        if isinstance(e, Error):
+            self.log_exception(type(e), e, e.__traceback__)
+            if not self._finished:
+                self.send_error(e.http_status, exc_info=(type(e), e, e.__traceback__))
+            return
+        super()._handle_request_exception(e)

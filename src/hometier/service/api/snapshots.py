@@ -1,0 +1,170 @@
+"""Snapshots of a home: list them, browse a folder, download a file or a folder.
+
+Only the home's own user (or an admin) may read them. Paths are inside the snapshot;
+``..`` never leaves it (names were validated when the trees were read). A name that is
+not UTF-8 can be given as ``path_b64``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import os
+import queue
+import threading
+from typing import Any
+from urllib.parse import quote
+
+from hometier.engine.export import find, iter_content, list_dir, write_tar, write_zip
+from hometier.errors import UsageError
+from hometier.repo.snapshot import Snapshot
+from hometier.service.api.base import BaseHandler
+
+_DONE = object()
+
+
+def snap_doc(s: Snapshot) -> dict[str, Any]:
+    return {
+        "id": s.id,
+        "time": s.time,
+        "files": s.stats.files,
+        "bytes": s.stats.bytes,
+        "stored_bytes": s.stats.bytes_new_stored,
+        "complete": s.stats.complete,
+        "parent": s.parent,
+    }
+
+
+def _name(raw: bytes) -> dict[str, str]:
+    try:
+        return {"name": raw.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"name": raw.decode("utf-8", "replace"), "name_b64": base64.b64encode(raw).decode()}
+
+
+class SnapshotBase(BaseHandler):
+    def path_arg(self) -> bytes:
+        b64 = self.get_query_argument("path_b64", None)
+        if b64 is not None:
+            try:
+                return base64.b64decode(b64, validate=True)
+            except (binascii.Error, ValueError):
+                raise UsageError("path_b64 is not base64") from None
+        return os.fsencode(self.get_query_argument("path", ""))
+
+    async def snapshot(self, user: str, ref: str) -> tuple[str, Snapshot]:
+        user = self.user_arg(user)
+        self.identity().require("read", user)
+        snap = await self.blocking(self.ctx.lc.repo.find_snapshot, ref, user)
+        return user, snap
+
+
+class SnapshotsHandler(BaseHandler):
+    async def get(self, user: str) -> None:
+        user = self.user_arg(user)
+        self.identity().require("read", user)
+        snaps = await self.blocking(self.ctx.lc.repo.list_snapshots, user)
+        self.send({"snapshots": [snap_doc(s) for s in reversed(snaps)]})
+
+
+class TreeHandler(SnapshotBase):
+    async def get(self, user: str, ref: str) -> None:
+        _user, snap = await self.snapshot(user, ref)
+        path = self.path_arg()
+        nodes = await self.blocking(list_dir, self.ctx.lc.repo, snap, path)
+        entries = []
+        for n in nodes:
+            e: dict[str, Any] = _name(n.name)
+            e.update(type=n.type, size=n.size if n.type == "file" else None, mode=oct(n.mode))
+            e["mtime"] = n.mtime_ns / 1e9
+            if n.type == "symlink":
+                e["target"] = (n.target or b"").decode("utf-8", "replace")
+            entries.append(e)
+        self.send(
+            {"snapshot": snap.id, "path": path.decode("utf-8", "replace"), "entries": entries}
+        )
+
+
+class _Pipe:
+    """A writable file for a producer thread; the handler drains it, bounded in memory."""
+
+    def __init__(self) -> None:
+        self.q: queue.Queue[Any] = queue.Queue(maxsize=8)
+        self.closed = threading.Event()
+
+    def write(self, data: bytes) -> int:
+        if self.closed.is_set():
+            raise BrokenPipeError("the client went away")
+        self.q.put(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+class DownloadHandler(SnapshotBase):
+    """``/file`` streams one file; ``/archive?format=tar|zip`` a folder (or the home)."""
+
+    async def get(self, user: str, ref: str, kind: str) -> None:
+        _user, snap = await self.snapshot(user, ref)
+        path = self.path_arg()
+        repo = self.ctx.lc.repo
+        node = await self.blocking(find, repo, snap, path)
+        base = os.fsdecode(path.rstrip(b"/").rsplit(b"/", 1)[-1]) or snap.user
+        pipe = _Pipe()
+        if kind == "file":
+            if node.type != "file" or node.error is not None:
+                raise UsageError("that path is not a regular file in the snapshot")
+            if node.link is not None:
+                node = await self.blocking(find, repo, snap, node.link)
+            self.set_header("Content-Type", "application/octet-stream")
+            self.set_header("Content-Length", str(node.size))
+            name = base
+
+            def produce() -> None:
+                for chunk in iter_content(repo, node):
+                    pipe.write(chunk)
+
+        else:
+            fmt = self.get_query_argument("format", "tar")
+            if fmt not in ("tar", "zip"):
+                raise UsageError("format must be tar or zip")
+            self.set_header(
+                "Content-Type", "application/x-tar" if fmt == "tar" else "application/zip"
+            )
+            name = f"{base}.{fmt}"
+
+            def produce() -> None:
+                (write_tar if fmt == "tar" else write_zip)(repo, snap, path, pipe)  # type: ignore[arg-type]
+
+        self.set_header(
+            "Content-Disposition", f"attachment; filename*=UTF-8''{quote(name, safe='')}"
+        )
+        await self._stream(produce, pipe)
+
+    async def _stream(self, produce: Any, pipe: _Pipe) -> None:
+        loop = asyncio.get_running_loop()
+
+        def run() -> None:
+            try:
+                produce()
+                pipe.q.put(_DONE)
+            except BaseException as exc:  # noqa: BLE001 - handed to the handler
+                pipe.q.put(exc)
+
+        loop.run_in_executor(self.ctx.executor, run)
+        try:
+            while True:
+                item = await loop.run_in_executor(None, pipe.q.get)
+                if item is _DONE:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                self.write(item)
+                await self.flush()
+        finally:
+            pipe.closed.set()
+            while not pipe.q.empty():
+                pipe.q.get_nowait()
+        self.finish()

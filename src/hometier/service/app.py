@@ -1,0 +1,146 @@
+"""The tornado application and ``run_service``: the API beside the archiver loop."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from tornado import web
+from tornado.httpserver import HTTPServer
+
+from hometier.lifecycle.context import Lifecycle
+from hometier.lifecycle.loop import run_forever
+from hometier.service.api.base import BaseHandler
+from hometier.service.api.homes import ArchiveHandler, ExemptHandler, HomeHandler, HomesHandler
+from hometier.service.api.leases import LeaseHandler, LeasesHandler
+from hometier.service.api.meta import HealthHandler, MetricsHandler, OpenAPIHandler
+from hometier.service.api.restores import RestoreEventsHandler, RestoreHandler
+from hometier.service.api.snapshots import DownloadHandler, SnapshotsHandler, TreeHandler
+from hometier.service.metrics import Metrics
+from hometier.service.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+USER = r"(?P<user>[^/]+)"
+SNAP = r"(?P<ref>[^/]+)"
+MAX_BODY = 1024 * 1024
+
+
+@dataclass
+class ServiceContext:
+    """What every handler reaches through ``self.ctx``."""
+
+    lc: Lifecycle
+    executor: ThreadPoolExecutor
+    tracker: Tracker
+    metrics: Metrics
+    prefix: str
+    service_name: str = "hometier"
+    metrics_public: bool = False
+
+
+class NotFoundHandler(BaseHandler):
+    public = True
+
+    def prepare(self) -> None:
+        raise web.HTTPError(404, "no such endpoint")
+
+
+def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
+    p = prefix.rstrip("/")
+    return [
+        (rf"{p}/health", HealthHandler),
+        (rf"{p}/metrics", MetricsHandler),
+        (rf"{p}/api/openapi.json", OpenAPIHandler),
+        (rf"{p}/api/homes", HomesHandler),
+        (rf"{p}/api/homes/{USER}", HomeHandler),
+        (rf"{p}/api/homes/{USER}/restore", RestoreHandler),
+        (rf"{p}/api/homes/{USER}/restore/events", RestoreEventsHandler),
+        (rf"{p}/api/homes/{USER}/leases", LeasesHandler),
+        (rf"{p}/api/homes/{USER}/leases/(?P<lease_id>[^/]+)", LeaseHandler),
+        (rf"{p}/api/homes/{USER}/archive", ArchiveHandler),
+        (rf"{p}/api/homes/{USER}/exempt", ExemptHandler),
+        (rf"{p}/api/homes/{USER}/snapshots", SnapshotsHandler),
+        (rf"{p}/api/homes/{USER}/snapshots/{SNAP}/tree", TreeHandler),
+        (rf"{p}/api/homes/{USER}/snapshots/{SNAP}/(?P<kind>file|archive)", DownloadHandler),
+        (rf"{p}/oauth_callback", HubOAuthCallbackHandler),
+    ]
+
+
+def make_context(
+    lc: Lifecycle,
+    *,
+    prefix: str,
+    workers: int = 16,
+    metrics_public: bool = False,
+    service_name: str = "hometier",
+) -> ServiceContext:
+    executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api")
+    metrics = Metrics(lc)
+    tracker = Tracker(lc, executor, on_finish=metrics.restored)
+    return ServiceContext(lc, executor, tracker, metrics, prefix, service_name, metrics_public)
+
+
+def make_app(ctx: ServiceContext, *, cookie_secret: bytes | None = None) -> web.Application:
+    auth = HubOAuth.instance()
+    return web.Application(
+        routes(ctx.prefix),
+        hometier=ctx,
+        hub_auth=auth,
+        cookie_secret=cookie_secret or os.urandom(32),
+        xsrf_cookies=False,
+        default_handler_class=NotFoundHandler,
+        compress_response=False,
+    )
+
+
+def run_service(
+    lc: Lifecycle,
+    *,
+    ip: str,
+    port: int,
+    prefix: str,
+    interval: dt.timedelta | None,
+    metrics_public: bool = False,
+) -> None:
+    """Serve the API on ``ip:port`` and, unless ``interval`` is None, run the archiver
+    loop in a thread beside it. Returns on SIGTERM/SIGINT after both have stopped."""
+    ctx = make_context(lc, prefix=prefix, metrics_public=metrics_public)
+    stop = threading.Event()
+    loop_thread = None
+    if interval is not None:
+        loop_thread = threading.Thread(
+            target=run_forever, args=(lc, interval, stop), name="archiver", daemon=True
+        )
+        loop_thread.start()
+
+    async def main() -> None:
+        app = make_app(ctx)
+        server = HTTPServer(app, max_body_size=MAX_BODY, idle_connection_timeout=120)
+        server.listen(port, address=ip)
+        log.info("hometier service on http://%s:%d%s", ip, port, prefix)
+        done = asyncio.Event()
+        aloop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            aloop.add_signal_handler(sig, done.set)
+        await done.wait()
+        server.stop()
+        await server.close_all_connections()
+
+    try:
+        asyncio.run(main())
+    finally:
+        stop.set()
+        if loop_thread is not None:
+            loop_thread.join(timeout=60)
+        ctx.executor.shutdown(wait=False, cancel_futures=True)
+
+
+__all__ = ["ServiceContext", "make_app", "make_context", "routes", "run_service"]

@@ -1,0 +1,142 @@
+"""Restores in flight in this process, with their progress, for pollers and streams.
+
+The database decides who restores (``restore_home`` joins a restore running in another
+replica); this tracker only lets several requests in *this* process share one job and
+watch its progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from hometier.engine.restore import RestoreProgress
+from hometier.errors import Error
+from hometier.lifecycle.context import Lifecycle
+from hometier.lifecycle.restoring import RestoreResult, restore_home
+from hometier.state import queries
+
+log = logging.getLogger(__name__)
+
+KEEP_FINISHED = 600.0
+"""Seconds a finished job stays visible to pollers."""
+
+
+@dataclass
+class Job:
+    user: str
+    state: str = "running"
+    """``running``, ``done`` or ``failed``."""
+    bytes_done: int = 0
+    bytes_total: int = 0
+    message: str = "Restoring your files"
+    error: str | None = None
+    result: dict[str, Any] | None = None
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    seq: int = 0
+    """Grows on every change: streams send an event when it moves."""
+
+    def doc(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["progress"] = (
+            round(100 * self.bytes_done / self.bytes_total) if self.bytes_total else None
+        )
+        return d
+
+
+class Tracker:
+    def __init__(
+        self,
+        lc: Lifecycle,
+        executor: Executor,
+        on_finish: Callable[[Job, RestoreResult | None], None] | None = None,
+    ) -> None:
+        self.lc = lc
+        self.executor = executor
+        self.on_finish = on_finish
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+
+    def get(self, user: str) -> Job | None:
+        with self._lock:
+            job = self._jobs.get(user)
+            if job and job.finished and time.time() - job.finished > KEEP_FINISHED:
+                del self._jobs[user]
+                return None
+            return job
+
+    def start(self, user: str, actor: str) -> tuple[Job, bool]:
+        """The running job for ``user`` (joined) or a new one; (job, started here)."""
+        with self._lock:
+            job = self._jobs.get(user)
+            if job is not None and job.state == "running":
+                return job, False
+            job = Job(user)
+            self._jobs[user] = job
+        self.executor.submit(self._run, job, actor)
+        return job, True
+
+    def _run(self, job: Job, actor: str) -> None:
+        def progress(p: RestoreProgress) -> None:
+            with self._lock:
+                job.bytes_done, job.bytes_total = p.bytes_done, p.bytes_total
+                job.message = (
+                    f"Restoring your files: {p.bytes_done / 1e6:.0f} of "
+                    f"{p.bytes_total / 1e6:.0f} MB"
+                )
+                job.seq += 1
+
+        result: RestoreResult | None = None
+        try:
+            result = restore_home(self.lc, job.user, actor, progress=progress)
+            with self._lock:
+                job.state = "done"
+                job.result = dataclasses.asdict(result)
+                job.message = (
+                    "Your files are back"
+                    if result.outcome != "active"
+                    else "Your files are on the volume"
+                )
+                if result.conflicts:
+                    job.message += (
+                        f"; {len(result.conflicts)} item(s) that appeared meanwhile were "
+                        f"kept and the archived versions put in {result.conflicts_dir}"
+                    )
+        except Error as exc:
+            with self._lock:
+                job.state, job.error, job.message = "failed", exc.get_message(), exc.get_message()
+        except Exception as exc:  # noqa: BLE001 - reported to the waiting spawn, and logged
+            log.exception("restore of %s failed", job.user)
+            with self._lock:
+                job.state = "failed"
+                job.error = job.message = f"internal error: {type(exc).__name__}"
+        finally:
+            with self._lock:
+                job.finished = time.time()
+                job.seq += 1
+            if self.on_finish is not None:
+                self.on_finish(job, result)
+
+    def state_doc(self, user: str) -> dict[str, Any]:
+        """What a poller sees: the job in this process, else the database's view."""
+        job = self.get(user)
+        if job is not None:
+            return job.doc()
+        try:
+            home = queries.get_home(self.lc.db, user)
+        except queries.HomeNotFound:
+            return {"user": user, "state": "done", "message": "Nothing to restore"}
+        state = {"active": "done", "restoring": "running", "failed": "failed"}.get(home.state)
+        return {
+            "user": user,
+            "state": state or "idle",
+            "home_state": home.state,
+            "message": home.error or "",
+        }
