@@ -257,7 +257,7 @@ def configure_kubespawner(
         others = [
             ic for ic in _as_list(spawner.init_containers) if ic.get("name") != INIT_CONTAINER_NAME
         ]
-        if mode == "volume" and getattr(spawner, "name", ""):
+        if mode == "volume" and spawner.name:
             # A named server gets a volume of its own (z2jh: claim-{user_server}); the
             # archived home is the user's, and belongs in the default server's volume.
             spawner.init_containers = others
