@@ -47,15 +47,30 @@ def configure_hub(
     admin_groups: list[str] | None = None,
     spawn_hook: bool = True,
     timeout: float = 600.0,
+    command: list[str] | None = None,
+    environment: dict[str, str] | None = None,
 ) -> None:
+    """Register hometier with this Hub; see the module docstring.
+
+    With ``command`` the Hub starts and supervises the service itself (a managed
+    service, as on The Littlest JupyterHub) and generates its token; ``api_token`` may
+    then be empty. ``service_url`` is where the API answers directly, with the
+    service's prefix (``http://127.0.0.1:8765/services/hometier``): the spawn hook calls
+    it without going through the proxy.
+    """
     jh = c.JupyterHub
-    service = {
+    service: dict[str, Any] = {
         "name": "hometier",
-        "url": service_url,
-        "api_token": api_token,
+        # The Hub routes /services/hometier/ to this base URL, path and all.
+        "url": service_url.split("/services/")[0],
         "oauth_no_confirm": True,
         "display": True,
     }
+    if api_token:
+        service["api_token"] = api_token
+    if command:
+        service["command"] = command
+        service["environment"] = dict(environment or {})
     jh.services = _replace(list(_get(jh, "services", [])), service)
     scopes = dict(_get(jh, "custom_scopes", {}))
     scopes.update(CUSTOM_SCOPES)
