@@ -19,6 +19,7 @@ from hometier.lifecycle.activity import NOTICE_NAME
 from hometier.lifecycle.homes import check_username
 
 POLL = 1.0
+NOTHING_TO_RESTORE = frozenset({"HomeNotFound", "SnapshotNotFound", "NothingToRestore"})
 
 
 class ServiceError(Error):
@@ -65,11 +66,13 @@ def _json(method: str, url: str, token: str) -> dict[str, Any]:
             return doc
     except urllib.error.HTTPError as exc:
         try:
-            msg = json.load(exc).get("error", f"HTTP {exc.code}")
+            doc = json.load(exc)
+            msg, kind = doc.get("error", f"HTTP {exc.code}"), doc.get("kind", "")
         except ValueError:
-            msg = f"HTTP {exc.code}"
-        if exc.code == 404:
+            msg, kind = f"HTTP {exc.code}", ""
+        if exc.code == 404 and kind in NOTHING_TO_RESTORE:
             return {"state": "done", "message": msg, "missing": True}
+        # Any other 404 is a wrong URL: never start a server on an archived home.
         raise ServiceError(url, msg) from None
     except (urllib.error.URLError, OSError) as exc:
         raise ServiceError(url, str(exc)) from None
@@ -110,10 +113,14 @@ def _unpack(base: str, token: str, target: str) -> int:
     try:
         resp = _request("GET", url, token, timeout=300)
     except urllib.error.HTTPError as exc:
-        if exc.code == 404:
+        try:
+            kind = json.load(exc).get("kind", "")
+        except ValueError:
+            kind = ""
+        if exc.code == 404 and kind in NOTHING_TO_RESTORE:
             err.print("no snapshot of this home: nothing to restore")
             return 0
-        raise ServiceError(url, f"HTTP {exc.code}") from None
+        raise ServiceError(url, f"HTTP {exc.code} {kind}".strip()) from None
     except (urllib.error.URLError, OSError) as exc:
         raise ServiceError(url, str(exc)) from None
     notice = os.path.join(target, NOTICE_NAME)

@@ -53,6 +53,13 @@ def _error_text(exc: HTTPClientError) -> str:
         return f"HTTP {exc.code}"
 
 
+def _error_kind(exc: HTTPClientError) -> str:
+    try:
+        return str(json.loads(exc.response.body)["kind"])  # type: ignore[union-attr]
+    except Exception:  # noqa: BLE001 - a wrong URL answers something else
+        return ""
+
+
 async def restore_before_spawn(
     spawner: Any, service_url: str, *, timeout: float = DEFAULT_TIMEOUT, token_ttl: int = 900
 ) -> dict[str, Any]:
@@ -83,7 +90,7 @@ async def restore_before_spawn(
             await asyncio.sleep(POLL)
             doc = await _call("GET", base, token)
     except HTTPClientError as exc:
-        if exc.code == 404:
+        if exc.code == 404 and _error_kind(exc) in ("HomeNotFound", "SnapshotNotFound"):
             state.update(progress=100, message="No archived files to restore", done=True)
             return {"state": "done"}
         raise HTTPError(503, f"Your files could not be restored: {_error_text(exc)}") from exc
