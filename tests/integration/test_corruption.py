@@ -27,7 +27,8 @@ import pytest
 
 from hometier.engine import CheckFailed, RestoreError, backup, check, restore
 from hometier.errors import Error
-from hometier.repo import Repository
+from hometier.repo import BlobType, Repository
+from hometier.repo.pack import parse_trailer
 from hometier.repo.repository import SnapshotNotFound
 from hometier.repo.snapshot import Snapshot
 from hometier.store import Store, open_store
@@ -39,7 +40,17 @@ STAGING = ".hometier-restore-"
 FAST = Retry(attempts=2, base=0.01, cap=0.02)
 BIG = 5 * 1024 * 1024 + 12345  # above Chunking.max (4 MiB): always at least two chunks
 
-ROLES = ["config", "pack-1", "pack-2", "index-1", "index-2", "snapshot-1", "snapshot-2"]
+ROLES = [
+    "config",
+    "pack-1",
+    "pack-2",
+    "treepack-1",
+    "treepack-2",
+    "index-1",
+    "index-2",
+    "snapshot-1",
+    "snapshot-2",
+]
 
 
 # --- the damage ----------------------------------------------------------------------
@@ -134,7 +145,13 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Pristine:
 
     keys = {"config": "config"}
     for n, group in ((1, keys1), (2, keys2)):
-        for prefix, role in (("packs/", "pack"), ("index/", "index"), ("snapshots/", "snapshot")):
+        packs = sorted(k for k in group if k.startswith("packs/"))
+        # Every backup writes its file data and its trees into separate packs.
+        kinds = {_pack_kind(repo, k): k for k in packs}
+        assert len(packs) == 2 and set(kinds) == {"pack", "treepack"}, f"backup {n}: {packs}"
+        for kind, key in kinds.items():
+            keys[f"{kind}-{n}"] = key
+        for prefix, role in (("index/", "index"), ("snapshots/", "snapshot")):
             found = sorted(k for k in group if k.startswith(prefix))
             assert len(found) == 1, f"backup {n} wrote {found} under {prefix}"
             keys[f"{role}-{n}"] = found[0]
@@ -142,6 +159,12 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Pristine:
     assert {o.key for o in repo.store.list("")} == set(keys.values())
     check(repo, read_data=True)
     return Pristine(folder, keys, [s1.id, s2.id], expected)
+
+
+def _pack_kind(repo: Repository, key: str) -> str:
+    data = repo.store.get(key)
+    types = {e.type for e in parse_trailer(data, len(data))}
+    return "treepack" if types == {BlobType.TREE} else "pack"
 
 
 def backup_home(repo: Repository, src: Path, parent: Snapshot | None = None) -> Snapshot:

@@ -20,7 +20,7 @@ from hometier.repo import BlobId, BlobType, Repository
 from hometier.repo.chunker import Chunking, iter_chunks
 from hometier.repo.codec import MAX_BLOB
 from hometier.repo.snapshot import Snapshot, Stats
-from hometier.repo.tree import Node, decode_tree, encode_tree
+from hometier.repo.tree import Node, encode_tree
 from hometier.repo.writer import BlobWriter
 
 log = logging.getLogger(__name__)
@@ -105,7 +105,7 @@ class _Archiver:
         self.slots = threading.BoundedSemaphore(workers * 8)
         self.lock = threading.Lock()
         self.hardlinks: dict[tuple[int, int], bytes] = {}
-        self.parent_trees: dict[bytes, bytes] | None = None
+        self.parent_trees: TreeCache | None = None
         self._last_report = 0.0
 
     # --- one regular file (runs on a worker thread) ---------------------------------
@@ -188,9 +188,10 @@ class _Archiver:
             raise BackupError(os.fsdecode(rel), f"nested deeper than {MAX_DEPTH} folders")
         old: dict[bytes, Node] = {}
         if parent_tree is not None and self.parent_trees is not None:
-            raw = self.parent_trees.get(parent_tree)
-            if raw is not None:
-                old = {n.name: n for n in decode_tree(raw)}
+            if parent_tree in self.parent_trees:
+                # Each parent folder is visited once: drop its tree after reading it.
+                nodes_then = self.parent_trees.nodes(parent_tree, consume=True)
+                old = {n.name: n for n in nodes_then}
         with os.scandir(path) as it:
             entries = sorted(it, key=lambda e: e.name)
         nodes: list[Node] = []
@@ -385,7 +386,7 @@ def backup(
         try:
             if parent is not None:
                 cache = TreeCache(repo, [parent.tree], workers=workers)
-                arch.parent_trees = cache.raw
+                arch.parent_trees = cache
             root = arch.archive_dir(src, b"", parent.tree if parent else None, 0)
             writer.flush()
         except OSError as exc:

@@ -85,7 +85,7 @@ def check(
             continue
         report.trees += len(trees)
         missing = 0
-        for tid in list(trees.raw):
+        for tid in trees.ids():
             for n in trees.nodes(BlobId(tid)):
                 for bid in n.content:
                     report.blobs += 1

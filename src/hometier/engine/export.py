@@ -221,7 +221,8 @@ def write_zip(repo: Repository, snap: Snapshot, path: str | bytes, out: IO[bytes
         for rel, node in walk(repo, top, b""):
             if node.type in ("fifo", "chr", "blk") or not rel and node.type != "file":
                 continue
-            name = os.fsdecode(rel or (split_path(path) or [b"file"])[-1])
+            # Zip names must be text: a name that is not UTF-8 is shown with U+FFFD.
+            name = (rel or (split_path(path) or [b"file"])[-1]).decode("utf-8", "replace")
             stamp = time.gmtime(max(node.mtime_ns // 1_000_000_000, 315532800))[:6]
             if node.type == "dir":
                 info = zipfile.ZipInfo(name + "/", date_time=stamp)

@@ -148,7 +148,7 @@ def _used_blobs(repo: Repository, snaps: Sequence[Snapshot], workers: int) -> se
     if not snaps:
         return used
     trees = TreeCache(repo, [s.tree for s in snaps], workers=workers)
-    for tid in trees.raw:
+    for tid in trees.ids():
         used.add(tid)
         for n in trees.nodes(BlobId(tid)):
             used.update(n.content)

@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -72,17 +73,56 @@ class RestoreStats:
 ProgressFn = Callable[[RestoreProgress], None]
 
 
+_META = struct.Struct("<IIIqqQ")
+"""A planned file's metadata, packed: mode, uid, gid, atime, mtime, size."""
+_POS = 1 << 63
+
+
 class _Plan:
-    """Everything a restore will create, as paths relative to the staging folder."""
+    """Everything a restore will create, as paths relative to the staging folder.
+
+    Compact, because a home may hold millions of files: a file is its path and 40 packed
+    bytes of metadata (xattrs aside); a blob's destinations are ints ``file << 63 | pos``
+    (a list only when the same content lands in several places).
+    """
 
     def __init__(self) -> None:
-        self.files: list[tuple[bytes, Node]] = []
+        self.files: list[tuple[bytes, bytes]] = []
+        self.xattrs: dict[int, dict[bytes, bytes]] = {}
         self.dirs: list[tuple[bytes, Node]] = []
         self.specials: list[tuple[bytes, Node]] = []
         self.links: list[tuple[bytes, bytes]] = []
-        self.dest: dict[bytes, list[tuple[int, int]]] = {}
+        self.dest: dict[bytes, int | list[int]] = {}
         self.regular: set[bytes] = set()
         self.count = 0
+
+    def add_dest(self, bid: bytes, idx: int, pos: int) -> None:
+        value = idx * _POS + pos
+        old = self.dest.get(bid)
+        if old is None:
+            self.dest[bid] = value
+        elif isinstance(old, int):
+            self.dest[bid] = [old, value]
+        else:
+            old.append(value)
+
+    def dests(self, bid: bytes) -> list[tuple[int, int]]:
+        v = self.dest[bid]
+        return [divmod(x, _POS) for x in ([v] if isinstance(v, int) else v)]
+
+    def file_node(self, idx: int) -> Node:
+        mode, uid, gid, atime, mtime, size = _META.unpack(self.files[idx][1])
+        return Node(
+            name=b"",
+            type="file",
+            mode=mode,
+            uid=uid,
+            gid=gid,
+            atime_ns=atime,
+            mtime_ns=mtime,
+            size=size,
+            xattrs=self.xattrs.get(idx),
+        )
 
 
 def _check_target(target: bytes, merge: bool) -> bool:
@@ -131,7 +171,7 @@ def _plan(repo: Repository, trees: TreeCache, root: BlobId, sfd: int) -> _Plan:
         tid, rel, depth = stack.pop()
         if depth > MAX_DEPTH:
             raise IntegrityError(f"snapshot nests deeper than {MAX_DEPTH} folders")
-        for n in trees.nodes(tid):
+        for n in trees.nodes(tid, consume=True):
             plan.count += 1
             if plan.count > MAX_NODES:
                 raise IntegrityError(f"snapshot holds more than {MAX_NODES} entries")
@@ -161,7 +201,9 @@ def _plan_file(repo: Repository, plan: _Plan, sfd: int, rel: bytes, n: Node) -> 
     finally:
         os.close(fd)
     idx = len(plan.files)
-    plan.files.append((rel, n))
+    plan.files.append((rel, _META.pack(n.mode, n.uid, n.gid, n.atime_ns, n.mtime_ns, n.size)))
+    if n.xattrs:
+        plan.xattrs[idx] = n.xattrs
     plan.regular.add(rel)
     extents = n.sparse if n.sparse is not None else [(0, n.size)]
     ext_i, pos, left = 0, 0, 0
@@ -174,7 +216,7 @@ def _plan_file(repo: Repository, plan: _Plan, sfd: int, rel: bytes, n: Node) -> 
             pos, left = extents[ext_i]
         if length > left:
             raise IntegrityError(f"content of {os.fsdecode(rel)} does not fit its declared size")
-        plan.dest.setdefault(bid, []).append((idx, pos))
+        plan.add_dest(bid, idx, pos)
         pos += length
         left -= length
     if left != 0 or any(ln for _, ln in extents[ext_i + 1 :]):
@@ -332,12 +374,14 @@ def _write_contents(
 ) -> None:
     prog = RestoreProgress(files_total=len(plan.files))
     for bid, dests in plan.dest.items():
-        prog.bytes_total += repo.locate(BlobId(bid)).raw_len * len(dests)
+        copies = 1 if isinstance(dests, int) else len(dests)
+        prog.bytes_total += repo.locate(BlobId(bid)).raw_len * copies
     lock = threading.Lock()
     last = [0.0]
 
     def write(bid: BlobId, data: bytes) -> None:
-        for idx, off in plan.dest[bid]:
+        targets = plan.dests(bid)
+        for idx, off in targets:
             rel = plan.files[idx][0]
             fd = os.open(rel, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
             try:
@@ -350,7 +394,7 @@ def _write_contents(
                 os.close(fd)
         with lock:
             stats.blobs += 1
-            prog.bytes_done += len(data) * len(plan.dest[bid])
+            prog.bytes_done += len(data) * len(targets)
             now = time.monotonic()
             if progress is not None and now - last[0] >= 0.2:
                 last[0] = now
@@ -362,7 +406,8 @@ def _write_contents(
 
 
 def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool) -> None:
-    for rel, n in plan.files:
+    for idx, (rel, _meta) in enumerate(plan.files):
+        n = plan.file_node(idx)
         _set_meta(sfd, rel, n, as_root=as_root)
         stats.files += 1
         stats.bytes += n.size

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import zstandard
+
 from hometier.errors import IntegrityError
 from hometier.repo import BlobId, Repository
 from hometier.repo.tree import Node, decode_tree
@@ -14,15 +16,21 @@ MAX_TREES = 5_000_000
 class TreeCache:
     """Tree blobs reachable from some roots, fetched level by level, decoded on demand.
 
-    Keeps the verified plaintext (canonical JSON) rather than decoded nodes: a home of
-    200,000 files costs tens of MB here, not hundreds.
+    Keeps each verified tree's canonical JSON zstd-compressed (level 1, several times
+    smaller) rather than decoded nodes, and counts how many parents name each tree so
+    that a single pass (restore's plan) can drop every tree once it has read it
+    (``nodes(..., consume=True)``): a home of 200,000 files costs a few MB here.
     """
 
     def __init__(self, repo: Repository, roots: list[BlobId], *, workers: int = 4) -> None:
         self.raw: dict[bytes, bytes] = {}
+        self._refs: dict[bytes, int] = {}
         lock = threading.Lock()
+        cctx = zstandard.ZstdCompressor(level=1)
         if any(r not in repo.index for r in roots):
             repo.load_index()
+        for r in roots:
+            self._refs[r] = self._refs.get(r, 0) + 1
         level = list(dict.fromkeys(roots))
         while level:
             fetched: dict[bytes, bytes] = {}
@@ -32,24 +40,47 @@ class TreeCache:
                     fetched[bid] = data
 
             repo.for_each_blob(level, keep, workers=workers)
-            self.raw.update(fetched)
-            if len(self.raw) > MAX_TREES:
+            if len(self.raw) + len(fetched) > MAX_TREES:
                 raise IntegrityError("snapshot holds more trees than hometier will load")
             nxt: dict[bytes, None] = {}
-            for data in fetched.values():
+            for bid, data in fetched.items():
                 for n in decode_tree(data):
-                    if n.type == "dir" and n.subtree is not None and n.subtree not in self.raw:
-                        nxt[n.subtree] = None
+                    if n.type == "dir" and n.subtree is not None:
+                        self._refs[n.subtree] = self._refs.get(n.subtree, 0) + 1
+                        if n.subtree not in self.raw and n.subtree not in fetched:
+                            nxt[n.subtree] = None
+                self.raw[bid] = cctx.compress(data)
             level = [BlobId(b) for b in nxt]
 
     def __contains__(self, bid: object) -> bool:
         return bid in self.raw
 
-    def nodes(self, bid: BlobId) -> list[Node]:
+    def nodes(self, bid: BlobId, *, consume: bool = False) -> list[Node]:
+        """The decoded entries of a tree. With ``consume`` the caller will not ask for
+        this occurrence again: the tree is dropped after its last expected reader."""
         data = self.raw.get(bid)
         if data is None:
             raise IntegrityError(f"tree {bid.hex()[:16]} was not loaded")
-        return decode_tree(data)
+        if consume:
+            left = self._refs.get(bid, 1) - 1
+            self._refs[bid] = left
+            if left <= 0:
+                del self.raw[bid]
+        return decode_tree(_dctx().decompress(data))
+
+    def ids(self) -> list[BlobId]:
+        return [BlobId(b) for b in self.raw]
 
     def __len__(self) -> int:
         return len(self.raw)
+
+
+_local = threading.local()
+
+
+def _dctx() -> zstandard.ZstdDecompressor:
+    # zstandard contexts must not be shared between threads.
+    d = getattr(_local, "d", None)
+    if d is None:
+        d = _local.d = zstandard.ZstdDecompressor()
+    return d

@@ -57,12 +57,12 @@ def verify_snapshot(
         repo.load_index()
         trees = TreeCache(repo, [snap.tree], workers=workers)
         blobs: set[bytes] = set()
-        for tid in trees.raw:
+        for tid in trees.ids():
             for n in trees.nodes(BlobId(tid)):
                 blobs.update(n.content)
         packs: dict[bytes, int] = {}
         sizes = repo.index.packs()
-        for tid in list(trees.raw) + list(blobs):
+        for tid in [*trees.ids(), *map(BlobId, blobs)]:
             loc = repo.locate(BlobId(tid))
             packs[loc.pack] = sizes.get(loc.pack, -1)
         for pid, size in packs.items():

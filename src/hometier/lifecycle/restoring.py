@@ -88,10 +88,12 @@ def restore_home(
         return RestoreResult(user, ACTIVE)
     if queries.request_restore(lc.db, user, actor, lc.now()):
         return _perform(lc, user, actor, progress, started)
+    waited = False
     while True:
         home = queries.get_home(lc.db, user)
         if home.state != RESTORING:
             break
+        waited = True
         if lc.now() - home.state_since > TAKEOVER_GRACE and lock_is_free(lc.quarantine_root, user):
             log.warning("restore of %s was abandoned (its process is gone); taking it over", user)
             try:
@@ -113,7 +115,7 @@ def restore_home(
         time.sleep(POLL)
     if home.state == FAILED:
         raise RestoreFailed(user, home.error or "the restore failed")
-    outcome = "joined" if home.state == ACTIVE else home.state
+    outcome = ("joined" if waited else "active") if home.state == ACTIVE else home.state
     return RestoreResult(user, outcome, seconds=time.monotonic() - started)
 
 

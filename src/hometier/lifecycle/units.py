@@ -18,7 +18,12 @@ def parse_duration(value: str | int | float | timedelta) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, int | float):
-        return timedelta(seconds=value)
+        try:
+            if value != value or value in (float("inf"), float("-inf")):
+                raise ValueError(value)
+            return timedelta(seconds=value)
+        except (OverflowError, ValueError):
+            raise UsageError(f"not a duration: {value!r} seconds is out of range") from None
     m = _DURATION.match(value)
     if not m:
         raise UsageError(f"not a duration: {value!r} (use e.g. 30d, 12h, 90m, 2w)")

@@ -60,8 +60,18 @@ def encode_index(packs: Iterable[PackRecord]) -> bytes:
     return zstandard.ZstdCompressor(level=3).compress(body)
 
 
-def decode_index(data: bytes) -> list[PackRecord]:
-    """Parse an index object; ``IntegrityError`` on any inconsistency.
+@dataclass
+class RawPack:
+    """One pack's part of an index object, its entry table still packed."""
+
+    id: PackId
+    size: int
+    table: bytes
+    count: int
+
+
+def decode_index_raw(data: bytes) -> list[RawPack]:
+    """Parse an index object without building an object per blob; ``IntegrityError``.
 
     Checks the magic before decompressing further and stops at ``MAX_INDEX_RAW``, so a
     hostile object costs at most that much memory, once.
@@ -89,7 +99,7 @@ def decode_index(data: bytes) -> list[PackRecord]:
         raise IntegrityError("index object checksum mismatch")
     _magic, npacks = HEAD.unpack_from(view, 0)
     pos = HEAD.size
-    out: list[PackRecord] = []
+    out: list[RawPack] = []
     for _ in range(npacks):
         if pos + PACK.size > end:
             raise IntegrityError("index object is truncated")
@@ -98,18 +108,35 @@ def decode_index(data: bytes) -> list[PackRecord]:
         n = count * ENTRY.size
         if pos + n > end:
             raise IntegrityError("index object is truncated")
-        out.append(PackRecord(PackId(pid), size, decode_entries(view[pos : pos + n], count)))
+        out.append(RawPack(PackId(pid), size, bytes(view[pos : pos + n]), count))
         pos += n
     if pos != end:
         raise IntegrityError("index object has trailing bytes")
     return out
 
 
+def decode_index(data: bytes) -> list[PackRecord]:
+    """Parse an index object into records with one ``Entry`` per blob."""
+    return [
+        PackRecord(r.id, r.size, decode_entries(r.table, r.count)) for r in decode_index_raw(data)
+    ]
+
+
+VALUE = struct.Struct("<IIIIBB")
+"""An index value in memory: pack number, offset, stored length, raw length, type, comp."""
+
+
 class Index:
-    """The in-memory map blob -> ``Location``; thread-safe for concurrent readers/adders."""
+    """The in-memory map blob -> ``Location``; thread-safe for concurrent readers/adders.
+
+    Compact: a blob costs its 32-byte id and an 18-byte packed value (about 150 bytes
+    with the dict's own overhead), so a million blobs fit in ~150 MB.
+    """
 
     def __init__(self) -> None:
-        self._map: dict[bytes, Location] = {}
+        self._map: dict[bytes, bytes] = {}
+        self._pack_ids: list[PackId] = []
+        self._pack_no: dict[bytes, int] = {}
         self._packs: dict[bytes, int] = {}
         self._lock = threading.Lock()
 
@@ -120,22 +147,46 @@ class Index:
         return bid in self._map
 
     def get(self, bid: BlobId) -> Location | None:
-        return self._map.get(bid)
+        raw = self._map.get(bid)
+        if raw is None:
+            return None
+        no, off, stored, raw_len, typ, comp = VALUE.unpack(raw)
+        return Location(self._pack_ids[no], off, stored, raw_len, BlobType(typ), Compression(comp))
+
+    def _number(self, pid: bytes, size: int) -> int:
+        no = self._pack_no.get(pid)
+        if no is None:
+            no = self._pack_no[pid] = len(self._pack_ids)
+            self._pack_ids.append(PackId(pid))
+        self._packs[pid] = size
+        return no
+
+    def _replaceable(self, bid: bytes, replace: set[bytes] | frozenset[bytes]) -> bool:
+        old = self._map.get(bid)
+        return old is None or (bool(replace) and self._pack_ids[VALUE.unpack(old)[0]] in replace)
 
     def add_pack(
         self, rec: PackRecord, replace: set[bytes] | frozenset[bytes] = frozenset()
     ) -> None:
         """Add a pack's blobs; a blob already located in a pack of ``replace`` (packs a
         prune will delete) moves to this pack."""
-        pid = rec.id
         with self._lock:
-            self._packs[pid] = rec.size
+            no = self._number(rec.id, rec.size)
             for e in rec.entries:
-                old = self._map.get(e.id)
-                if old is None or old.pack in replace:
-                    self._map[e.id] = Location(
-                        pid, e.offset, e.stored_len, e.raw_len, e.type, e.comp
+                if self._replaceable(e.id, replace):
+                    self._map[e.id] = VALUE.pack(
+                        no, e.offset, e.stored_len, e.raw_len, e.type, e.comp
                     )
+
+    def add_raw(self, rec: RawPack, replace: set[bytes] | frozenset[bytes] = frozenset()) -> None:
+        """``add_pack`` from a packed entry table, without an object per entry."""
+        with self._lock:
+            no = self._number(rec.id, rec.size)
+            for bid, typ, comp, off, stored, raw_len in ENTRY.iter_unpack(rec.table):
+                if typ not in (0, 1) or comp not in (0, 1):
+                    raise IntegrityError("unknown blob type or compression in the index")
+                if self._replaceable(bid, replace):
+                    self._map[bid] = VALUE.pack(no, off, stored, raw_len, typ, comp)
 
     def packs(self) -> dict[bytes, int]:
         """Pack id -> size, for every pack any index object names."""
@@ -143,4 +194,7 @@ class Index:
             return dict(self._packs)
 
     def items(self) -> Iterator[tuple[bytes, Location]]:
-        return iter(list(self._map.items()))
+        for bid in list(self._map):
+            loc = self.get(BlobId(bid))
+            if loc is not None:
+                yield bid, loc

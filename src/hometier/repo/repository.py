@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Any
 
 from hometier import faults
 from hometier.errors import IntegrityError, NotFound
@@ -19,8 +20,15 @@ from hometier.repo.config import (
     RepositoryNotFound,
     UnsupportedVersion,
 )
-from hometier.repo.ids import BlobId, SnapshotId, blob_id, pack_key, plain_hash
-from hometier.repo.index import Index, Location, PackRecord, decode_index, encode_index
+from hometier.repo.ids import BlobId, PackId, SnapshotId, blob_id, pack_key, plain_hash
+from hometier.repo.index import (
+    Index,
+    Location,
+    PackRecord,
+    RawPack,
+    decode_index_raw,
+    encode_index,
+)
 from hometier.repo.snapshot import Snapshot, user_key
 from hometier.repo.tree import Node, decode_tree
 from hometier.repo.writer import BlobWriter
@@ -146,12 +154,12 @@ class Repository:
         if not keys:
             return len(self.index)
 
-        def fetch(key: str) -> tuple[str, list[PackRecord]]:
+        def fetch(key: str) -> tuple[str, list[RawPack]]:
             try:
                 data = self.store.get(key)
                 if plain_hash(data).hex() != key.rsplit("/", 1)[-1]:
                     raise IntegrityError(f"index object {key} does not match its name")
-                return key, decode_index(data)
+                return key, decode_index_raw(data)
             except (IntegrityError, ObjectNotFound) as exc:
                 if errors is None:
                     raise
@@ -161,7 +169,7 @@ class Repository:
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
             for key, recs in pool.map(fetch, keys):
                 for rec in recs:
-                    self.index.add_pack(rec, replace=self.doomed)
+                    self.index.add_raw(rec, replace=self.doomed)
                 with self._index_lock:
                     self._loaded_index.add(key)
         return len(self.index)
@@ -239,41 +247,44 @@ class Repository:
         a time. Each distinct id is passed to ``fn`` once. The first error (from the
         store, verification or ``fn``) stops the work and is raised.
         """
-        by_pack: dict[bytes, list[tuple[BlobId, Location]]] = {}
+        # Only (offset, end, id) per blob while grouping: a restore may ask for millions.
+        by_pack: dict[bytes, list[tuple[int, int, bytes]]] = {}
         seen: set[bytes] = set()
         for bid in ids:
             if bid in seen:
                 continue
             seen.add(bid)
             loc = self.locate(bid)
-            by_pack.setdefault(loc.pack, []).append((bid, loc))
-        jobs: list[list[tuple[BlobId, Location]]] = []
-        for _pack, items in sorted(by_pack.items()):
-            items.sort(key=lambda x: x[1].offset)
-            segment: list[tuple[BlobId, Location]] = []
-            for item in items:
-                if segment:
-                    first, last = segment[0][1], segment[-1][1]
-                    end = last.offset + last.stored_len
-                    if (
-                        item[1].offset - end > GAP
-                        or item[1].offset + item[1].stored_len - first.offset > SEGMENT
-                    ):
-                        jobs.append(segment)
-                        segment = []
-                segment.append(item)
-            if segment:
-                jobs.append(segment)
+            by_pack.setdefault(loc.pack, []).append((loc.offset, loc.offset + loc.stored_len, bid))
+        del seen
+        jobs: list[tuple[bytes, list[bytes], int, int]] = []
+        for pack, items in sorted(by_pack.items()):
+            items.sort()
+            start = end = -1
+            members: list[bytes] = []
+            for off, stop, key in items:
+                if members and (off - end > GAP or stop - start > SEGMENT):
+                    jobs.append((pack, members, start, end))
+                    members = []
+                if not members:
+                    start = off
+                members.append(key)
+                end = max(end, stop) if len(members) > 1 else stop
+            if members:
+                jobs.append((pack, members, start, end))
+        by_pack.clear()
 
-        def run(segment: list[tuple[BlobId, Location]]) -> None:
-            first = segment[0][1]
-            last = segment[-1][1]
-            start, end = first.offset, last.offset + last.stored_len
-            (data,) = self.store.get_ranges(pack_key(first.pack), [(start, end)])
+        def run(job: tuple[bytes, list[bytes], int, int]) -> None:
+            pack, members, start, end = job
+            (data,) = self.store.get_ranges(pack_key(PackId(pack)), [(start, end)])
             view = memoryview(data)
-            for bid, loc in segment:
+            for bid in members:
+                loc = self.locate(BlobId(bid))
                 rel = loc.offset - start
-                fn(bid, self.decode_blob(bid, loc, view[rel : rel + loc.stored_len]))
+                fn(
+                    BlobId(bid),
+                    self.decode_blob(BlobId(bid), loc, view[rel : rel + loc.stored_len]),
+                )
 
         _run_bounded(run, jobs, workers)
 
@@ -347,11 +358,7 @@ class Repository:
         self.store.delete(f"snapshots/{user_key(snap.user)}/{snap.id}")
 
 
-def _run_bounded(
-    fn: Callable[[list[tuple[BlobId, Location]]], None],
-    jobs: list[list[tuple[BlobId, Location]]],
-    workers: int,
-) -> None:
+def _run_bounded(fn: Callable[[Any], None], jobs: list[Any], workers: int) -> None:
     """Run ``fn`` over ``jobs`` with at most ``workers`` at once; raise the first error."""
     if not jobs:
         return

@@ -45,7 +45,9 @@ class BlobWriter:
         self.stats = WriterStats()
         self._lock = threading.Lock()
         self._pending: set[bytes] = set()
-        self._builder = PackBuilder()
+        # Trees go in packs of their own: reading a snapshot's trees (restore, the parent
+        # of an incremental backup) must not drag file data along with them.
+        self._builders = {BlobType.DATA: PackBuilder(), BlobType.TREE: PackBuilder()}
         self._slots = threading.BoundedSemaphore(uploads)
         self._pool = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="upload")
         self._futures: list[Future[PackRecord]] = []
@@ -69,12 +71,13 @@ class BlobWriter:
         comp, stored = codec.encode(data)
         sealed: PackBuilder | None = None
         with self._lock:
-            self._builder.add(bid, typ, comp, stored, len(data))
+            builder = self._builders[typ]
+            builder.add(bid, typ, comp, stored, len(data))
             self.stats.blobs_new += 1
             self.stats.bytes_new_raw += len(data)
             self.stats.bytes_new_stored += len(stored)
-            if self._builder.size >= self.pack_size:
-                sealed, self._builder = self._builder, PackBuilder()
+            if builder.size >= self.pack_size:
+                sealed, self._builders[typ] = builder, PackBuilder()
         if sealed is not None:
             self._upload(sealed)
         return bid, True
@@ -116,9 +119,11 @@ class BlobWriter:
         After ``flush`` returns every blob added so far is durable and indexed.
         """
         with self._lock:
-            builder, self._builder = self._builder, PackBuilder()
-        if len(builder):
-            self._upload(builder)
+            open_builders = list(self._builders.values())
+            self._builders = {BlobType.DATA: PackBuilder(), BlobType.TREE: PackBuilder()}
+        for builder in open_builders:
+            if len(builder):
+                self._upload(builder)
         with self._lock:
             futures, self._futures = self._futures, []
         for f in futures:

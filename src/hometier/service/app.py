@@ -89,7 +89,9 @@ def make_context(
 
 
 def make_app(ctx: ServiceContext, *, cookie_secret: bytes | None = None) -> web.Application:
-    auth = HubOAuth.instance()
+    # A short cache: a revoked or expired token (the one-spawn token included) stops
+    # working within seconds. (0 would mean "cache forever" to HubAuth.)
+    auth = HubOAuth.instance(cache_max_age=5)
     return web.Application(
         routes(ctx.prefix),
         hometier=ctx,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import logging
 import os
 import queue
 import threading
@@ -22,6 +23,7 @@ from hometier.repo.snapshot import Snapshot
 from hometier.service.api.base import BaseHandler
 
 _DONE = object()
+log = logging.getLogger(__name__)
 
 
 def snap_doc(s: Snapshot) -> dict[str, Any]:
@@ -147,7 +149,8 @@ class DownloadHandler(SnapshotBase):
                 (write_tar if fmt == "tar" else write_zip)(repo, snap, path, pipe)  # type: ignore[arg-type]
 
         self.set_header(
-            "Content-Disposition", f"attachment; filename*=UTF-8''{quote(name, safe='')}"
+            "Content-Disposition",
+            f"attachment; filename*=UTF-8''{quote(os.fsencode(name), safe='')}",
         )
         await self._stream(produce, pipe)
 
@@ -168,6 +171,13 @@ class DownloadHandler(SnapshotBase):
                 if item is _DONE:
                     break
                 if isinstance(item, BaseException):
+                    if self._headers_written:
+                        # Too late for an error status: cut the connection so the client
+                        # sees a broken download, never a complete-looking short one.
+                        log.error("download of %s failed midway: %s", self.request.path, item)
+                        stream = self.request.connection.stream  # type: ignore[union-attr]
+                        stream.close()
+                        return
                     raise item
                 self.write(item)
                 await self.flush()
