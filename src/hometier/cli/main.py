@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -66,7 +68,21 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
+def tune_malloc() -> None:
+    """Return large buffers (packs, fetched segments: megabytes each, many threads) to
+    the system when freed. glibc otherwise raises its mmap threshold after the first
+    such free and keeps later ones in per-thread heaps: a 200,000-file restore peaked
+    at 360 MB instead of 250 MB. No effect where mallopt does not exist."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
+        libc.mallopt(-8, 4)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    tune_malloc()
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
