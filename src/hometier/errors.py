@@ -22,7 +22,8 @@ class Error(Exception):
         self.args = args
 
     def get_message(self) -> str:
-        template = (type(self).__doc__ or "{}").strip().split("\n\n")[0]
+        # The first paragraph of the docstring, as one line whatever its wrapping.
+        template = " ".join((type(self).__doc__ or "{}").strip().split("\n\n")[0].split())
         try:
             return template.format(*self.args)
         except (IndexError, KeyError, ValueError):

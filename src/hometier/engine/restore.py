@@ -125,7 +125,7 @@ class _Plan:
         )
 
 
-def _check_target(target: bytes, merge: bool) -> bool:
+def _check_target(target: bytes, merge: bool, ignore: tuple[bytes, ...] = ()) -> bool:
     """True if ``target`` exists (an empty real folder, or any folder with ``merge``)."""
     try:
         st = os.lstat(target)
@@ -135,7 +135,11 @@ def _check_target(target: bytes, merge: bool) -> bool:
         raise TargetNotEmpty(os.fsdecode(target), "it is a symbolic link")
     if not stat.S_ISDIR(st.st_mode):
         raise TargetNotEmpty(os.fsdecode(target), "it is not a folder")
-    names = [n for n in os.listdir(target) if not n.startswith(STAGING_PREFIX.encode())]
+    names = [
+        n
+        for n in os.listdir(target)
+        if not n.startswith(STAGING_PREFIX.encode()) and n not in ignore
+    ]
     if names and not merge:
         shown = ", ".join(repr(os.fsdecode(n)) for n in sorted(names)[:3])
         raise TargetNotEmpty(os.fsdecode(target), f"it holds {shown}")

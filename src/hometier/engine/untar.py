@@ -131,7 +131,7 @@ def _write_sparse(fd: int, src: IO[bytes], size: int) -> None:
 def unpack_tar(stream: IO[bytes], target: str | os.PathLike[str]) -> UnpackStats:
     """Unpack a PAX tar stream into ``target`` (absent or empty); ``RestoreError``."""
     tgt = os.fsencode(os.path.abspath(target))
-    exists = _check_target(tgt, merge=False)
+    exists = _check_target(tgt, merge=False, ignore=(b"lost+found",))
     if exists:
         parent_fd, prefix = os.open(tgt, _DIR), STAGING_PREFIX.encode()
     else:
@@ -150,7 +150,12 @@ def unpack_tar(stream: IO[bytes], target: str | os.PathLike[str]) -> UnpackStats
             root = _unpack(stream, sfd, stats, as_root)
             if exists:
                 for child in sorted(map(os.fsencode, os.listdir(sfd))):
-                    rename_noreplace(child, child, src_dir_fd=sfd, dst_dir_fd=parent_fd)
+                    try:
+                        rename_noreplace(child, child, src_dir_fd=sfd, dst_dir_fd=parent_fd)
+                    except FileExistsError:
+                        if child != b"lost+found":  # the volume's own, kept
+                            raise
+                        remove_tree(child, sfd)
                 os.rmdir(staging, dir_fd=parent_fd)
                 meta_fd = parent_fd
             else:

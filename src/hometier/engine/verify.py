@@ -136,7 +136,10 @@ def compare_tree(
             except FileNotFoundError:
                 cmp.differences.append(Difference(os.fsdecode(sub), "removed"))
                 continue
-            what = _differs(node, st, ctime=not (moved_top and not rel))
+            # Renaming a top-level entry changes its ctime, and so the ctime of every
+            # other name of the same inode (a hardlink deeper down) too.
+            moved = moved_top and (not rel or st.st_nlink > 1)
+            what = _differs(node, st, ctime=not moved)
             if what:
                 cmp.differences.append(Difference(os.fsdecode(sub), what))
             elif node.type == "dir" and node.subtree is not None and st.st_dev == top.st_dev:

@@ -24,6 +24,7 @@ from urllib.parse import quote
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from tornado.web import HTTPError
 from traitlets import Float, Unicode
+from traitlets.config import Configurable
 
 from hometier.hub.tokens import mint_restore_token
 
@@ -119,7 +120,7 @@ def make_pre_spawn_hook(
     return hook
 
 
-class HometierSpawnerMixin:
+class HometierSpawnerMixin(Configurable):
     """Restores before ``start()`` and reports restore progress on the spawn page."""
 
     hometier_url = Unicode(
@@ -154,4 +155,4 @@ class HometierSpawnerMixin:
 
 def make_spawner_class(base: type) -> type:
     """``base`` with restore-before-start: ``make_spawner_class(LocalProcessSpawner)``."""
-    return type(f"Hometier{base.__name__}", (HometierSpawnerMixin, base), {})
+    return type(f"Hometier{base.__name__}", (HometierSpawnerMixin, base), {"__module__": __name__})

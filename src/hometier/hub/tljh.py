@@ -73,7 +73,8 @@ def tljh_extra_hub_pip_packages() -> list[str]:
 
 @hookimpl
 def tljh_custom_jupyterhub_config(c: Any) -> None:
-    env = {**read_env_file(ENV_FILE), **os.environ}
+    # hometier.env is hometier's own: it wins over the hub's environment.
+    env = {**os.environ, **read_env_file(ENV_FILE)}
     environment = service_environment(env)
     config_file = STATE / "hometier_config.py"
     config_file.parent.mkdir(parents=True, exist_ok=True)

@@ -324,7 +324,9 @@ class Repository:
         def load(key: str) -> Snapshot | None:
             try:
                 return self._load_snapshot_key(key)
-            except (IntegrityError, ObjectNotFound) as exc:
+            except ObjectNotFound:
+                return None  # forgotten by a prune between the listing and the read
+            except IntegrityError as exc:
                 if errors is None:
                     raise
                 errors.append(f"{key}: {exc}")
@@ -339,10 +341,12 @@ class Repository:
     def find_snapshot(self, ref: str, user: str | None = None) -> Snapshot:
         """A snapshot by id or unique id prefix (at least 6 hex digits), or ``latest``."""
         if ref == "latest":
+            # The newest complete one (an incomplete snapshot lacks unreadable files).
             snaps = self.list_snapshots(user)
-            if not snaps:
+            complete = [s for s in snaps if s.stats.complete] or snaps
+            if not complete:
                 raise SnapshotNotFound(f"latest of {user}" if user else "latest")
-            return snaps[-1]
+            return complete[-1]
         ref = ref.lower()
         if len(ref) < 6 or any(c not in "0123456789abcdef" for c in ref):
             raise SnapshotNotFound(ref)

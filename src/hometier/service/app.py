@@ -39,6 +39,9 @@ class ServiceContext:
 
     lc: Lifecycle
     executor: ThreadPoolExecutor
+    """Short blocking calls of request handlers (database, small repository reads)."""
+    downloads: ThreadPoolExecutor
+    """Producers of downloads (a slow client must not starve logins)."""
     tracker: Tracker
     metrics: Metrics
     prefix: str
@@ -83,9 +86,15 @@ def make_context(
     service_name: str = "hometier",
 ) -> ServiceContext:
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api")
+    downloads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="download")
+    # Restores get their own threads: a login storm never waits behind API calls or
+    # downloads, and they never wait behind it.
+    restores = ThreadPoolExecutor(max_workers=8, thread_name_prefix="restore")
     metrics = Metrics(lc)
-    tracker = Tracker(lc, executor, on_finish=metrics.restored)
-    return ServiceContext(lc, executor, tracker, metrics, prefix, service_name, metrics_public)
+    tracker = Tracker(lc, restores, on_finish=metrics.restored)
+    return ServiceContext(
+        lc, executor, downloads, tracker, metrics, prefix, service_name, metrics_public
+    )
 
 
 def make_app(ctx: ServiceContext, *, cookie_secret: bytes | None = None) -> web.Application:
@@ -142,7 +151,8 @@ def run_service(
         stop.set()
         if loop_thread is not None:
             loop_thread.join(timeout=60)
-        ctx.executor.shutdown(wait=False, cancel_futures=True)
+        for pool in (ctx.executor, ctx.downloads, ctx.tracker.executor):
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 __all__ = ["ServiceContext", "make_app", "make_context", "routes", "run_service"]

@@ -12,7 +12,6 @@ import base64
 import binascii
 import logging
 import os
-import queue
 import threading
 from typing import Any
 from urllib.parse import quote
@@ -93,16 +92,29 @@ class TreeHandler(SnapshotBase):
 
 
 class _Pipe:
-    """A writable file for a producer thread; the handler drains it, bounded in memory."""
+    """A writable file for a producer thread, drained by the handler on the event loop.
 
-    def __init__(self) -> None:
-        self.q: queue.Queue[Any] = queue.Queue(maxsize=8)
+    At most ``DEPTH`` chunks wait; a producer that cannot hand a chunk over for
+    ``STALL`` seconds (the client stopped reading) gives up, so a stalled download
+    frees its thread instead of holding it forever.
+    """
+
+    DEPTH = 8
+    STALL = 60.0
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.q: asyncio.Queue[Any] = asyncio.Queue()
+        self.room = threading.BoundedSemaphore(self.DEPTH)
         self.closed = threading.Event()
 
+    def put(self, item: Any) -> None:
+        self.loop.call_soon_threadsafe(self.q.put_nowait, item)
+
     def write(self, data: bytes) -> int:
-        if self.closed.is_set():
-            raise BrokenPipeError("the client went away")
-        self.q.put(bytes(data))
+        if not self.room.acquire(timeout=self.STALL) or self.closed.is_set():
+            raise BrokenPipeError("the client stopped reading")
+        self.put(bytes(data))
         return len(data)
 
     def flush(self) -> None:
@@ -122,7 +134,7 @@ class DownloadHandler(SnapshotBase):
         repo = self.ctx.lc.repo
         node = await self.blocking(find, repo, snap, path)
         base = os.fsdecode(path.rstrip(b"/").rsplit(b"/", 1)[-1]) or snap.user
-        pipe = _Pipe()
+        pipe = _Pipe(asyncio.get_running_loop())
         if kind == "file":
             if node.type != "file" or node.error is not None:
                 raise UsageError("that path is not a regular file in the snapshot")
@@ -155,19 +167,17 @@ class DownloadHandler(SnapshotBase):
         await self._stream(produce, pipe)
 
     async def _stream(self, produce: Any, pipe: _Pipe) -> None:
-        loop = asyncio.get_running_loop()
-
         def run() -> None:
             try:
                 produce()
-                pipe.q.put(_DONE)
+                pipe.put(_DONE)
             except BaseException as exc:  # noqa: BLE001 - handed to the handler
-                pipe.q.put(exc)
+                pipe.put(exc)
 
-        loop.run_in_executor(self.ctx.executor, run)
+        self.ctx.downloads.submit(run)
         try:
             while True:
-                item = await loop.run_in_executor(None, pipe.q.get)
+                item = await pipe.q.get()
                 if item is _DONE:
                     break
                 if isinstance(item, BaseException):
@@ -180,9 +190,12 @@ class DownloadHandler(SnapshotBase):
                         return
                     raise item
                 self.write(item)
+                pipe.room.release()
                 await self.flush()
         finally:
             pipe.closed.set()
-            while not pipe.q.empty():
-                pipe.q.get_nowait()
+            try:
+                pipe.room.release()  # wake a producer waiting for room: it sees closed
+            except ValueError:
+                pass
         self.finish()

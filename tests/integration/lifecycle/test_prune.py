@@ -1,0 +1,157 @@
+"""Retention and prune: two phases, never a broken snapshot, also while archives run.
+
+Runs on SQLite and PostgreSQL with the real SeaweedFS bucket (the ``lifecycle`` fixture).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from hometier.engine import backup, check
+from hometier.engine.prune import prune, select_forget
+from hometier.lifecycle.context import Lifecycle
+from hometier.lifecycle.cycle import archive_home
+from hometier.lifecycle.policy import Retention
+from hometier.lifecycle.restoring import restore_home
+from hometier.lifecycle.retention import apply_retention
+from hometier.repo import Repository
+from hometier.store import open_store
+
+from .conftest import FakeClock, manifest
+
+
+def _grow(home: Path, n: int) -> None:
+    (home / f"new-{n}.bin").write_bytes(os.urandom(300_000))
+
+
+def test_select_forget_keeps_last_recent_and_newest_complete(
+    lifecycle: Lifecycle, make_home: Callable[..., Path]
+) -> None:
+    home = make_home("ann")
+    snaps = []
+    for i in range(4):
+        _grow(home, i)
+        snaps.append(backup(lifecycle.repo, home, user="ann"))
+    now = snaps[-1].time + dt.timedelta(days=100)
+    keep, forget = select_forget(snaps, now, keep_last=2, keep_within=None)
+    assert [s.id for s in keep] == [snaps[3].id, snaps[2].id]
+    assert {s.id for s in forget} == {snaps[0].id, snaps[1].id}
+    keep, forget = select_forget(snaps, now, keep_last=0, keep_within=dt.timedelta(days=1))
+    assert [s.id for s in keep] == [snaps[3].id]  # the newest complete one, always
+
+
+def test_prune_marks_then_sweeps_after_the_grace_period(
+    lifecycle: Lifecycle, make_home: Callable[..., Path], clock: FakeClock
+) -> None:
+    home = make_home("bea")
+    before = manifest(home)
+    first = archive_home(lifecycle, "bea")
+    assert first.outcome == "archived"
+    restore_home(lifecycle, "bea", "test")
+    for i in range(3):  # later snapshots replace what the first stored
+        (home / "data.bin").write_bytes(os.urandom(2_000_000))
+        _grow(home, i)
+        backup(lifecycle.repo, home, user="bea", parent=lifecycle.repo.list_snapshots("bea")[-1])
+    retention = Retention(keep_last=1, keep_within=None, grace=dt.timedelta(hours=2))
+    clock.set(dt.datetime.now(dt.UTC))
+    report = apply_retention(lifecycle, retention)
+    assert report.forgotten["bea"], report
+    assert report.prune is not None and report.prune.packs_marked > 0
+    assert report.prune.packs_deleted == 0  # marked, not yet swept
+    packs_before = {o.key for o in lifecycle.repo.store.list("packs/")}
+
+    clock.advance(hours=1)  # still inside the grace period
+    assert apply_retention(lifecycle, retention).prune.packs_deleted == 0  # type: ignore[union-attr]
+    clock.advance(hours=2)
+    swept = apply_retention(lifecycle, retention).prune
+    assert swept is not None and swept.packs_deleted > 0 and swept.index_rewritten
+    assert len({o.key for o in lifecycle.repo.store.list("packs/")}) < len(packs_before)
+    assert not list(lifecycle.repo.store.list("prune/"))
+    fresh = Repository.open(open_store(lifecycle.repo.store.url))
+    check(fresh, read_data=True)
+    # The kept snapshot still restores byte for byte.
+    latest = fresh.list_snapshots("bea")[-1]
+    from hometier.engine import restore
+
+    target = home.parent / "bea-copy"
+    restore(fresh, latest, target)
+    assert manifest(target) == manifest(home)
+    assert before != manifest(home)
+
+
+def test_a_snapshot_that_reused_marked_data_rescues_it(
+    lifecycle: Lifecycle, make_home: Callable[..., Path], clock: FakeClock
+) -> None:
+    """An archive that loaded the index before the mark may still point at marked packs:
+    the sweep finds its snapshot and keeps them."""
+    home = make_home("cai")
+    old = backup(lifecycle.repo, home, user="cai")
+    slow_writer = Repository.open(open_store(lifecycle.repo.store.url))
+    slow_writer.load_index()
+    # An archive that began before the mark: it read the index (and the marks) then, and
+    # does not read them again during its run.
+    slow_writer.load_index = lambda *a, **k: len(slow_writer.index)  # type: ignore[method-assign]
+    lifecycle.repo.delete_snapshot(old)
+    now = dt.datetime.now(dt.UTC)
+    marked = prune(lifecycle.repo, now=now, grace=dt.timedelta(minutes=10))
+    assert marked.packs_marked > 0
+    again = backup(slow_writer, home, user="cai")  # dedups against the marked packs
+    assert again.stats.bytes_new_stored < again.stats.bytes  # it did reuse them
+    swept = prune(
+        lifecycle.repo, now=now + dt.timedelta(minutes=11), grace=dt.timedelta(minutes=10)
+    )
+    assert swept.packs_rescued > 0
+    check(Repository.open(open_store(lifecycle.repo.store.url)), read_data=True)
+
+
+def test_prune_concurrent_with_archiving_never_breaks_a_snapshot(
+    lifecycle: Lifecycle, make_home: Callable[..., Path], clock: FakeClock
+) -> None:
+    users = [f"u{i}" for i in range(4)]
+    homes = {u: make_home(u) for u in users}
+    expected = {u: manifest(h) for u, h in homes.items()}
+    clock.set(dt.datetime.now(dt.UTC))
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def archiver() -> None:
+        try:
+            for round_ in range(3):
+                for u in users:
+                    (homes[u] / f"r{round_}.bin").write_bytes(os.urandom(400_000))
+                    expected[u] = manifest(homes[u])
+                    assert archive_home(lifecycle, u).outcome == "archived"
+                    restore_home(lifecycle, u, "test")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            stop.set()
+
+    retention = Retention(keep_last=1, keep_within=None, grace=dt.timedelta(seconds=1))
+
+    def pruner() -> None:
+        try:
+            while not stop.is_set():
+                clock.set(dt.datetime.now(dt.UTC))
+                apply_retention(lifecycle, retention)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=archiver), threading.Thread(target=pruner)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors
+    clock.set(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5))
+    apply_retention(lifecycle, retention)  # a last sweep
+    check(Repository.open(open_store(lifecycle.repo.store.url)), read_data=True)
+    for u in users:
+        assert archive_home(lifecycle, u).outcome == "archived"
+        lifecycle.restore_from_quarantine = False
+        restore_home(lifecycle, u, "test")
+        assert manifest(homes[u]) == expected[u], u
