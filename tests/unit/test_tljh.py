@@ -63,7 +63,11 @@ def test_configures_a_managed_service_and_the_spawn_hook(tmp_path: Path, monkeyp
     assert 'home_template = "jupyter-{username}"' in written
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert "custom:hometier:restore!user" in roles["user"]["scopes"]
-    assert roles["hometier-service"]["scopes"] == ["list:users", "read:users:activity", "read:servers"]
+    assert roles["hometier-service"]["scopes"] == [
+        "list:users",
+        "read:users:activity",
+        "read:servers",
+    ]
     assert roles["hometier-admin"]["groups"] == ["admin"]
     assert "custom:hometier:admin" in c.JupyterHub.custom_scopes
     assert callable(c.Spawner.pre_spawn_hook)

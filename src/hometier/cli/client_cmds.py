@@ -129,5 +129,7 @@ def _unpack(base: str, token: str, target: str) -> int:
     with resp:
         stats = unpack_tar(resp, target)
     err.print(f"unpacked {stats.files} files, {stats.bytes} bytes into {target}")
+    # The home is hot again: tell the service, so the archiver treats it as active.
+    _json("POST", f"{base}/restored", token)
     sys.stdout.flush()
     return 0

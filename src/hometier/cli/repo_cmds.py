@@ -80,7 +80,8 @@ def cmd_backup(args: argparse.Namespace, cfg: Hometier) -> int:
     parent = None
     if not args.full:
         snaps = repo.list_snapshots(user)
-        parent = snaps[-1] if snaps else None
+        complete = [s for s in snaps if s.stats.complete]
+        parent = complete[-1] if complete else None
     with progress_bar(f"archiving {user}", not args.json) as bar:
 
         def show(p: BackupProgress) -> None:

@@ -300,6 +300,7 @@ class _Archiver:
             prev is not None
             and prev.type == "file"
             and prev.link is None
+            and prev.error is None  # an unreadable file is read again, never reused
             and prev.size == st.st_size
             and prev.mtime_ns == st.st_mtime_ns
             and prev.ctime_ns == st.st_ctime_ns

@@ -139,8 +139,8 @@ def walk(repo: Repository, node: Node, prefix: bytes) -> Iterator[tuple[bytes, N
 
 
 def _pax_time(ns: int) -> str:
-    sec, frac = divmod(ns, 1_000_000_000)
-    return f"{sec}.{frac:09d}"
+    sec, frac = divmod(abs(ns), 1_000_000_000)
+    return f"{'-' if ns < 0 else ''}{sec}.{frac:09d}"
 
 
 _TAR_TYPES = {

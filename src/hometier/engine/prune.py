@@ -126,6 +126,16 @@ def _lock(repo: Repository, now: dt.datetime) -> None:
     repo.store.put(LOCK_KEY, json.dumps(holder).encode(), if_absent=True)
 
 
+def _unlock(repo: Repository) -> None:
+    """Remove the lock if it is still ours (another prune may have taken over a stale one)."""
+    try:
+        doc = json.loads(repo.store.get(LOCK_KEY))
+    except (ObjectNotFound, ValueError):
+        return
+    if doc.get("host") == socket.gethostname() and doc.get("pid") == os.getpid():
+        repo.store.delete(LOCK_KEY)
+
+
 def _marks(repo: Repository) -> list[Mark]:
     out = []
     for obj in repo.store.list(PRUNE_PREFIX):
@@ -275,4 +285,4 @@ def prune(
         return report
     finally:
         if not dry_run:
-            repo.store.delete(LOCK_KEY)
+            _unlock(repo)

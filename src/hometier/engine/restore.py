@@ -343,20 +343,34 @@ def _move_into(
     sfd: int, tfd: int, staging: bytes, snap: Snapshot, stats: RestoreStats, tgt: bytes
 ) -> None:
     """Move staged entries into an existing target, never replacing what is there."""
-    conflicts = CONFLICTS_PREFIX.encode() + snap.id[:12].encode()
+    conflicts = b""
     for name in sorted(map(os.fsencode, os.listdir(sfd))):
         try:
             rename_noreplace(name, name, src_dir_fd=sfd, dst_dir_fd=tfd)
         except FileExistsError:
-            if not stats.conflicts:
-                os.mkdir(conflicts, 0o700, dir_fd=tfd)
-                cfd = os.open(conflicts, _DIR, dir_fd=tfd)
-                os.close(cfd)
+            if not conflicts:
+                conflicts = _make_conflicts_dir(tfd, snap)
             rename_noreplace(name, conflicts + b"/" + name, src_dir_fd=sfd, dst_dir_fd=tfd)
             stats.conflicts.append(os.fsdecode(name))
     if stats.conflicts:
         stats.conflicts_dir = os.fsdecode(tgt + b"/" + conflicts)
     os.rmdir(staging, dir_fd=tfd)
+
+
+def _make_conflicts_dir(tfd: int, snap: Snapshot) -> bytes:
+    """A fresh ``hometier-conflicts-<id>[-N]`` folder owned by the home's owner (it holds
+    their files), 0700."""
+    base = CONFLICTS_PREFIX.encode() + snap.id[:12].encode()
+    for n in range(1, 1000):
+        name = base if n == 1 else base + b"-%d" % n
+        try:
+            os.mkdir(name, 0o700, dir_fd=tfd)
+        except FileExistsError:
+            continue
+        if os.geteuid() == 0:
+            os.chown(name, snap.root.get("uid", 0), snap.root.get("gid", 0), dir_fd=tfd)
+        return name
+    raise RestoreError(snap.id[:12], "-", "too many conflicts folders")
 
 
 def _describe(exc: BaseException) -> str:
@@ -410,6 +424,7 @@ def _write_contents(
 
 
 def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool) -> None:
+    skipped: set[bytes] = set()
     for idx, (rel, _meta) in enumerate(plan.files):
         n = plan.file_node(idx)
         _set_meta(sfd, rel, n, as_root=as_root)
@@ -428,6 +443,7 @@ def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool) -> None:
             os.mknod(rel, 0o600 | kind, dev, dir_fd=sfd)
         except PermissionError:
             stats.skipped.append(f"{os.fsdecode(rel)}: device nodes need root")
+            skipped.add(rel)
             continue
         _set_meta(sfd, rel, n, as_root=as_root)
         plan.regular.add(rel)
@@ -435,6 +451,9 @@ def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool) -> None:
     for rel, link in plan.links:
         # ``link`` is relative to the snapshot root and must name a file or special file
         # this restore created: never an arbitrary path, never through a symlink.
+        if link in skipped:
+            stats.skipped.append(f"{os.fsdecode(rel)}: a link to a skipped device node")
+            continue
         if link not in plan.regular:
             raise IntegrityError(f"hardlink {os.fsdecode(rel)} points at a file not restored")
         os.link(link, rel, src_dir_fd=sfd, dst_dir_fd=sfd, follow_symlinks=False)

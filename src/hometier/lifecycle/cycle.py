@@ -300,11 +300,13 @@ def _info(snap: Snapshot) -> SnapshotInfo:
 # --- recovery and housekeeping ---------------------------------------------------------------
 
 
-def recover(lc: Lifecycle) -> list[str]:
-    """Finish or undo moves interrupted by a crash; returns what was done.
+def recover(lc: Lifecycle, errors: list[str] | None = None) -> list[str]:
+    """Finish or undo moves interrupted by a crash; returns the homes it touched.
 
     An ``archived`` home whose folder still holds files besides the notice was being
-    moved aside when the process died: the move is finished (and checked) now.
+    moved aside when the process died: the move is finished (and checked) now. A home
+    that cannot be recovered is left exactly as it is and reported in ``errors``; the
+    others are not held up by it.
     """
     done: list[str] = []
     for home in queries.list_homes(lc.db, ARCHIVED):
@@ -313,18 +315,14 @@ def recover(lc: Lifecycle) -> list[str]:
         path = Path(home.path)
         if not path.is_dir() or _only_notice(path) and (path / NOTICE_NAME).exists():
             continue
-        quarantine = Path(home.quarantine_path)
-        snap_id = quarantine.name.rsplit(".", 1)[-1]
-        with home_lock(lc.quarantine_root, home.user):
-            current = queries.get_home(lc.db, home.user)
-            if current.state != ARCHIVED or current.quarantine_path != home.quarantine_path:
-                continue  # a login got there first
-            if _only_notice(path) and (path / NOTICE_NAME).exists():
-                continue  # another worker finished it meanwhile
-            snap = lc.repo.find_snapshot(snap_id, home.user)
-            log.warning("finishing the interrupted archive of %s", home.user)
-            _move_to_quarantine(lc, home.user, path, quarantine, snap)
-        done.append(home.user)
+        try:
+            if _recover_move(lc, home.user, path, Path(home.quarantine_path)):
+                done.append(home.user)
+        except (Error, OSError) as exc:
+            msg = exc.get_message() if isinstance(exc, Error) else str(exc)
+            log.error("could not recover the archive of %s; left as it is: %s", home.user, msg)
+            if errors is not None:
+                errors.append(f"{home.user}: recovery: {msg}")
     now = lc.now()
     for home in queries.list_homes(lc.db, ARCHIVING):
         expired = home.claimed_until is not None and home.claimed_until < now
@@ -333,6 +331,20 @@ def recover(lc: Lifecycle) -> list[str]:
             _back_to_active(lc, home.user, home.version, "worker gone; archive abandoned", [])
             done.append(home.user)
     return done
+
+
+def _recover_move(lc: Lifecycle, user: str, path: Path, quarantine: Path) -> bool:
+    snap_id = quarantine.name.rsplit(".", 1)[-1]
+    with home_lock(lc.quarantine_root, user):
+        current = queries.get_home(lc.db, user)
+        if current.state != ARCHIVED or current.quarantine_path != str(quarantine):
+            return False  # a login got there first
+        if _only_notice(path) and (path / NOTICE_NAME).exists():
+            return False  # another worker finished it meanwhile
+        snap = lc.repo.find_snapshot(snap_id, user)
+        log.warning("finishing the interrupted archive of %s", user)
+        _move_to_quarantine(lc, user, path, quarantine, snap)
+    return True
 
 
 def _dead_here(worker: str | None) -> bool:

@@ -113,7 +113,7 @@ def run_cycle(lc: Lifecycle, *, dry_run: bool = False) -> CycleReport:
     """
     report = CycleReport(started=lc.now())
     if not dry_run:
-        report.recovered = recover(lc)
+        report.recovered = recover(lc, report.errors)
     discover_homes(lc)
     try:
         facts = gather_facts(lc, report)

@@ -20,6 +20,21 @@ class Moved:
     conflicts_dir: Path | None = None
 
 
+def _conflicts_dir(dst: Path, tag: str) -> Path:
+    """A fresh conflicts folder in ``dst``, owned like ``dst`` (it holds the user's files)."""
+    st = dst.stat()
+    for n in range(1, 1000):
+        box = dst / (f"{CONFLICTS_PREFIX}{tag}" + (f"-{n}" if n > 1 else ""))
+        try:
+            box.mkdir(mode=0o700)
+        except FileExistsError:
+            continue
+        if os.geteuid() == 0:
+            os.chown(box, st.st_uid, st.st_gid)
+        return box
+    raise FileExistsError(f"too many conflicts folders in {dst}")
+
+
 def move_entries(src: Path, dst: Path, tag: str, skip: frozenset[str] = frozenset()) -> Moved:
     """Move every entry of ``src`` into ``dst`` (same filesystem, one rename each).
 
@@ -35,8 +50,7 @@ def move_entries(src: Path, dst: Path, tag: str, skip: frozenset[str] = frozense
         try:
             rename_noreplace(s + b"/" + name, d + b"/" + name)
         except FileExistsError:
-            box = dst / f"{CONFLICTS_PREFIX}{tag}"
-            box.mkdir(mode=0o700, exist_ok=True)
+            box = moved.conflicts_dir or _conflicts_dir(dst, tag)
             rename_noreplace(s + b"/" + name, os.fsencode(box) + b"/" + name)
             moved.conflicts.append(os.fsdecode(name))
             moved.conflicts_dir = box

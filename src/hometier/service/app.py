@@ -21,7 +21,7 @@ from hometier.service.api.base import BaseHandler
 from hometier.service.api.homes import ArchiveHandler, ExemptHandler, HomeHandler, HomesHandler
 from hometier.service.api.leases import LeaseHandler, LeasesHandler
 from hometier.service.api.meta import HealthHandler, MetricsHandler, OpenAPIHandler
-from hometier.service.api.restores import RestoreEventsHandler, RestoreHandler
+from hometier.service.api.restores import RestoredHandler, RestoreEventsHandler, RestoreHandler
 from hometier.service.api.snapshots import DownloadHandler, SnapshotsHandler, TreeHandler
 from hometier.service.metrics import Metrics
 from hometier.service.tracker import Tracker
@@ -66,6 +66,7 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"{p}/api/homes/{USER}", HomeHandler),
         (rf"{p}/api/homes/{USER}/restore", RestoreHandler),
         (rf"{p}/api/homes/{USER}/restore/events", RestoreEventsHandler),
+        (rf"{p}/api/homes/{USER}/restored", RestoredHandler),
         (rf"{p}/api/homes/{USER}/leases", LeasesHandler),
         (rf"{p}/api/homes/{USER}/leases/(?P<lease_id>[^/]+)", LeaseHandler),
         (rf"{p}/api/homes/{USER}/archive", ArchiveHandler),

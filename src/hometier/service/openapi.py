@@ -121,6 +121,13 @@ def openapi(prefix: str) -> dict[str, Any]:
                 ),
                 "get": _op("Follow a restore by polling", OWN.format("restore"), [_USER]),
             },
+            "/api/homes/{user}/restored": {
+                "post": _op(
+                    "Record that an init container unpacked the home into its volume",
+                    OWN.format("restore"),
+                    [_USER],
+                )
+            },
             "/api/homes/{user}/restore/events": {
                 "get": _op("Follow a restore as server-sent events", OWN.format("restore"), [_USER])
             },

@@ -61,3 +61,26 @@ class RestoreEventsHandler(BaseHandler):
         except StreamClosedError:
             return
         self.finish()
+
+
+class RestoredHandler(BaseHandler):
+    """An init container unpacked the home into a per-user volume itself: record it, so
+    the home is ``active`` again (its activity counts from now)."""
+
+    async def post(self, user: str) -> None:
+        user = self.user_arg(user)
+        who = self.identity()
+        who.require("restore", user)
+        lc = self.ctx.lc
+        actor = f"volume:{who.name}"
+
+        def mark() -> str:
+            home = queries.get_home(lc.db, user)
+            if home.state == "active":
+                return "active"
+            if queries.request_restore(lc.db, user, actor, lc.now()):
+                queries.finish_restore(lc.db, user, actor, lc.now())
+                return "active"
+            return queries.get_home(lc.db, user).state
+
+        self.send({"user": user, "state": await self.blocking(mark)})

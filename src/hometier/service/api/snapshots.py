@@ -69,8 +69,13 @@ class SnapshotsHandler(BaseHandler):
     async def get(self, user: str) -> None:
         user = self.user_arg(user)
         self.identity().require("read", user)
+        admin = self.identity().is_admin
         snaps = await self.blocking(self.ctx.lc.repo.list_snapshots, user)
-        self.send({"snapshots": [snap_doc(s) for s in reversed(snaps)]})
+        docs = [snap_doc(s) for s in reversed(snaps)]
+        if not admin:
+            for d in docs:
+                d.pop("stored_bytes")  # dedup probing: admins only
+        self.send({"snapshots": docs})
 
 
 class TreeHandler(SnapshotBase):
