@@ -138,6 +138,7 @@ def cmd_serve(args: argparse.Namespace, cfg: Hometier) -> int:
             prefix=svc.base_url,
             interval=interval,
             metrics_public=svc.metrics_public,
+            config=cfg.config,
         )
         return 0
     stop = threading.Event()

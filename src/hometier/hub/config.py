@@ -65,6 +65,14 @@ def configure_hub(
         "url": service_url.split("/services/")[0],
         "oauth_no_confirm": True,
         "display": True,
+        # What a browser session with the service may carry (the Hub gives each user only
+        # the scopes they hold): without these an admin is no admin on the dashboard.
+        "oauth_client_allowed_scopes": [
+            "custom:hometier:admin",
+            "custom:hometier:read!user",
+            "custom:hometier:restore!user",
+            "custom:hometier:lease!user",
+        ],
     }
     if api_token:
         service["api_token"] = api_token

@@ -10,6 +10,7 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from tornado import web
@@ -23,6 +24,8 @@ from hometier.service.api.leases import LeaseHandler, LeasesHandler
 from hometier.service.api.meta import HealthHandler, MetricsHandler, OpenAPIHandler
 from hometier.service.api.restores import RestoredHandler, RestoreEventsHandler, RestoreHandler
 from hometier.service.api.snapshots import DownloadHandler, SnapshotsHandler, TreeHandler
+from hometier.service.dashboard import handlers as dash
+from hometier.service.dashboard.summary import Dashboard
 from hometier.service.metrics import Metrics
 from hometier.service.tracker import Tracker
 
@@ -75,6 +78,13 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"{p}/api/homes/{USER}/snapshots/{SNAP}/tree", TreeHandler),
         (rf"{p}/api/homes/{USER}/snapshots/{SNAP}/(?P<kind>file|archive)", DownloadHandler),
         (rf"{p}/oauth_callback", HubOAuthCallbackHandler),
+        # The dashboard (HTML, Hub OAuth login): hometier.service.dashboard.
+        (rf"{p}/?", dash.OwnHomePage),
+        (rf"{p}/admin", dash.AdminPage),
+        (rf"{p}/homes/{USER}", dash.HomePage),
+        (rf"{p}/homes/{USER}/(?P<action>archive|restore|exempt|unexempt)", dash.HomeAction),
+        (rf"{p}/homes/{USER}/snapshots/{SNAP}/browse", dash.BrowsePage),
+        (rf"{p}/static/(?P<path>.+)", dash.StaticHandler),
     ]
 
 
@@ -98,7 +108,9 @@ def make_context(
     )
 
 
-def make_app(ctx: ServiceContext, *, cookie_secret: bytes | None = None) -> web.Application:
+def make_app(
+    ctx: ServiceContext, *, cookie_secret: bytes | None = None, config: Any = None
+) -> web.Application:
     # A short cache: a revoked or expired token (the one-spawn token included) stops
     # working within seconds. (0 would mean "cache forever" to HubAuth.)
     auth = HubOAuth.instance(cache_max_age=5)
@@ -110,6 +122,7 @@ def make_app(ctx: ServiceContext, *, cookie_secret: bytes | None = None) -> web.
         xsrf_cookies=False,
         default_handler_class=NotFoundHandler,
         compress_response=False,
+        hometier_dashboard=Dashboard(config=config) if config is not None else None,
     )
 
 
@@ -121,6 +134,7 @@ def run_service(
     prefix: str,
     interval: dt.timedelta | None,
     metrics_public: bool = False,
+    config: Any = None,
 ) -> None:
     """Serve the API on ``ip:port`` and, unless ``interval`` is None, run the archiver
     loop in a thread beside it. Returns on SIGTERM/SIGINT after both have stopped."""
@@ -134,7 +148,7 @@ def run_service(
         loop_thread.start()
 
     async def main() -> None:
-        app = make_app(ctx)
+        app = make_app(ctx, config=config)
         server = HTTPServer(app, max_body_size=MAX_BODY, idle_connection_timeout=120)
         server.listen(port, address=ip)
         log.info("hometier service on http://%s:%d%s", ip, port, prefix)

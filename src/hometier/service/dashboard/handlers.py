@@ -1,0 +1,271 @@
+"""The dashboard's pages (see the package docstring); actions are in ``actions``."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import os
+from typing import Any
+
+from sqlalchemy import func, or_, select
+from tornado import web
+
+from hometier.engine.export import list_dir
+from hometier.errors import Error, UsageError
+from hometier.service.dashboard.actions import HomeAction
+from hometier.service.dashboard.base import (
+    AdminOnly,
+    NotAUser,
+    PageHandler,
+    StaticHandler,
+    path_query,
+)
+from hometier.service.dashboard.summary import (
+    SERIES,
+    SnapSize,
+    Transition,
+    home_size,
+    make_chart,
+    make_totals,
+    tier_history,
+)
+from hometier.state import HOME_STATES, Event, Home, Snapshot, queries
+
+SORTS = ("user", "state", "hot_bytes", "stored_bytes", "last_activity", "state_since")
+
+STATE_TEXT = {
+    "active": "The files are on the volume.",
+    "archiving": "The files are being archived; a login now cancels it.",
+    "archived": "The files are archived in object storage. They come back when the server "
+    "starts, or now with Restore.",
+    "restoring": "The files are being restored.",
+    "failed": "The last operation failed (below). Nothing was lost: the files are on the "
+    "volume or in the archive.",
+}
+
+
+class HomePageBase(PageHandler):
+    async def home_page(self, user: str, own: bool) -> None:
+        who = self.identity()
+        admin = who.is_admin
+        lc = self.ctx.lc
+
+        def load() -> dict[str, Any]:
+            try:
+                home = queries.get_home(lc.db, user)
+            except queries.HomeNotFound:
+                home = None
+            leases = queries.active_leases(lc.db, user, lc.now()) if home else []
+            events = queries.events(lc.db, user, limit=30, newest_first=True) if admin else []
+            snap_error = None
+            try:
+                snaps = list(reversed(lc.repo.list_snapshots(user)))
+            except Error as exc:
+                snaps, snap_error = [], exc.get_message()
+            return dict(home=home, leases=leases, events=events, snaps=snaps, snap_error=snap_error)
+
+        data = await self.blocking(load)
+        job = self.ctx.tracker.get(user)
+        home = data["home"]
+        running = (job is not None and job.state == "running") or (
+            home is not None and home.state in ("restoring", "archiving")
+        )
+        self.take_flash()
+        self.render(
+            "home.html",
+            user=user,
+            own=own,
+            admin=admin,
+            may_restore=who.may("restore", user),
+            state_text=STATE_TEXT,
+            job=job.doc() if job else None,
+            refresh=2 if running else None,
+            back="own" if own else "home",
+            **data,
+        )
+
+
+class OwnHomePage(HomePageBase):
+    """``/``: the signed-in user's own home."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        who = self.identity()
+        if who.kind != "user":
+            raise NotAUser(who.kind)
+        await self.home_page(who.name, own=True)
+
+
+class HomePage(HomePageBase):
+    """``/homes/USER``: one home, for its user or an admin."""
+
+    @web.authenticated
+    async def get(self, user: str) -> None:
+        user = self.user_arg(user)
+        who = self.identity()
+        who.require("read", user)
+        await self.home_page(user, own=who.kind == "user" and who.name == user)
+
+
+class AdminPage(PageHandler):
+    """``/admin``: totals, bytes per tier over time, every home, failures."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        who = self.identity()
+        if not who.is_admin:
+            raise AdminOnly(who.name)
+        q = (self.get_query_argument("q", "") or "").strip()
+        state = self.get_query_argument("state", "") or ""
+        if state and state not in HOME_STATES:
+            raise UsageError(f"state must be one of {', '.join(HOME_STATES)}")
+        sort = self.get_query_argument("sort", "user") or "user"
+        if sort.lstrip("-") not in SORTS:
+            raise UsageError(f"sort must be one of {', '.join(SORTS)} (- for descending)")
+        lc, prices = self.ctx.lc, self.dashboard
+        today = lc.now().astimezone(dt.UTC).date()
+        first_day = today - dt.timedelta(days=max(prices.history_days, 1) - 1)
+        start = dt.datetime.combine(first_day, dt.time(), tzinfo=dt.UTC)
+
+        def load() -> dict[str, Any]:
+            homes = queries.list_homes(lc.db)
+            with lc.db.transaction(write=False) as s:
+                stored = int(s.scalar(select(func.sum(Snapshot.stored_bytes))) or 0)
+                # The window's transitions, and the last one of each home before it (its
+                # state when the window opens): the log can be long, the chart is not.
+                moved = (Event.to_state.is_not(None), Event.user.is_not(None))
+                last_before = (
+                    select(func.max(Event.id)).where(*moved, Event.at < start).group_by(Event.user)
+                )
+                moves = s.execute(
+                    select(Event.user, Event.at, Event.to_state, Event.from_state)
+                    .where(*moved, or_(Event.at >= start, Event.id.in_(last_before)))
+                    .order_by(Event.id)
+                ).all()
+                sizes = s.execute(
+                    select(Home.user, Snapshot.time, Snapshot.bytes, Snapshot.stored_bytes).join(
+                        Home, Home.id == Snapshot.home_id
+                    )
+                ).all()
+            errors = queries.events(lc.db, kind="error", limit=20, newest_first=True)
+            snaps = sorted((SnapSize(*z) for z in sizes), key=lambda z: z.time)
+            last = {z.user: z.bytes for z in snaps}
+            totals = make_totals(homes, stored, prices, last)
+            history = tier_history(
+                [Transition(*m) for m in moves],
+                snaps,
+                {h.user: home_size(h, last) for h in homes},
+                totals,
+                today,
+                prices.history_days,
+            )
+            return dict(homes=homes, totals=totals, history=history, errors=errors, last=last)
+
+        data = await self.blocking(load)
+        homes = data["homes"]
+        failed = [h for h in homes if h.state == "failed"]
+        shown = [
+            h for h in homes if q.lower() in h.user.lower() and (not state or h.state == state)
+        ]
+        key = sort.lstrip("-")
+        last = data["last"]
+
+        def order(h: Any) -> tuple[bool, Any]:
+            value = home_size(h, last) if key == "hot_bytes" else getattr(h, key)
+            return value is None, value or 0
+
+        shown.sort(key=order)
+        if sort.startswith("-"):
+            shown.reverse()
+        self.take_flash()
+        self.render(
+            "admin.html",
+            totals=data["totals"],
+            chart=make_chart(data["history"]),
+            series=SERIES,
+            errors=data["errors"],
+            failed=failed,
+            homes=shown,
+            q=q,
+            state=state,
+            sort=sort,
+            states=HOME_STATES,
+            sorts=SORTS,
+            size=lambda h: home_size(h, data["last"]),
+        )
+
+
+class BrowsePage(PageHandler):
+    """``/homes/USER/snapshots/ID/browse?path=…``: one folder of a snapshot."""
+
+    def path_arg(self) -> bytes:
+        b64 = self.get_query_argument("path_b64", None)
+        if b64 is not None:
+            try:
+                return base64.b64decode(b64, validate=True)
+            except (binascii.Error, ValueError):
+                raise UsageError("path_b64 is not base64") from None
+        return os.fsencode(self.get_query_argument("path", "") or "")
+
+    @web.authenticated
+    async def get(self, user: str, ref: str) -> None:
+        user = self.user_arg(user)
+        who = self.identity()
+        who.require("read", user)
+        path = self.path_arg().strip(b"/")
+        repo = self.ctx.lc.repo
+        snap = await self.blocking(repo.find_snapshot, ref, user)
+        nodes = await self.blocking(list_dir, repo, snap, path)
+        nodes.sort(key=lambda n: (n.type != "dir", n.name.lower()))
+        api = ("api", "homes", user, "snapshots", snap.id)
+        entries = []
+        for n in nodes:
+            child = path + b"/" + n.name if path else n.name
+            where = path_query(child)
+            entries.append(
+                {
+                    "name": n.name.decode("utf-8", "replace"),
+                    "type": n.type,
+                    "size": n.size if n.type == "file" else None,
+                    "mtime": dt.datetime.fromtimestamp(n.mtime_ns / 1e9, dt.UTC),
+                    "target": (n.target or b"").decode("utf-8", "replace"),
+                    "browse": self.url("homes", user, "snapshots", snap.id, "browse", **where)
+                    if n.type == "dir"
+                    else None,
+                    "file": self.url(*api, "file", **where)
+                    if n.type == "file" and n.error is None
+                    else None,
+                    "zip": self.url(*api, "archive", format="zip", **where)
+                    if n.type == "dir"
+                    else None,
+                }
+            )
+        crumbs = [("home", self.url("homes", user, "snapshots", snap.id, "browse"))]
+        parts = [p for p in path.split(b"/") if p]
+        for i, part in enumerate(parts):
+            sub = b"/".join(parts[: i + 1])
+            link = self.url("homes", user, "snapshots", snap.id, "browse", **path_query(sub))
+            crumbs.append((part.decode("utf-8", "replace"), link))
+        here = path_query(path) if path else {}
+        self.render(
+            "browse.html",
+            user=user,
+            snap=snap,
+            admin=who.is_admin,
+            crumbs=crumbs,
+            entries=entries,
+            zip_url=self.url(*api, "archive", format="zip", **here),
+            tar_url=self.url(*api, "archive", format="tar", **here),
+            back=self.url() + "/" if who.name == user else self.url("homes", user),
+        )
+
+
+__all__ = [
+    "AdminPage",
+    "BrowsePage",
+    "HomeAction",
+    "HomePage",
+    "OwnHomePage",
+    "StaticHandler",
+]
