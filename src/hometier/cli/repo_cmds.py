@@ -14,6 +14,7 @@ from hometier.config import Hometier
 from hometier.engine import backup, check, restore
 from hometier.engine.archive import Progress as BackupProgress
 from hometier.engine.restore import RestoreProgress
+from hometier.errors import Error
 from hometier.lifecycle.homes import HomeLayout, check_username
 from hometier.repo import Repository
 from hometier.repo.snapshot import Snapshot
@@ -101,6 +102,7 @@ def cmd_backup(args: argparse.Namespace, cfg: Hometier) -> int:
             pack_size=cfg.pack_size_mb * 1024 * 1024,
             progress=show,
         )
+    _record(cfg, user, source, snap)
     if args.json:
         emit_json(
             {
@@ -122,6 +124,33 @@ def cmd_backup(args: argparse.Namespace, cfg: Hometier) -> int:
             for line in getattr(s, kind):
                 err.print(f"[yellow]{kind}:[/yellow] {line}", highlight=False)
     return 0 if snap.stats.complete else 1
+
+
+def _record(cfg: Hometier, user: str, source: str, snap: Snapshot) -> None:
+    """Note the snapshot in the state database too (the dashboard and status read it);
+    a database that cannot be opened costs a warning, never the backup."""
+    from hometier.app import open_db
+    from hometier.state import queries
+    from hometier.state.queries import SnapshotInfo
+
+    try:
+        db = open_db(cfg)
+        try:
+            now = dt.datetime.now(dt.UTC)
+            queries.get_or_create_home(db, user, source, now, actor="cli")
+            info = SnapshotInfo(
+                id=snap.id,
+                time=snap.time,
+                files=snap.stats.files,
+                bytes=snap.stats.bytes,
+                stored_bytes=snap.stats.bytes_new_stored,
+                parent=snap.parent,
+            )
+            queries.record_snapshot(db, user, info, now)
+        finally:
+            db.dispose()
+    except Error as exc:
+        err.print(f"[yellow]warning:[/yellow] snapshot not recorded in the database: {exc}")
 
 
 def cmd_restore(args: argparse.Namespace, cfg: Hometier) -> int:
