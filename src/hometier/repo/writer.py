@@ -32,11 +32,13 @@ class BlobWriter:
     """Adds blobs to a repository; thread-safe.
 
     ``add`` returns at once for a blob the repository (or this writer) already has.
-    New blobs are compressed in the calling thread and appended to the open pack; a full
-    pack is sealed and uploaded on a background thread, at most ``uploads`` at a time
-    (``add`` blocks beyond that, which bounds memory to about
-    ``(uploads + 1) * pack_size``). Nothing is visible to readers until ``flush``
-    returns: packs first, then the index object that names them.
+    New blobs are compressed in the calling thread and appended to the open pack (one
+    for data, one for trees); a full pack is sealed and uploaded on a background thread,
+    ``uploads`` at a time. At most ``uploads + 1`` sealed packs wait or travel: ``add``
+    blocks, holding no pack, until one is durable. Memory is therefore bounded by about
+    ``(uploads + 3) * pack_size`` whatever the number of calling threads. Nothing is
+    visible to readers until ``flush`` returns: packs first, then the index object
+    that names them.
     """
 
     def __init__(self, repo: Repository, *, pack_size: int, uploads: int) -> None:
@@ -48,7 +50,11 @@ class BlobWriter:
         # Trees go in packs of their own: reading a snapshot's trees (restore, the parent
         # of an incremental backup) must not drag file data along with them.
         self._builders = {BlobType.DATA: PackBuilder(), BlobType.TREE: PackBuilder()}
-        self._slots = threading.BoundedSemaphore(uploads)
+        # Sealed packs not yet uploaded, at most ``uploads + 1``: a thread that would start
+        # filling another pack waits, without holding any data (memory stays bounded).
+        self._max_sealed = uploads + 1
+        self._sealed = 0
+        self._room = threading.Condition(self._lock)
         self._pool = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="upload")
         self._futures: list[Future[PackRecord]] = []
         self._unindexed: list[PackRecord] = []
@@ -70,7 +76,9 @@ class BlobWriter:
             self._pending.add(bid)
         comp, stored = codec.encode(data)
         sealed: PackBuilder | None = None
-        with self._lock:
+        with self._room:
+            while self._sealed >= self._max_sealed and self._error is None:
+                self._room.wait()
             builder = self._builders[typ]
             builder.add(bid, typ, comp, stored, len(data))
             self.stats.blobs_new += 1
@@ -78,21 +86,27 @@ class BlobWriter:
             self.stats.bytes_new_stored += len(stored)
             if builder.size >= self.pack_size:
                 sealed, self._builders[typ] = builder, PackBuilder()
+                self._sealed += 1
         if sealed is not None:
             self._upload(sealed)
         return bid, True
 
     def _upload(self, builder: PackBuilder) -> None:
-        self._slots.acquire()
+        """Seal and queue one pack; the caller counted it in ``_sealed``."""
         try:
             pid, data, entries = builder.seal()
             fut = self._pool.submit(self._put, pid, data, entries)
         except BaseException:
-            self._slots.release()
+            self._done_one()
             raise
         with self._lock:
             self._futures.append(fut)
             self.stats.packs += 1
+
+    def _done_one(self) -> None:
+        with self._room:
+            self._sealed -= 1
+            self._room.notify_all()
 
     def _put(self, pid: PackId, data: bytearray, entries: list[Entry]) -> PackRecord:
         try:
@@ -111,7 +125,7 @@ class BlobWriter:
             self._error = exc
             raise
         finally:
-            self._slots.release()
+            self._done_one()
 
     def flush(self) -> None:
         """Upload the open pack, wait for every upload, write the index; raise any error.
@@ -123,6 +137,8 @@ class BlobWriter:
             self._builders = {BlobType.DATA: PackBuilder(), BlobType.TREE: PackBuilder()}
         for builder in open_builders:
             if len(builder):
+                with self._lock:
+                    self._sealed += 1
                 self._upload(builder)
         with self._lock:
             futures, self._futures = self._futures, []
