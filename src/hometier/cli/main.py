@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hometier import __version__
-from hometier.cli import client_cmds, lifecycle_cmds, repo_cmds
+from hometier.cli import client_cmds, lifecycle_cmds, plan_cmds, repo_cmds
 from hometier.cli.output import err
 from hometier.config import Hometier, load_config
 from hometier.errors import Error
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     repo_cmds.register(sub)
     lifecycle_cmds.register(sub)
     client_cmds.register(sub)
+    plan_cmds.register(sub)
     for parser in sub.choices.values():
         repo_cmds.add_common(parser)
     return p
