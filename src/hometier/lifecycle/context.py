@@ -8,6 +8,7 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hometier.lifecycle.activity import HubClient
 from hometier.lifecycle.homes import HomeLayout
@@ -47,6 +48,8 @@ class Lifecycle:
     claim_for: dt.timedelta = dt.timedelta(minutes=5)
     """A worker's claim on a home it archives; renewed every quarter of it while the
     worker lives, so a dead worker's homes are free again after at most this long."""
+    on_archive: Callable[[Any, float], None] | None = None
+    """Called after every archive attempt with its result and seconds (metrics)."""
     restore_wait: dt.timedelta = dt.timedelta(minutes=30)
     """How long a joining restore waits for the one in flight before giving up."""
 

@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,11 +120,16 @@ def archive_claimed(lc: Lifecycle, user: str, version: int, path: Path) -> Archi
         target=_heartbeat, args=(lc, user, version, stop), name="claim", daemon=True
     )
     beat.start()
+    started = time.monotonic()
+    result = ArchiveResult(user, "failed")
     try:
-        return _archive(lc, user, version, path)
+        result = _archive(lc, user, version, path)
+        return result
     finally:
         stop.set()
         beat.join()
+        if lc.on_archive is not None:
+            lc.on_archive(result, time.monotonic() - started)
 
 
 def _heartbeat(lc: Lifecycle, user: str, version: int, stop: threading.Event) -> None:

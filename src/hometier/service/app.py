@@ -102,6 +102,7 @@ def make_context(
     # downloads, and they never wait behind it.
     restores = ThreadPoolExecutor(max_workers=8, thread_name_prefix="restore")
     metrics = Metrics(lc)
+    lc.on_archive = metrics.archived  # the loop's archives and the API's alike
     tracker = Tracker(lc, restores, on_finish=metrics.restored)
     return ServiceContext(
         lc, executor, downloads, tracker, metrics, prefix, service_name, metrics_public

@@ -88,7 +88,6 @@ class ArchiveHandler(BaseHandler):
         who = self.identity()
         who.require("admin", user)
         result = await self.blocking(archive_home, self.ctx.lc, user)
-        self.ctx.metrics.archived(result)
         self.send(
             {
                 "user": user,

@@ -49,8 +49,7 @@ class HomeAction(PageHandler):
         return "ok", f"A restore of {user} was already running; this page follows it."
 
     async def _archive(self, who: Identity, user: str) -> tuple[str, str]:
-        result = await self.blocking(archive_home, self.ctx.lc, user)
-        self.ctx.metrics.archived(result)
+        result = await self.blocking(archive_home, self.ctx.lc, user)  # counted by on_archive
         text = f"Archive of {user}: {result.outcome}"
         if result.reason:
             text += f" ({result.reason})"
