@@ -43,12 +43,27 @@ def move_entries(src: Path, dst: Path, tag: str, skip: frozenset[str] = frozense
     ends up empty.
     """
     moved = Moved()
-    s, d = os.fsencode(src), os.fsencode(dst)
+    s = os.fsencode(src)
+    # The destination is opened once, never through a symlink: a home swapped for a link
+    # to somewhere else must not receive the files.
+    dfd = os.open(dst, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _move_all(s, dfd, dst, tag, skip, moved)
+    finally:
+        os.close(dfd)
+    try:
+        os.rmdir(s)
+    except OSError:
+        pass
+    return moved
+
+
+def _move_all(s: bytes, dfd: int, dst: Path, tag: str, skip: frozenset[str], moved: Moved) -> None:
     for name in sorted(os.listdir(s)):
         if os.fsdecode(name) in skip:
             continue
         try:
-            rename_noreplace(s + b"/" + name, d + b"/" + name)
+            rename_noreplace(s + b"/" + name, name, dst_dir_fd=dfd)
         except FileExistsError:
             box = moved.conflicts_dir or _conflicts_dir(dst, tag)
             rename_noreplace(s + b"/" + name, os.fsencode(box) + b"/" + name)
@@ -57,8 +72,3 @@ def move_entries(src: Path, dst: Path, tag: str, skip: frozenset[str] = frozense
             log.warning(
                 "%s: kept the existing %s; the other one is in %s", dst, os.fsdecode(name), box
             )
-    try:
-        os.rmdir(s)
-    except OSError:
-        pass
-    return moved

@@ -45,6 +45,14 @@ class RestoreFailed(Error):
     http_status = 503
 
 
+class HomeNotAFolder(Error):
+    """The home {} is not a real folder (a symbolic link or a file): refusing to restore
+    through it; an administrator must look at it."""
+
+    exit_code = 8
+    http_status = 409
+
+
 class NothingToRestore(Error):
     """No snapshot of {} exists to restore from."""
 
@@ -134,6 +142,8 @@ def _perform(
     result = RestoreResult(user, "restored")
     notice = path / NOTICE_NAME
     try:
+        if path.is_symlink() or (path.exists() and not path.is_dir()):
+            raise HomeNotAFolder(path)
         snap = _latest(lc, user)
         result.snapshot = snap.id
         with home_lock(lc.quarantine_root, user, timeout=lc.restore_wait.total_seconds()):
