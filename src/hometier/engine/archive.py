@@ -30,6 +30,14 @@ XATTR_PREFIX = b"user."
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
+_PROC = os.path.isdir("/proc/self/fd")
+"""Entries are reached through their open folder (Linux); elsewhere by path."""
+
+
+class _Swapped(Exception):
+    """A folder was replaced (by a symlink, a file or another folder) while being walked."""
+
+
 class BackupError(Error):
     """Backup of {} failed: {}"""
 
@@ -182,10 +190,43 @@ class _Archiver:
     # --- directories (main thread) --------------------------------------------------
 
     def archive_dir(
-        self, path: bytes, rel: bytes, parent_tree: BlobId | None, depth: int
+        self,
+        path: bytes,
+        rel: bytes,
+        parent_tree: BlobId | None,
+        depth: int,
+        expect: os.stat_result | None = None,
+        parent_fd: int | None = None,
     ) -> BlobId:
+        """Archive one folder. It is opened once, without following a link, and every
+        entry is reached through that open folder (``/proc/self/fd/N/name``): a folder
+        swapped for a symlink mid-walk is never read through. ``_Swapped`` if the folder
+        is no longer the one ``expect`` describes."""
         if depth > MAX_DEPTH:
             raise BackupError(os.fsdecode(rel), f"nested deeper than {MAX_DEPTH} folders")
+        flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            dfd = (
+                os.open(path, flags)
+                if parent_fd is None
+                else os.open(path, flags, dir_fd=parent_fd)
+            )
+        except (NotADirectoryError, OSError) as exc:
+            if parent_fd is not None and exc.errno in (errno.ENOTDIR, errno.ELOOP, errno.ENOENT):
+                raise _Swapped() from exc
+            raise
+        try:
+            now = os.fstat(dfd)
+            if expect is not None and (now.st_ino, now.st_dev) != (expect.st_ino, expect.st_dev):
+                raise _Swapped()
+            base = b"/proc/self/fd/%d" % dfd if _PROC else path
+            return self._archive_open_dir(base, rel, parent_tree, depth, dfd)
+        finally:
+            os.close(dfd)
+
+    def _archive_open_dir(
+        self, path: bytes, rel: bytes, parent_tree: BlobId | None, depth: int, dfd: int
+    ) -> BlobId:
         old: dict[bytes, Node] = {}
         if parent_tree is not None and self.parent_trees is not None:
             if parent_tree in self.parent_trees:
@@ -196,75 +237,93 @@ class _Archiver:
             entries = sorted(it, key=lambda e: e.name)
         nodes: list[Node] = []
         futures: list[Future[None]] = []
-        for entry in entries:
-            name = entry.name
-            full = path + b"/" + name
-            sub = rel + b"/" + name if rel else name
-            try:
-                st = os.lstat(full)
-            except FileNotFoundError:
-                self._note("changed", sub, "vanished")
-                continue
-            node = Node(
-                name=name,
-                type="file",
-                mode=stat.S_IMODE(st.st_mode),
-                uid=st.st_uid,
-                gid=st.st_gid,
-                mtime_ns=st.st_mtime_ns,
-                atime_ns=st.st_atime_ns,
-                ctime_ns=st.st_ctime_ns,
-                ino=st.st_ino,
-            )
-            fmt = stat.S_IFMT(st.st_mode)
-            try:
-                if fmt == stat.S_IFDIR:
-                    if st.st_dev != self.root_dev:
-                        self._note("skipped", sub, "another filesystem is mounted here")
-                        continue
-                    node.type = "dir"
-                    prev = old.get(name)
-                    node.subtree = self.archive_dir(
-                        full, sub, prev.subtree if prev and prev.type == "dir" else None, depth + 1
-                    )
-                    self.stats.dirs += 1
-                elif fmt == stat.S_IFREG:
-                    self._file(full, sub, st, node, old.get(name), futures)
-                elif fmt == stat.S_IFLNK:
-                    node.type = "symlink"
-                    node.target = os.readlink(full)
-                    self.stats.symlinks += 1
-                elif fmt in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK):
-                    node.type = {stat.S_IFIFO: "fifo", stat.S_IFCHR: "chr", stat.S_IFBLK: "blk"}[
-                        fmt
-                    ]
-                    if fmt != stat.S_IFIFO:
-                        node.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
-                    if st.st_nlink > 1:
-                        key = (st.st_dev, st.st_ino)
-                        if key in self.hardlinks:
-                            node.link = self.hardlinks[key]
-                        else:
-                            self.hardlinks[key] = sub
-                    self.stats.others += 1
-                else:
-                    what = "socket" if fmt == stat.S_IFSOCK else f"file type {fmt:o}"
-                    self._note("skipped", sub, f"{what} not archived")
+        try:
+            for entry in entries:
+                name = entry.name
+                full = path + b"/" + name
+                sub = rel + b"/" + name if rel else name
+                try:
+                    st = os.lstat(full)
+                except FileNotFoundError:
+                    self._note("changed", sub, "vanished")
                     continue
-                if node.type != "symlink":
-                    try:
-                        node.xattrs = _readxattrs(full)
-                    except PermissionError as exc:
-                        self._note("errors", sub, f"extended attributes unreadable: {exc.strerror}")
-            except FileNotFoundError:
-                self._note("changed", sub, "vanished")
-                continue
-            except PermissionError as exc:
-                self._note("errors", sub, f"unreadable: {exc.strerror}")
-                continue
-            nodes.append(node)
-        for f in futures:
-            f.result()
+                node = Node(
+                    name=name,
+                    type="file",
+                    mode=stat.S_IMODE(st.st_mode),
+                    uid=st.st_uid,
+                    gid=st.st_gid,
+                    mtime_ns=st.st_mtime_ns,
+                    atime_ns=st.st_atime_ns,
+                    ctime_ns=st.st_ctime_ns,
+                    ino=st.st_ino,
+                )
+                fmt = stat.S_IFMT(st.st_mode)
+                try:
+                    if fmt == stat.S_IFDIR:
+                        if st.st_dev != self.root_dev:
+                            self._note("skipped", sub, "another filesystem is mounted here")
+                            continue
+                        node.type = "dir"
+                        prev = old.get(name)
+                        try:
+                            node.subtree = self.archive_dir(
+                                name if _PROC else full,
+                                sub,
+                                prev.subtree if prev and prev.type == "dir" else None,
+                                depth + 1,
+                                expect=st,
+                                parent_fd=dfd if _PROC else None,
+                            )
+                        except _Swapped:
+                            self._note("changed", sub, "replaced while being archived")
+                            continue
+                        self.stats.dirs += 1
+                    elif fmt == stat.S_IFREG:
+                        self._file(full, sub, st, node, old.get(name), futures)
+                    elif fmt == stat.S_IFLNK:
+                        node.type = "symlink"
+                        node.target = os.readlink(full)
+                        self.stats.symlinks += 1
+                    elif fmt in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK):
+                        node.type = {
+                            stat.S_IFIFO: "fifo",
+                            stat.S_IFCHR: "chr",
+                            stat.S_IFBLK: "blk",
+                        }[fmt]
+                        if fmt != stat.S_IFIFO:
+                            node.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+                        if st.st_nlink > 1:
+                            key = (st.st_dev, st.st_ino)
+                            if key in self.hardlinks:
+                                node.link = self.hardlinks[key]
+                            else:
+                                self.hardlinks[key] = sub
+                        self.stats.others += 1
+                    else:
+                        what = "socket" if fmt == stat.S_IFSOCK else f"file type {fmt:o}"
+                        self._note("skipped", sub, f"{what} not archived")
+                        continue
+                    if node.type != "symlink":
+                        try:
+                            node.xattrs = _readxattrs(full)
+                        except PermissionError as exc:
+                            self._note(
+                                "errors", sub, f"extended attributes unreadable: {exc.strerror}"
+                            )
+                except FileNotFoundError:
+                    self._note("changed", sub, "vanished")
+                    continue
+                except PermissionError as exc:
+                    self._note("errors", sub, f"unreadable: {exc.strerror}")
+                    continue
+                nodes.append(node)
+        except BaseException:
+            # The readers use this folder's descriptor: let them finish before it closes.
+            for f in futures:
+                f.exception()
+            raise
+        self._wait(futures)
         for n in nodes:
             if n.type == "file" and n.link is None:
                 self.stats.files += 1
@@ -328,6 +387,17 @@ class _Archiver:
                 self.slots.release()
 
         futures.append(self.pool.submit(job))
+
+    @staticmethod
+    def _wait(futures: list[Future[None]]) -> None:
+        """Wait for every reader of a folder; raise the first error after all are done."""
+        first: BaseException | None = None
+        for f in futures:
+            exc = f.exception()
+            if exc is not None and first is None:
+                first = exc
+        if first is not None:
+            raise first
 
     def _report(self) -> None:
         if self.on_progress is None:

@@ -295,7 +295,7 @@ def restore(
             parent, name = os.path.split(tgt)
             os.makedirs(parent, exist_ok=True)
             parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            prefix = STAGING_PREFIX.encode() + name + b"-"
+            prefix = STAGING_PREFIX.encode() + name[:128] + b"-"  # stays under NAME_MAX
     except OSError as exc:
         raise RestoreError(snap.id[:12], os.fsdecode(tgt), _describe(exc)) from exc
     as_root = os.geteuid() == 0

@@ -138,7 +138,7 @@ def unpack_tar(stream: IO[bytes], target: str | os.PathLike[str]) -> UnpackStats
         parent, name = os.path.split(tgt)
         os.makedirs(parent, exist_ok=True)
         parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        prefix = STAGING_PREFIX.encode() + name + b"-"
+        prefix = STAGING_PREFIX.encode() + name[:128] + b"-"
     staging = prefix + secrets.token_hex(4).encode()
     as_root = os.geteuid() == 0
     stats = UnpackStats()

@@ -140,8 +140,10 @@ def run_cycle(lc: Lifecycle, *, dry_run: bool = False) -> CycleReport:
             continue  # another worker took it, or it became active meanwhile
         try:
             result = archive_claimed(lc, d.user, claimed[0].version, lc.layout.path(d.user))
-        except Error as exc:
-            report.errors.append(f"{d.user}: {exc.get_message()}")
+        except Exception as exc:  # noqa: BLE001 - one home must not stop the cycle for all
+            msg = exc.get_message() if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+            log.error("archiving %s failed: %s", d.user, msg)
+            report.errors.append(f"{d.user}: {msg}")
             continue
         report.results.append(result)
         if result.outcome == "failed":

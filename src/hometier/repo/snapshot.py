@@ -15,11 +15,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from hometier.errors import IntegrityError
-from hometier.repo.ids import ID_LEN, BlobId, SnapshotId
+from hometier.repo.ids import ID_LEN, BlobId, SnapshotId, plain_hash
 
 VERSION = 1
 MAX_LISTED = 100
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+MAX_KEY = 200
+"""A user key longer than this (a long non-ASCII name triples when escaped) is cut and
+completed with a hash, so that it stays one path component on every filesystem."""
 
 
 def user_key(user: str) -> str:
@@ -28,7 +33,11 @@ def user_key(user: str) -> str:
         raw = user.encode("utf-8", "surrogateescape")
     except UnicodeEncodeError:
         raw = user.encode("utf-8", "surrogatepass")
-    return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw) or "%"
+    key = "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw) or "%"
+    if len(key) > MAX_KEY:
+        # "~" never appears in an escaped key: these cannot collide with short ones.
+        key = key[:150] + "~" + plain_hash(raw).hex()[:40]
+    return key
 
 
 def user_from_key(key: str) -> str | None:
