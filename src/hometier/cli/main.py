@@ -6,6 +6,7 @@ import argparse
 import ctypes
 import ctypes.util
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -102,6 +103,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             emit_json({"error": exc.get_message(), "kind": type(exc).__name__})
         err.print(f"[red]error:[/red] {exc.get_message()}", highlight=False)
         return exc.exit_code
+    except OSError as exc:
+        where = f" ({os.fsdecode(exc.filename)})" if exc.filename else ""
+        msg = f"{exc.strerror or exc}{where}"
+        if args.json:
+            from hometier.cli.output import emit_json
+
+            emit_json({"error": msg, "kind": type(exc).__name__})
+        err.print(f"[red]error:[/red] {msg}", highlight=False)
+        return 6
     except KeyboardInterrupt:
         err.print("[red]interrupted[/red]")
         return 130

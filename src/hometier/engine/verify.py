@@ -91,7 +91,12 @@ def verify_snapshot(
 
 
 def compare_tree(
-    trees: TreeCache, snap: Snapshot, path: str | os.PathLike[str], *, moved_top: bool = False
+    trees: TreeCache,
+    snap: Snapshot,
+    path: str | os.PathLike[str],
+    *,
+    moved_top: bool = False,
+    identity: bool = True,
 ) -> Comparison:
     """Compare the folder at ``path`` with the snapshot, attribute by attribute.
 
@@ -101,6 +106,8 @@ def compare_tree(
     differences too, except skipped ones the snapshot listed. Stops after ``MAX_DIFFS``.
     ``moved_top``: the top-level entries were renamed into ``path`` since the snapshot,
     which changes their ctime (Linux), so ctime is not compared for them.
+    ``identity=False`` compares content attributes only (type, size, mode, owner, mtime),
+    not inode and ctime: for files that a restore wrote (new inodes, new ctimes).
     """
     cmp = Comparison()
     root = os.fsencode(path)
@@ -139,7 +146,7 @@ def compare_tree(
             # Renaming a top-level entry changes its ctime, and so the ctime of every
             # other name of the same inode (a hardlink deeper down) too.
             moved = moved_top and (not rel or st.st_nlink > 1)
-            what = _differs(node, st, ctime=not moved)
+            what = _differs(node, st, ctime=identity and not moved, inode=identity)
             if what:
                 cmp.differences.append(Difference(os.fsdecode(sub), what))
             elif node.type == "dir" and node.subtree is not None and st.st_dev == top.st_dev:
@@ -157,7 +164,7 @@ _TYPES = {
 }
 
 
-def _differs(n: Node, st: os.stat_result, ctime: bool = True) -> str | None:
+def _differs(n: Node, st: os.stat_result, ctime: bool = True, inode: bool = True) -> str | None:
     if stat.S_IFMT(st.st_mode) != _TYPES[n.type]:
         return "type changed"
     if n.type == "file" and n.link is None and st.st_size != n.size:
@@ -166,6 +173,6 @@ def _differs(n: Node, st: os.stat_result, ctime: bool = True) -> str | None:
         return "permissions or owner changed"
     if st.st_mtime_ns != n.mtime_ns:
         return "modified"
-    if st.st_ino != n.ino or (ctime and st.st_ctime_ns != n.ctime_ns):
+    if (inode and st.st_ino != n.ino) or (ctime and st.st_ctime_ns != n.ctime_ns):
         return "changed (ctime or inode)"
     return None

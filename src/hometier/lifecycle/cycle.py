@@ -148,6 +148,9 @@ def _archive(lc: Lifecycle, user: str, version: int, path: Path) -> ArchiveResul
     try:
         if not path.is_dir() or path.is_symlink():
             raise NotEligible(user, f"{path} is not a folder")
+        if path.stat().st_dev != lc.layout.root.stat().st_dev:
+            # Moving aside is a rename into the quarantine on the homes root's filesystem.
+            raise NotEligible(user, f"{path} is a filesystem of its own (a mount)")
         if _only_notice(path):
             _back_to_active(lc, user, version, "home is empty", [])
             result.outcome, result.reason = "cancelled", "the home is empty"
@@ -268,9 +271,14 @@ def _finish_move(lc: Lifecycle, user: str, path: Path, quarantine: Path, snap: S
         return False
     notice = path / NOTICE_NAME
     tmp = path / f".{NOTICE_NAME}.tmp"
-    tmp.write_text(NOTICE.format(date=snap.time.date().isoformat(), snapshot=snap.id[:12]))
-    os.chmod(tmp, 0o444)
-    os.replace(tmp, notice)
+    try:
+        tmp.write_text(NOTICE.format(date=snap.time.date().isoformat(), snapshot=snap.id[:12]))
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, notice)
+    except OSError as exc:
+        # The notice only informs: a full volume must not undo a finished archive.
+        log.warning("archived %s but could not leave the notice file: %s", user, exc.strerror)
+        tmp.unlink(missing_ok=True)
     return True
 
 

@@ -218,7 +218,9 @@ def _from_volume(
         moved = move_entries(quarantine, path, snap.id[:12])
     if not path.is_dir():
         return None
-    cmp = compare_tree(trees, snap, path, moved_top=True)
+    # What a restore (even an interrupted one) wrote has new inodes and ctimes: compare
+    # what the files hold, not which inodes they are.
+    cmp = compare_tree(trees, snap, path, moved_top=True, identity=False)
     taken = set(moved.conflicts)
     real = [
         d for d in cmp.differences if d.what != "added" and d.path.split("/", 1)[0] not in taken
