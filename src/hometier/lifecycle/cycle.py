@@ -30,7 +30,7 @@ from hometier.lifecycle.activity import NOTICE_NAME
 from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.locks import home_lock
 from hometier.lifecycle.moves import move_entries
-from hometier.repo.snapshot import Snapshot, user_from_key, user_key
+from hometier.repo.snapshot import Snapshot, local_key, user_from_key
 from hometier.state import ACTIVE, ARCHIVED, ARCHIVING, queries
 from hometier.state.queries import SnapshotInfo
 
@@ -192,7 +192,7 @@ def _archive(lc: Lifecycle, user: str, version: int, path: Path) -> ArchiveResul
             _back_to_active(lc, user, version, "a server started", [])
             result.outcome, result.reason = "cancelled", "a server is running"
             return result
-        quarantine = lc.quarantine_root / f"{user_key(user)}.{snap.id[:12]}"
+        quarantine = lc.quarantine_root / f"{local_key(user)}.{snap.id[:12]}"
         # The lock is taken before the database step so that a login arriving right
         # after it waits for the move to finish instead of racing it.
         with home_lock(lc.quarantine_root, user):

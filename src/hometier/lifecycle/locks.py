@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hometier.errors import Conflict
-from hometier.repo.snapshot import user_key
+from hometier.repo.snapshot import local_key
 
 
 class HomeBusy(Conflict):
@@ -39,7 +39,7 @@ def home_lock(root: Path, user: str, timeout: float = 600.0) -> Iterator[None]:
     """Hold the lock of ``user``'s home; ``HomeBusy`` after ``timeout`` seconds."""
     locks = root / ".locks"
     locks.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(locks / f"{user_key(user)}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    fd = os.open(locks / f"{local_key(user)}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         deadline = time.monotonic() + timeout
         while True:

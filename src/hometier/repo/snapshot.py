@@ -22,9 +22,9 @@ MAX_LISTED = 100
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
-MAX_KEY = 200
+MAX_KEY = 255
 """A user key longer than this (a long non-ASCII name triples when escaped) is cut and
-completed with a hash, so that it stays one path component on every filesystem."""
+completed with a hash, so that it stays one path component (a ``file://`` repository)."""
 
 
 def user_key(user: str) -> str:
@@ -34,10 +34,24 @@ def user_key(user: str) -> str:
     except UnicodeEncodeError:
         raw = user.encode("utf-8", "surrogatepass")
     key = "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw) or "%"
-    if len(key) > MAX_KEY:
-        # "~" never appears in an escaped key: these cannot collide with short ones.
-        key = key[:150] + "~" + plain_hash(raw).hex()[:40]
-    return key
+    return _bounded(key, raw, MAX_KEY)
+
+
+def local_key(user: str, limit: int = 200) -> str:
+    """``user_key`` bounded tighter, for names hometier derives on the homes volume
+    (``<key>.lock``, ``<key>.<snapshot>``) that must stay under NAME_MAX with a suffix."""
+    try:
+        raw = user.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raw = user.encode("utf-8", "surrogatepass")
+    return _bounded(user_key(user), raw, limit)
+
+
+def _bounded(key: str, raw: bytes, limit: int) -> str:
+    if len(key) <= limit:
+        return key
+    # "~" never appears in an escaped key: a cut key cannot collide with a whole one.
+    return key[: limit - 41] + "~" + plain_hash(raw).hex()[:40]
 
 
 def user_from_key(key: str) -> str | None:
