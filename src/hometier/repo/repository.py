@@ -80,6 +80,7 @@ class Repository:
         self.doomed: set[bytes] = set()
         """Packs a prune has marked for deletion: readable, but never deduplicated against."""
         self._loaded_index: set[str] = set()
+        self._written: set[str] = set()
         self._index_lock = threading.Lock()
 
     # --- opening ------------------------------------------------------------------
@@ -144,12 +145,15 @@ class Repository:
         """
         present = {o.key for o in self.store.list("index/")}
         self.doomed = tombstoned_packs(self.store)
-        if self._loaded_index - present:
+        # Objects this process wrote may not be listed yet (list-after-write lags on some
+        # stores): only an object read from a listing and gone from it means a prune ran.
+        if (self._loaded_index - self._written) - present:
             # A prune consolidated the index and deleted packs: start afresh, so no
             # location in a deleted pack survives in memory.
             with self._index_lock:
                 self.index = Index()
                 self._loaded_index = set()
+                self._written = set()
         keys = sorted(present - self._loaded_index)
         if not keys:
             return len(self.index)
@@ -187,6 +191,7 @@ class Repository:
             self.index.add_pack(rec, replace=self.doomed)
         with self._index_lock:
             self._loaded_index.add(key)
+            self._written.add(key)
         return key
 
     def writer(self, *, pack_size: int = 32 * 1024 * 1024, uploads: int = 2) -> BlobWriter:
