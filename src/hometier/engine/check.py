@@ -78,19 +78,19 @@ def check(
     snaps = repo.list_snapshots(errors=report.errors)
     report.snapshots = len(snaps)
     for snap in snaps:
+        missing = 0
         try:
             trees = TreeCache(repo, [snap.tree], workers=workers)
+            report.trees += len(trees)
+            for tid in trees.ids():
+                for n in trees.nodes(BlobId(tid)):
+                    for bid in n.content:
+                        report.blobs += 1
+                        if bid not in repo.index:
+                            missing += 1
         except Error as exc:
             report.errors.append(f"snapshot {snap.id[:12]} ({snap.user}): {exc}")
             continue
-        report.trees += len(trees)
-        missing = 0
-        for tid in trees.ids():
-            for n in trees.nodes(BlobId(tid)):
-                for bid in n.content:
-                    report.blobs += 1
-                    if bid not in repo.index:
-                        missing += 1
         if missing:
             report.errors.append(
                 f"snapshot {snap.id[:12]} ({snap.user}) references {missing} blob(s) not in the index"

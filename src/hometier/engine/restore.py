@@ -17,7 +17,9 @@ import stat
 import struct
 import threading
 import time
+from array import array
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from hometier.engine.fsutil import remove_tree, rename_noreplace
@@ -88,6 +90,11 @@ class _Plan:
 
     def __init__(self) -> None:
         self.files: list[tuple[bytes, bytes]] = []
+        self.left = array("Q")
+        """Per file: blobs still to be written (the one that writes the last finishes it)."""
+        self.created: set[int] = set()
+        """Files made in the plan: sparse ones and those of several blobs. The others are
+        created by the worker that brings their only blob (or, if empty, at the end)."""
         self.xattrs: dict[int, dict[bytes, bytes]] = {}
         self.dirs: list[tuple[bytes, Node]] = []
         self.specials: list[tuple[bytes, Node]] = []
@@ -109,20 +116,6 @@ class _Plan:
     def dests(self, bid: bytes) -> list[tuple[int, int]]:
         v = self.dest[bid]
         return [divmod(x, _POS) for x in ([v] if isinstance(v, int) else v)]
-
-    def file_node(self, idx: int) -> Node:
-        mode, uid, gid, atime, mtime, size = _META.unpack(self.files[idx][1])
-        return Node(
-            name=b"",
-            type="file",
-            mode=mode,
-            uid=uid,
-            gid=gid,
-            atime_ns=atime,
-            mtime_ns=mtime,
-            size=size,
-            xattrs=self.xattrs.get(idx),
-        )
 
 
 def _check_target(target: bytes, merge: bool, ignore: tuple[bytes, ...] = ()) -> bool:
@@ -196,16 +189,23 @@ def _plan(repo: Repository, trees: TreeCache, root: BlobId, sfd: int) -> _Plan:
     return plan
 
 
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_REOPEN = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
 def _plan_file(repo: Repository, plan: _Plan, sfd: int, rel: bytes, n: Node) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(rel, flags, 0o600, dir_fd=sfd)
-    try:
-        if n.sparse is not None:
-            os.ftruncate(fd, n.size)
-    finally:
-        os.close(fd)
     idx = len(plan.files)
+    if n.sparse is not None or len(n.content) > 1:
+        # Several writers (or holes): the file must exist before any of them runs.
+        fd = os.open(rel, _CREATE, 0o600, dir_fd=sfd)
+        try:
+            if n.sparse is not None:
+                os.ftruncate(fd, n.size)
+        finally:
+            os.close(fd)
+        plan.created.add(idx)
     plan.files.append((rel, _META.pack(n.mode, n.uid, n.gid, n.atime_ns, n.mtime_ns, n.size)))
+    plan.left.append(len(n.content))
     if n.xattrs:
         plan.xattrs[idx] = n.xattrs
     plan.regular.add(rel)
@@ -245,6 +245,20 @@ def _set_meta(sfd: int, rel: bytes, n: Node, *, as_root: bool, symlink: bool = F
                 os.close(fd)
         os.chmod(rel, n.mode, dir_fd=sfd)
     os.utime(rel, ns=(n.atime_ns, n.mtime_ns), dir_fd=sfd, follow_symlinks=False)
+
+
+def _set_file_meta(fd: int, plan: _Plan, idx: int, *, as_root: bool) -> None:
+    """A regular file's owner, xattrs, mode, then times, through its open descriptor."""
+    mode, uid, gid, atime, mtime, _size = _META.unpack(plan.files[idx][1])
+    if as_root:
+        os.fchown(fd, uid, gid)
+    xattrs = plan.xattrs.get(idx)
+    if xattrs:
+        for name, value in xattrs.items():
+            if name.startswith(XATTR_PREFIX):
+                os.setxattr(fd, name, value)
+    os.fchmod(fd, mode)
+    os.utime(fd, ns=(atime, mtime))
 
 
 def _set_root_meta(fd: int, snap: Snapshot, as_root: bool) -> None:
@@ -309,7 +323,7 @@ def restore(
             repo.load_index()
             trees = TreeCache(repo, [snap.tree], workers=workers)
             plan = _plan(repo, trees, snap.tree, sfd)
-            _write_contents(repo, plan, sfd, stats, workers, progress)
+            _write_contents(repo, plan, sfd, stats, workers, progress, as_root)
             _finish(plan, sfd, stats, as_root)
             if exists:
                 _move_into(sfd, parent_fd, staging, snap, stats, tgt)
@@ -389,25 +403,49 @@ def _write_contents(
     stats: RestoreStats,
     workers: int,
     progress: ProgressFn | None,
+    as_root: bool,
 ) -> None:
+    """Fetch every blob and write it where it belongs, in the fetch workers.
+
+    A file of one blob is created, written and given its metadata with one open by the
+    worker that brings the blob (most files of a home); a file of several blobs was
+    created by the plan, and the worker that writes its last blob finishes it. Empty
+    files are made last, in the same pool. Nothing here follows a link: every name is
+    relative to the staging folder and opened with ``O_NOFOLLOW`` (and ``O_EXCL`` when
+    created).
+    """
     prog = RestoreProgress(files_total=len(plan.files))
     for bid, dests in plan.dest.items():
         copies = 1 if isinstance(dests, int) else len(dests)
         prog.bytes_total += repo.locate(BlobId(bid)).raw_len * copies
     lock = threading.Lock()
     last = [0.0]
+    left = plan.left
+    created = plan.created
+    empty = [i for i, n in enumerate(left) if n == 0]
 
     def write(bid: BlobId, data: bytes) -> None:
         targets = plan.dests(bid)
         for idx, off in targets:
             rel = plan.files[idx][0]
-            fd = os.open(rel, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=sfd)
+            if idx in created:
+                fd = os.open(rel, _REOPEN, dir_fd=sfd)
+            else:
+                fd = os.open(rel, _CREATE, 0o600, dir_fd=sfd)
             try:
                 view = memoryview(data)
                 while view:
                     n = os.pwrite(fd, view, off)
                     view = view[n:]
                     off += n
+                if idx in created:
+                    with lock:
+                        left[idx] -= 1
+                        done = left[idx] == 0
+                else:
+                    done = True
+                if done:
+                    _set_file_meta(fd, plan, idx, as_root=as_root)
             finally:
                 os.close(fd)
         with lock:
@@ -419,17 +457,33 @@ def _write_contents(
                 progress(prog)
 
     repo.for_each_blob([BlobId(b) for b in plan.dest], write, workers=workers)
+
+    def finish_empty(batch: list[int]) -> None:
+        for idx in batch:
+            rel = plan.files[idx][0]
+            fd = os.open(rel, _REOPEN if idx in created else _CREATE, 0o600, dir_fd=sfd)
+            try:
+                _set_file_meta(fd, plan, idx, as_root=as_root)
+            finally:
+                os.close(fd)
+
+    if empty:
+        step = -(-len(empty) // workers)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
+            for f in [
+                pool.submit(finish_empty, empty[i : i + step]) for i in range(0, len(empty), step)
+            ]:
+                f.result()
     if progress is not None:
         progress(prog)
 
 
 def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool) -> None:
+    """Special files, hardlinks, then folders' metadata, deepest first (regular files
+    were finished by ``_write_contents``)."""
     skipped: set[bytes] = set()
-    for idx, (rel, _meta) in enumerate(plan.files):
-        n = plan.file_node(idx)
-        _set_meta(sfd, rel, n, as_root=as_root)
-        stats.files += 1
-        stats.bytes += n.size
+    stats.files += len(plan.files)
+    stats.bytes += sum(_META.unpack(meta)[5] for _rel, meta in plan.files)
     for rel, n in plan.specials:
         if n.type == "symlink":
             assert n.target is not None

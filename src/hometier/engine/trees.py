@@ -8,7 +8,7 @@ import zstandard
 
 from hometier.errors import IntegrityError
 from hometier.repo import BlobId, Repository
-from hometier.repo.tree import Node, decode_tree
+from hometier.repo.tree import Node, decode_tree, subtrees
 
 MAX_TREES = 5_000_000
 
@@ -16,7 +16,8 @@ MAX_TREES = 5_000_000
 class TreeCache:
     """Tree blobs reachable from some roots, fetched level by level, decoded on demand.
 
-    Keeps each verified tree's canonical JSON zstd-compressed (level 1, several times
+    Loading reads only each tree's folder entries (to find the next level); every entry
+    is validated when ``nodes`` decodes it. Keeps each verified tree's canonical JSON zstd-compressed (level 1, several times
     smaller) rather than decoded nodes, and counts how many parents name each tree so
     that a single pass (restore's plan) can drop every tree once it has read it
     (``nodes(..., consume=True)``): a home of 200,000 files costs a few MB here.
@@ -44,11 +45,10 @@ class TreeCache:
                 raise IntegrityError("snapshot holds more trees than hometier will load")
             nxt: dict[bytes, None] = {}
             for bid, data in fetched.items():
-                for n in decode_tree(data):
-                    if n.type == "dir" and n.subtree is not None:
-                        self._refs[n.subtree] = self._refs.get(n.subtree, 0) + 1
-                        if n.subtree not in self.raw and n.subtree not in fetched:
-                            nxt[n.subtree] = None
+                for sub in subtrees(data):
+                    self._refs[sub] = self._refs.get(sub, 0) + 1
+                    if sub not in self.raw and sub not in fetched:
+                        nxt[sub] = None
                 self.raw[bid] = cctx.compress(data)
             level = [BlobId(b) for b in nxt]
 

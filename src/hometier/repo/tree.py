@@ -236,8 +236,7 @@ def node_from_json(d: Any) -> Node:
     return n
 
 
-def decode_tree(data: bytes) -> list[Node]:
-    """Parse and validate a tree: unsafe names, duplicates and bad fields raise."""
+def _raw_nodes(data: bytes) -> list[Any]:
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -247,7 +246,23 @@ def decode_tree(data: bytes) -> list[Node]:
     raw_nodes = doc.get("nodes")
     if not isinstance(raw_nodes, list) or len(raw_nodes) > MAX_NODES:
         raise IntegrityError("tree has no valid node list")
-    nodes = [node_from_json(d) for d in raw_nodes]
+    return raw_nodes
+
+
+def subtrees(data: bytes) -> list[BlobId]:
+    """The subtree ids of a tree's folders, without decoding the other entries (a
+    reader that walks a snapshot level by level needs only these; ``decode_tree``
+    still validates every entry before anything uses it)."""
+    return [
+        _blob_id(d.get("subtree"))
+        for d in _raw_nodes(data)
+        if isinstance(d, dict) and d.get("type") == "dir"
+    ]
+
+
+def decode_tree(data: bytes) -> list[Node]:
+    """Parse and validate a tree: unsafe names, duplicates and bad fields raise."""
+    nodes = [node_from_json(d) for d in _raw_nodes(data)]
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
         raise IntegrityError("tree holds the same name twice")
