@@ -58,7 +58,12 @@ def decode(comp: int, stored: bytes | memoryview, raw_len: int) -> bytes:
         out = bytes(stored)
     elif comp == Compression.ZSTD:
         try:
-            out = _decompress_bounded(stored, raw_len)
+            if zstandard.frame_content_size(stored) == raw_len:
+                # The frame declares the size the index expects (hometier writes it):
+                # one allocation of that size, no intermediate parts.
+                out = _dctx().decompress(stored, max_output_size=raw_len)
+            else:
+                out = _decompress_bounded(stored, raw_len)
         except zstandard.ZstdError as exc:
             raise IntegrityError(f"blob does not decompress: {exc}") from exc
     else:

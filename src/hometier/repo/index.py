@@ -182,11 +182,14 @@ class Index:
         """``add_pack`` from a packed entry table, without an object per entry."""
         with self._lock:
             no = self._number(rec.id, rec.size)
+            # The hot loop of opening a repository: locals only, no call per blob.
+            m, pack, ids, unpack = self._map, VALUE.pack, self._pack_ids, VALUE.unpack
             for bid, typ, comp, off, stored, raw_len in ENTRY.iter_unpack(rec.table):
-                if typ not in (0, 1) or comp not in (0, 1):
+                if typ > 1 or comp > 1:
                     raise IntegrityError("unknown blob type or compression in the index")
-                if self._replaceable(bid, replace):
-                    self._map[bid] = VALUE.pack(no, off, stored, raw_len, typ, comp)
+                old = m.get(bid)
+                if old is None or (replace and ids[unpack(old)[0]] in replace):
+                    m[bid] = pack(no, off, stored, raw_len, typ, comp)
 
     def packs(self) -> dict[bytes, int]:
         """Pack id -> size, for every pack any index object names."""

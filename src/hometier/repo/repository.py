@@ -64,6 +64,9 @@ GAP = 256 * 1024
 """Blobs of one pack closer than this are fetched in one range request."""
 SEGMENT = 8 * 1024 * 1024
 """The most one range request fetches; bounds memory per fetch worker."""
+FETCH_SLOTS = threading.BoundedSemaphore(12)
+"""Segments being fetched and handed out at once in this process, by every reader
+together: about ``SEGMENT`` + one decoded chunk (<= 4 MiB) each, so ~150 MB at most."""
 
 
 class SnapshotNotFound(NotFound):
@@ -249,8 +252,10 @@ class Repository:
 
         Each pack is fetched once, by ranges in offset order, with nearby blobs coalesced
         into one request of at most ``SEGMENT`` bytes; packs are fetched ``workers`` at
-        a time. Each distinct id is passed to ``fn`` once. The first error (from the
-        store, verification or ``fn``) stops the work and is raised.
+        a time, and never more than ``FETCH_SLOTS`` segments at once in the whole process
+        (a login storm of many restores stays bounded in memory). Each distinct id is
+        passed to ``fn`` once; ``fn`` must not fetch blobs itself. The first error (from
+        the store, verification or ``fn``) stops the work and is raised.
         """
         # Only (offset, end, id) per blob while grouping: a restore may ask for millions.
         by_pack: dict[bytes, list[tuple[int, int, bytes]]] = {}
@@ -281,15 +286,18 @@ class Repository:
 
         def run(job: tuple[bytes, list[bytes], int, int]) -> None:
             pack, members, start, end = job
-            (data,) = self.store.get_ranges(pack_key(PackId(pack)), [(start, end)])
-            view = memoryview(data)
-            for bid in members:
-                loc = self.locate(BlobId(bid))
-                rel = loc.offset - start
-                fn(
-                    BlobId(bid),
-                    self.decode_blob(BlobId(bid), loc, view[rel : rel + loc.stored_len]),
-                )
+            with FETCH_SLOTS:
+                (data,) = self.store.get_ranges(pack_key(PackId(pack)), [(start, end)])
+                view = memoryview(data)
+                for bid in members:
+                    loc = self.locate(BlobId(bid))
+                    rel = loc.offset - start
+                    fn(
+                        BlobId(bid),
+                        self.decode_blob(BlobId(bid), loc, view[rel : rel + loc.stored_len]),
+                    )
+                view.release()
+                del data
 
         _run_bounded(run, jobs, workers)
 
