@@ -8,6 +8,7 @@ turn them into output; nothing else calls ``sys.exit``.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any, ClassVar
 
 
@@ -59,3 +60,8 @@ class IntegrityError(Error):
 
     exit_code = 5
     http_status = 500
+
+
+def new_reference() -> str:
+    """A short id that ties what a user was shown to the log line holding the detail."""
+    return secrets.token_hex(4)

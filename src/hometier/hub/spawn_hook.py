@@ -10,12 +10,18 @@ Two ways to use it (``docs/howto/local-spawners.md``):
 The hook mints a one-spawn token (``tokens.mint_restore_token``), asks the service to
 restore (a second login joins the first), follows it, and fails the spawn with a message
 the user can act on if it fails. It never touches object storage itself.
+
+What the user reads (spawn page, progress) is the service's sentence, which names no
+bucket, key or path, with its reference; an unreachable service gets a reference of the
+hook's own, logged in the Hub's log with the detail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -30,6 +36,10 @@ from hometier.hub.tokens import mint_restore_token
 
 POLL = 0.5
 DEFAULT_TIMEOUT = 600.0
+UNREACHABLE = 599
+"""tornado's code for "no HTTP answer" (refused, reset, timed out)."""
+
+log = logging.getLogger(__name__)
 
 Hook = Callable[[Any], Awaitable[None]]
 
@@ -51,7 +61,19 @@ def _error_text(exc: HTTPClientError) -> str:
     try:
         return str(json.loads(exc.response.body)["error"])  # type: ignore[union-attr]
     except Exception:  # noqa: BLE001 - any unreadable answer
-        return f"HTTP {exc.code}"
+        return f"the file restore service answered HTTP {exc.code}"
+
+
+def _unreachable(spawner: Any, exc: BaseException) -> HTTPError:
+    """The spawn's error when the service gave no answer; the detail goes to the log."""
+    ref = secrets.token_hex(4)
+    logger = getattr(spawner, "log", None) or log
+    logger.warning("hometier: restore service unreachable [reference %s]: %r", ref, exc)
+    return HTTPError(
+        503,
+        "Your files could not be restored: the file restore service is unreachable. "
+        f"They are safe in the archive; please try again shortly (reference {ref}).",
+    )
 
 
 def _error_kind(exc: HTTPClientError) -> str:
@@ -94,13 +116,23 @@ async def restore_before_spawn(
         if exc.code == 404 and _error_kind(exc) in ("HomeNotFound", "SnapshotNotFound"):
             state.update(progress=100, message="No archived files to restore", done=True)
             return {"state": "done"}
-        raise HTTPError(503, f"Your files could not be restored: {_error_text(exc)}") from exc
+        if exc.code == UNREACHABLE:
+            failed = _unreachable(spawner, exc)
+        else:
+            text = _error_text(exc).rstrip(".")
+            failed = HTTPError(
+                503, f"Your files could not be restored: {text[:1].lower()}{text[1:]}."
+            )
+        state.update(message=failed.log_message, failed=True)
+        raise failed from exc
     except OSError as exc:
-        raise HTTPError(
-            503, f"The file restore service is unreachable ({exc}); please try again shortly."
-        ) from exc
+        failed = _unreachable(spawner, exc)
+        state.update(message=failed.log_message, failed=True)
+        raise failed from exc
     if doc.get("state") == "failed":
-        raise HTTPError(503, doc.get("message") or "Your files could not be restored.")
+        message = doc.get("message") or "Your files could not be restored."
+        state.update(message=message, failed=True)
+        raise HTTPError(503, message)
     state.update(progress=100, message=doc.get("message") or "Your files are ready", done=True)
     return doc
 

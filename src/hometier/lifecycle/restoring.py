@@ -6,11 +6,19 @@ snapshot's versions of those names go into a conflicts folder, and the result sa
 A restore whose worker died is taken over: a live restorer holds the home's lock
 (``locks.home_lock``) for the whole restore, so ``restoring`` with a free lock, for
 longer than a short grace period, means its process is gone.
+
+A failure has two texts. ``RestoreFailed.get_message()`` is for operators (CLI, log,
+the home's ``error`` in the database, admins): it names what failed, where. The sentence
+a user sees (``user_message``: API, spawn page, dashboard) says only *why* in words
+(``REASONS``: storage unreachable, archive damaged, volume full, ...) and a short
+reference that the log line and the database's error carry too; never a bucket, an
+endpoint, an object key or a server path.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import os
 import time
@@ -19,16 +27,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hometier.engine import restore
+from hometier.engine.check import CheckFailed
 from hometier.engine.restore import RestoreProgress
 from hometier.engine.trees import TreeCache
-from hometier.engine.verify import compare_tree
-from hometier.errors import Error
+from hometier.engine.verify import VerifyFailed, compare_tree
+from hometier.errors import Error, IntegrityError, new_reference
 from hometier.lifecycle.activity import NOTICE_NAME
 from hometier.lifecycle.context import Lifecycle
-from hometier.lifecycle.locks import home_lock, lock_is_free
+from hometier.lifecycle.locks import HomeBusy, home_lock, lock_is_free
 from hometier.lifecycle.moves import Moved, move_entries
+from hometier.repo.config import NotARepository, RepositoryNotFound, UnsupportedVersion
 from hometier.repo.snapshot import Snapshot
 from hometier.state import ACTIVE, ARCHIVED, FAILED, RESTORING, queries
+from hometier.store.errors import ObjectNotFound, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +48,98 @@ TAKEOVER_GRACE = dt.timedelta(seconds=10)
 """A restore takes its lock right after the database step; allow it that moment."""
 
 
+_SAFE = "They are safe in the archive; your administrator has been notified. Please try again later"
+_SOON = "They are safe in the archive. Please try again in a few minutes"
+REASONS: dict[str, tuple[str, str]] = {
+    "storage": ("the archive storage is unreachable", _SAFE),
+    "storage-refused": ("the archive storage refused the request", _SAFE),
+    "damaged": ("the archive is damaged", _SAFE),
+    "volume-full": ("there is no space left on the home volume", _SAFE),
+    "volume": ("your home folder could not be written", _SAFE),
+    "not-a-folder": ("your home folder is not a regular folder", _SAFE),
+    "no-snapshot": (
+        "no complete archive of your files exists",
+        "Your administrator has been notified",
+    ),
+    "busy": ("another restore of your files is still running", _SOON),
+    "database": ("the state database is unreachable", _SOON),
+    "internal": ("an internal error occurred", _SAFE),
+}
+"""Why a restore failed and what to do, as a user is told it: ``RestoreFailed.reason``."""
+
+
 class RestoreFailed(Error):
     """Your files could not be restored ({}). They are safe in the archive; please try
-    again in a few minutes or contact your hub's administrators. ({})"""
+    again in a few minutes or contact your hub's administrators. ({}) [reference {}]
+
+    ``reason`` (a key of ``REASONS``) and ``ref`` make the text a user is shown
+    (``user_message``); the message above, with the detail, is for operators."""
 
     exit_code = 8
     http_status = 503
+
+    def __init__(
+        self, user: str, detail: str, *, reason: str = "internal", ref: str | None = None
+    ) -> None:
+        self.reason = reason if reason in REASONS else "internal"
+        self.ref = ref or new_reference()
+        self.detail = detail
+        super().__init__(user, detail, self.ref)
+
+    def user_message(self) -> str:
+        return user_message(self.reason, self.ref)
+
+
+def user_message(reason: str | None, ref: str | None) -> str:
+    """What a user is told about a failed restore: why in words, what to do, the
+    reference. Nothing in it names a bucket, an endpoint, a key or a path."""
+    why, advice = REASONS.get(reason or "", REASONS["internal"])
+    return f"Your files could not be restored: {why}. {advice}" + (
+        f" (reference {ref})." if ref else "."
+    )
+
+
+def classify(exc: BaseException) -> str:
+    """The ``REASONS`` key for a failure, from the error and what caused it."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    for e in chain:
+        if isinstance(e, RestoreFailed):
+            return e.reason
+        if isinstance(e, StoreUnavailable):
+            return "storage"
+        if isinstance(e, ObjectNotFound | IntegrityError | VerifyFailed | CheckFailed):
+            return "damaged"
+        if isinstance(e, StoreError | RepositoryNotFound | NotARepository | UnsupportedVersion):
+            return "storage-refused"
+        if isinstance(e, HomeNotAFolder):
+            return "not-a-folder"
+        if isinstance(e, NothingToRestore):
+            return "no-snapshot"
+        if isinstance(e, HomeBusy):
+            return "busy"
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return "volume-full"
+    if any(isinstance(e, OSError) for e in chain):
+        return "volume"
+    return "internal"
+
+
+def recorded_failure(lc: Lifecycle, user: str) -> RestoreFailed | None:
+    """The failure the database holds for ``user``'s ``failed`` home (its last error
+    event), rebuilt with its reason and reference; None if the home is not failed."""
+    home = queries.get_home(lc.db, user)
+    if home.state != FAILED:
+        return None
+    reason, ref = None, None
+    for ev in queries.events(lc.db, user, kind="error", limit=1, newest_first=True):
+        recorded = ev.detail or {}
+        reason, ref = recorded.get("reason"), recorded.get("reference")
+    detail = (home.error or "the restore failed").removesuffix(f" (reference {ref})")
+    return RestoreFailed(user, detail, reason=reason or "internal", ref=ref)
 
 
 class HomeNotAFolder(Error):
@@ -119,10 +216,17 @@ def restore_home(
                 continue
             return _perform(lc, user, actor, progress, started)
         if time.monotonic() - started > lc.restore_wait.total_seconds():
-            raise RestoreFailed(user, "another restore of this home is still running")
+            busy = RestoreFailed(
+                user, "another restore of this home is still running", reason="busy"
+            )
+            log.warning("restore of %s gave up waiting [reference %s]", user, busy.ref)
+            raise busy
         time.sleep(POLL)
     if home.state == FAILED:
-        raise RestoreFailed(user, home.error or "the restore failed")
+        # The restore this call joined failed: the same failure, reference and all.
+        failed = recorded_failure(lc, user)
+        if failed is not None:
+            raise failed
     outcome = ("joined" if waited else "active") if home.state == ACTIVE else home.state
     return RestoreResult(user, outcome, seconds=time.monotonic() - started)
 
@@ -173,10 +277,26 @@ def _perform(
         queries.finish_restore(lc.db, user, actor, lc.now(), **detail_fields)
     except (Error, OSError) as exc:
         msg = exc.get_message() if isinstance(exc, Error) else f"{exc.strerror or exc}"
-        log.error("restoring %s failed: %s", user, msg)
+        failed = RestoreFailed(user, msg, reason=classify(exc))
+        log.error(
+            "restoring %s failed [reference %s, %s]: %s", user, failed.ref, failed.reason, msg
+        )
         _put_notice_back(notice)
-        queries.fail(lc.db, user, msg, actor, lc.now(), from_states=RESTORING)
-        raise RestoreFailed(user, msg) from exc
+        # The home's error is the operator's detail; the event also keeps what the user
+        # was told (reason, reference), so any replica can tell it again.
+        error = f"{msg} (reference {failed.ref})"
+        queries.transition(
+            lc.db,
+            user,
+            RESTORING,
+            FAILED,
+            actor,
+            lc.now(),
+            kind="error",
+            detail={"error": error, "reason": failed.reason, "reference": failed.ref},
+            error=error,
+        )
+        raise failed from exc
     result.seconds = time.monotonic() - started
     if result.conflicts:
         log.warning(
@@ -243,4 +363,14 @@ def _put_notice_back(notice: Path) -> None:
         pass
 
 
-__all__ = ["ARCHIVED", "NothingToRestore", "RestoreFailed", "RestoreResult", "restore_home"]
+__all__ = [
+    "ARCHIVED",
+    "REASONS",
+    "NothingToRestore",
+    "RestoreFailed",
+    "RestoreResult",
+    "classify",
+    "recorded_failure",
+    "restore_home",
+    "user_message",
+]

@@ -111,6 +111,7 @@ class Metrics:
         outcome = job.state if result is None else result.outcome
         self.outcomes.labels("restore", outcome).inc()
         if job.state == "failed":
-            self.failures.labels("restore", (job.error or "error").split(":")[0][:40]).inc()
+            # The reason (storage, damaged, volume-full, database, ...): few label values.
+            self.failures.labels("restore", getattr(job, "reason", None) or "error").inc()
         elif result is not None and job.finished:
             self.restore_seconds.labels(result.source or "none").observe(result.seconds)

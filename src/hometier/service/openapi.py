@@ -51,6 +51,11 @@ def _op(
             "401": _ERR,
             "403": _ERR,
             "404": _ERR,
+            "503": {
+                **_ERR,
+                "description": "The state database or object storage is "
+                "unreachable; retry after the Retry-After header's seconds",
+            },
         },
         "security": [{"token": []}],
     }
@@ -91,7 +96,16 @@ def openapi(prefix: str) -> dict[str, Any]:
             "schemas": {
                 "Error": {
                     "type": "object",
-                    "properties": {"error": {"type": "string"}, "kind": {"type": "string"}},
+                    "properties": {
+                        "error": {"type": "string"},
+                        "kind": {"type": "string"},
+                        "reference": {
+                            "type": "string",
+                            "description": "Quote it to the administrators: the log line "
+                            "with the detail carries it.",
+                        },
+                        "detail": {"type": "string", "description": "Admins only."},
+                    },
                 }
             },
         },
@@ -208,7 +222,10 @@ def openapi(prefix: str) -> dict[str, Any]:
             "/health": {
                 "get": {
                     "summary": "Liveness and database reachability",
-                    "responses": {"200": {"description": "OK"}},
+                    "responses": {
+                        "200": {"description": "OK"},
+                        "503": {**_ERR, "description": "The state database is unreachable"},
+                    },
                 }
             },
             "/metrics": {

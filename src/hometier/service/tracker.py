@@ -3,12 +3,18 @@
 The database decides who restores (``restore_home`` joins a restore running in another
 replica); this tracker only lets several requests in *this* process share one job and
 watch its progress.
+
+A job's ``message`` and ``error`` are what its user is shown: for a failure, the words
+of ``restoring.user_message`` with a reference, never the detail (bucket, keys, paths).
+The detail is in the log under the same reference, and in ``detail``, which ``doc``
+gives admins only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +25,14 @@ from typing import Any
 from hometier.engine.restore import RestoreProgress
 from hometier.errors import Error
 from hometier.lifecycle.context import Lifecycle
-from hometier.lifecycle.restoring import RestoreResult, restore_home
+from hometier.lifecycle.restoring import (
+    RestoreFailed,
+    RestoreResult,
+    classify,
+    recorded_failure,
+    restore_home,
+)
+from hometier.service.outages import detail_of, is_state_outage
 from hometier.state import queries
 
 log = logging.getLogger(__name__)
@@ -37,14 +50,22 @@ class Job:
     bytes_total: int = 0
     message: str = "Restoring your files"
     error: str | None = None
+    reason: str | None = None
+    """Why it failed (a key of ``restoring.REASONS``)."""
+    reference: str | None = None
+    """Of a failure: in the user's message and in the log line with the detail."""
+    detail: str | None = None
+    """Of a failure: what went wrong, where (admins only)."""
     result: dict[str, Any] | None = None
     started: float = field(default_factory=time.time)
     finished: float | None = None
     seq: int = 0
     """Grows on every change: streams send an event when it moves."""
 
-    def doc(self) -> dict[str, Any]:
+    def doc(self, admin: bool = False) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if not admin:
+            del d["detail"]
         d["progress"] = (
             round(100 * self.bytes_done / self.bytes_total) if self.bytes_total else None
         )
@@ -99,6 +120,9 @@ class Tracker:
             with self._lock:
                 job.state = "done"
                 job.result = dataclasses.asdict(result)
+                # The conflicts folder by its name in the home, not its path on the server.
+                where = os.path.basename(result.conflicts_dir or "")
+                job.result["conflicts_dir"] = where or None
                 job.message = (
                     "Your files are back"
                     if result.outcome != "active"
@@ -107,16 +131,14 @@ class Tracker:
                 if result.conflicts:
                     job.message += (
                         f"; {len(result.conflicts)} item(s) that appeared meanwhile were "
-                        f"kept and the archived versions put in {result.conflicts_dir}"
+                        f"kept and the archived versions put in the folder {where} of your home"
                     )
-        except Error as exc:
-            with self._lock:
-                job.state, job.error, job.message = "failed", exc.get_message(), exc.get_message()
         except Exception as exc:  # noqa: BLE001 - reported to the waiting spawn, and logged
-            log.exception("restore of %s failed", job.user)
+            failed = self._failure(job.user, exc)
             with self._lock:
-                job.state = "failed"
-                job.error = job.message = f"internal error: {type(exc).__name__}"
+                job.state, job.reason, job.reference = "failed", failed.reason, failed.ref
+                job.error = job.message = failed.user_message()
+                job.detail = failed.get_message()
         finally:
             with self._lock:
                 job.finished = time.time()
@@ -124,19 +146,47 @@ class Tracker:
             if self.on_finish is not None:
                 self.on_finish(job, result)
 
-    def state_doc(self, user: str) -> dict[str, Any]:
+    @staticmethod
+    def _failure(user: str, exc: Exception) -> RestoreFailed:
+        """``exc`` as a ``RestoreFailed`` (with a reason and a reference), logged once
+        (``restore_home`` logged its own failures already)."""
+        if isinstance(exc, RestoreFailed):
+            return exc
+        if is_state_outage(exc):
+            failed = RestoreFailed(user, detail_of(exc), reason="database")
+            log.warning("restore of %s failed [reference %s]: %s", user, failed.ref, failed.detail)
+        elif isinstance(exc, Error):
+            failed = RestoreFailed(user, exc.get_message(), reason=classify(exc))
+            log.warning("restore of %s failed [reference %s]: %s", user, failed.ref, failed.detail)
+        else:
+            failed = RestoreFailed(user, detail_of(exc), reason="internal")
+            log.exception("restore of %s failed [reference %s]", user, failed.ref)
+        return failed
+
+    def state_doc(self, user: str, admin: bool = False) -> dict[str, Any]:
         """What a poller sees: the job in this process, else the database's view."""
         job = self.get(user)
         if job is not None:
-            return job.doc()
+            return job.doc(admin)
         try:
             home = queries.get_home(self.lc.db, user)
         except queries.HomeNotFound:
             return {"user": user, "state": "done", "message": "Nothing to restore"}
         state = {"active": "done", "restoring": "running", "failed": "failed"}.get(home.state)
-        return {
+        doc: dict[str, Any] = {
             "user": user,
             "state": state or "idle",
             "home_state": home.state,
-            "message": home.error or "",
+            "message": "",
         }
+        failed = recorded_failure(self.lc, user) if home.state == "failed" else None
+        if failed is not None:
+            doc.update(
+                message=failed.user_message(),
+                error=failed.user_message(),
+                reason=failed.reason,
+                reference=failed.ref,
+            )
+            if admin:
+                doc["detail"] = failed.get_message()
+        return doc

@@ -1,4 +1,10 @@
-"""The base handler: authentication through JupyterHub, JSON in and out, one error path."""
+"""The base handler: authentication through JupyterHub, JSON in and out, one error path.
+
+Errors answer ``{"error": sentence, "kind": class name}`` with the error's status. An
+outage of the database or object storage, and an error whose text is for operators only,
+is answered by its stand-in (``hometier.service.outages``): 503 with ``Retry-After`` for
+an outage, and a ``reference`` that the one log line with the detail carries too.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ from tornado import web
 from hometier.errors import Error, UsageError
 from hometier.lifecycle.homes import check_username
 from hometier.service.auth import Identity, Unauthorized
+from hometier.service.outages import StandIn, stand_in
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,27 +93,64 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.ctx.executor, functools.partial(fn, *args, **kwargs))
 
+    def caller_is_admin(self) -> bool:
+        """True if the caller, already identified, is a hometier admin (never asks the
+        Hub: error pages must render whatever failed)."""
+        model = getattr(self, "_current_user", None)
+        if not isinstance(model, dict):
+            return False
+        return Identity.from_model(model, self.ctx.service_name).is_admin
+
+    def error_doc(self, exc: BaseException | None) -> dict[str, Any]:
+        """The JSON body of an error answer; sets ``Retry-After`` for an outage."""
+        if isinstance(exc, Error):
+            doc: dict[str, Any] = {"error": exc.get_message(), "kind": type(exc).__name__}
+            if isinstance(exc, StandIn):
+                doc["reference"] = exc.ref
+                if self.caller_is_admin():
+                    doc["detail"] = exc.detail
+                if exc.retry_after:
+                    self.set_header("Retry-After", str(exc.retry_after))
+            return doc
+        if isinstance(exc, web.HTTPError):
+            return {"error": exc.log_message or self._reason, "kind": "HTTPError"}
+        return {"error": self._reason, "kind": "InternalError"}
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, Error):
-            doc = {"error": exc.get_message(), "kind": type(exc).__name__}
-        elif isinstance(exc, web.HTTPError):
-            doc = {"error": exc.log_message or self._reason, "kind": "HTTPError"}
-        else:
-            doc = {"error": self._reason, "kind": "InternalError"}
+        doc = self.error_doc(exc)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(json.dumps(doc))
 
     def log_exception(self, typ: Any, value: Any, tb: Any) -> None:
+        if isinstance(value, StandIn):
+            # The one line an operator finds by the reference the caller was shown.
+            log.log(
+                value.log_level,
+                "%s %s: %s [reference %s]: %s",
+                self.request.method,
+                self.request.path,
+                type(value).__name__,
+                value.ref,
+                value.detail,
+            )
+            return
         if isinstance(value, Error):
             log.info("%s %s: %s", self.request.method, self.request.path, value.get_message())
             return
         super().log_exception(typ, value, tb)
 
     def _handle_request_exception(self, e: BaseException) -> None:
+        public = stand_in(e)
+        if public is not None:
+            e = public
         if isinstance(e, Error):
             self.log_exception(type(e), e, e.__traceback__)
             if not self._finished:
+                if self._headers_written:
+                    # Too late for an error answer (a stream had begun): cut it short.
+                    self.request.connection.stream.close()  # type: ignore[union-attr]
+                    return
                 self.send_error(e.http_status, exc_info=(type(e), e, e.__traceback__))
             return
         super()._handle_request_exception(e)

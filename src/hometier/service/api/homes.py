@@ -6,6 +6,7 @@ from typing import Any
 
 from hometier.errors import UsageError
 from hometier.lifecycle.cycle import archive_home
+from hometier.lifecycle.restoring import recorded_failure
 from hometier.service.api.base import BaseHandler
 from hometier.state import HOME_STATES, queries
 
@@ -50,6 +51,13 @@ class HomeHandler(BaseHandler):
                 # What a snapshot added to the bucket tells whether someone else already
                 # stored the same files: dedup probing. Only admins see it.
                 doc.pop("stored_bytes")
+            failed = recorded_failure(self.ctx.lc, user) if home.state == "failed" else None
+            if failed is not None:
+                # The recorded error names paths and objects: the user gets its words.
+                doc["error"] = failed.user_message() if not admin else home.error
+                doc["reference"] = failed.ref
+            elif not admin:
+                doc["error"] = None
             return doc
 
         self.send(await self.blocking(load))

@@ -7,9 +7,14 @@ from sqlalchemy import text
 
 from hometier.service.api.base import BaseHandler
 from hometier.service.openapi import openapi
+from hometier.service.outages import StateUnavailable, stand_in
 
 
 class HealthHandler(BaseHandler):
+    """``{"status": "ok"}``, or 503 ``{"status": "unavailable", "database":
+    "unreachable", ...}`` with ``Retry-After`` while the state database is down (the
+    service can then answer nothing that needs it)."""
+
     public = True
 
     async def get(self) -> None:
@@ -17,7 +22,17 @@ class HealthHandler(BaseHandler):
             with self.ctx.lc.db.transaction(write=False) as s:
                 s.execute(text("SELECT 1"))
 
-        await self.blocking(ping)
+        try:
+            await self.blocking(ping)
+        except Exception as exc:
+            down = stand_in(exc)
+            if not isinstance(down, StateUnavailable):
+                raise
+            self.log_exception(type(down), down, None)
+            doc = self.error_doc(down)
+            doc.update(status="unavailable", database="unreachable")
+            self.send(doc, status=503)
+            return
         self.send({"status": "ok"})
 
 

@@ -8,6 +8,7 @@ import json
 from tornado.iostream import StreamClosedError
 
 from hometier.service.api.base import BaseHandler
+from hometier.service.outages import stand_in
 from hometier.state import queries
 
 KEEPALIVE = 15.0
@@ -20,14 +21,15 @@ class RestoreHandler(BaseHandler):
         who.require("restore", user)
         await self.blocking(queries.get_home, self.ctx.lc.db, user)  # 404 for unknown users
         job, started = self.ctx.tracker.start(user, f"api:{who.name}")
-        doc = job.doc()
+        doc = job.doc(who.is_admin)
         doc["joined"] = not started
         self.send(doc, status=202)
 
     async def get(self, user: str) -> None:
         user = self.user_arg(user)
-        self.identity().require("restore", user)
-        self.send(await self.blocking(self.ctx.tracker.state_doc, user))
+        who = self.identity()
+        who.require("restore", user)
+        self.send(await self.blocking(self.ctx.tracker.state_doc, user, who.is_admin))
 
 
 class RestoreEventsHandler(BaseHandler):
@@ -35,7 +37,9 @@ class RestoreEventsHandler(BaseHandler):
 
     async def get(self, user: str) -> None:
         user = self.user_arg(user)
-        self.identity().require("restore", user)
+        who = self.identity()
+        who.require("restore", user)
+        admin = who.is_admin
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("X-Accel-Buffering", "no")
         seq = -1
@@ -43,7 +47,19 @@ class RestoreEventsHandler(BaseHandler):
         try:
             while True:
                 job = self.ctx.tracker.get(user)
-                doc = job.doc() if job else await self.blocking(self.ctx.tracker.state_doc, user)
+                if job is not None:
+                    doc = job.doc(admin)
+                else:
+                    try:
+                        doc = await self.blocking(self.ctx.tracker.state_doc, user, admin)
+                    except Exception as exc:
+                        down = stand_in(exc)
+                        if seq == -1 or down is None:
+                            raise  # nothing sent yet: an error answer (503 for an outage)
+                        # The stream is open: say so on it, then end it.
+                        self.log_exception(type(down), down, None)
+                        self.write(f"event: error\ndata: {json.dumps(self.error_doc(down))}\n\n")
+                        break
                 now_seq = job.seq if job else -2
                 if now_seq != seq:
                     seq = now_seq

@@ -12,6 +12,7 @@ from hometier.lifecycle.cycle import archive_home
 from hometier.service.auth import Identity
 from hometier.service.dashboard.base import FormRefused, PageHandler
 from hometier.service.dashboard.summary import human_bytes
+from hometier.service.outages import stand_in
 from hometier.state import queries
 
 
@@ -30,7 +31,10 @@ class HomeAction(PageHandler):
         try:
             kind, text = await getattr(self, f"_{action}")(who, user)
         except Error as exc:
-            kind, text = "error", exc.get_message()
+            public = stand_in(exc)
+            if public is not None:
+                self.log_exception(type(public), public, None)
+            kind, text = "error", (public or exc).get_message()
         self.set_flash(kind, text)
         back = self.get_body_argument("back", "home")
         if back == "admin" and who.is_admin:

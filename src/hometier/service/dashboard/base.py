@@ -23,6 +23,7 @@ from hometier.errors import Error
 from hometier.service.api.base import BaseHandler
 from hometier.service.auth import Identity
 from hometier.service.dashboard.summary import Dashboard, ago, human_bytes, money, stamp
+from hometier.service.outages import StandIn
 
 HERE = Path(__file__).parent
 TEMPLATES = HERE / "templates"
@@ -32,7 +33,14 @@ CSP = (
     "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
-TITLES = {401: "Please sign in", 403: "Not allowed", 404: "Not found", 409: "Not now"}
+TITLES = {
+    401: "Please sign in",
+    403: "Not allowed",
+    404: "Not found",
+    409: "Not now",
+    502: "Storage trouble",
+    503: "Temporarily unavailable",
+}
 
 
 class AdminOnly(Error):
@@ -160,7 +168,14 @@ class PageHandler(BaseHandler):
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         exc = kwargs.get("exc_info", (None, None, None))[1]
-        if isinstance(exc, Error):
+        detail = None
+        if isinstance(exc, StandIn):
+            # An outage or an error whose text is for operators: its words, the reference.
+            message = exc.get_message()
+            detail = exc.detail if self.caller_is_admin() else None
+            if exc.retry_after:
+                self.set_header("Retry-After", str(exc.retry_after))
+        elif isinstance(exc, Error):
             message = exc.get_message()
         elif isinstance(exc, web.HTTPError) and exc.log_message:
             message = exc.log_message % exc.args if exc.args else exc.log_message
@@ -174,4 +189,5 @@ class PageHandler(BaseHandler):
             status=status_code,
             title=TITLES.get(status_code, "Error"),
             message=message,
+            detail=detail,
         )

@@ -13,6 +13,7 @@ from tornado import web
 
 from hometier.engine.export import list_dir
 from hometier.errors import Error, UsageError
+from hometier.lifecycle.restoring import recorded_failure
 from hometier.service.dashboard.actions import HomeAction
 from hometier.service.dashboard.base import (
     AdminOnly,
@@ -30,6 +31,7 @@ from hometier.service.dashboard.summary import (
     make_totals,
     tier_history,
 )
+from hometier.service.outages import stand_in
 from hometier.state import HOME_STATES, Event, Home, Snapshot, queries
 
 SORTS = ("user", "state", "hot_bytes", "stored_bytes", "last_activity", "state_since")
@@ -62,8 +64,24 @@ class HomePageBase(PageHandler):
             try:
                 snaps = list(reversed(lc.repo.list_snapshots(user)))
             except Error as exc:
+                public = stand_in(exc)
+                if public is not None:
+                    self.log_exception(type(public), public, None)
+                    exc = public
                 snaps, snap_error = [], exc.get_message()
-            return dict(home=home, leases=leases, events=events, snaps=snaps, snap_error=snap_error)
+            home_error = None
+            failed = recorded_failure(lc, user) if home and home.state == "failed" else None
+            if home is not None and failed is not None:
+                # The recorded error names paths and objects: only admins read it.
+                home_error = home.error if admin else failed.user_message()
+            return dict(
+                home=home,
+                leases=leases,
+                events=events,
+                snaps=snaps,
+                snap_error=snap_error,
+                home_error=home_error,
+            )
 
         data = await self.blocking(load)
         job = self.ctx.tracker.get(user)
@@ -79,7 +97,7 @@ class HomePageBase(PageHandler):
             admin=admin,
             may_restore=who.may("restore", user),
             state_text=STATE_TEXT,
-            job=job.doc() if job else None,
+            job=job.doc(admin) if job else None,
             refresh=2 if running else None,
             back="own" if own else "home",
             **data,
