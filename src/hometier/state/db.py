@@ -57,6 +57,10 @@ def make_engine(url: str | URL, **kwargs: Any) -> Engine:
         if url.drivername == "postgresql":  # SQLAlchemy's default driver is psycopg2
             url = url.set(drivername="postgresql+psycopg")
         kwargs.setdefault("pool_pre_ping", True)
+        # A server that hangs rather than refusing must not hold a login for minutes:
+        # give up connecting after 10 s (unless the URL says otherwise) and answer 503.
+        if "connect_timeout" not in url.query:
+            kwargs.setdefault("connect_args", {}).setdefault("connect_timeout", 10)
         return create_engine(url, **kwargs)
     raise UnsupportedDatabase(url.render_as_string(hide_password=True))
 
