@@ -10,16 +10,10 @@ from typing import Any
 
 from rich.table import Table
 
-from hometier.app import make_lifecycle
 from hometier.cli.output import emit_json, err, human, out
 from hometier.config import Archiver, Hometier, Service
-from hometier.lifecycle.context import utcnow
-from hometier.lifecycle.cycle import archive_home
 from hometier.lifecycle.homes import check_username
-from hometier.lifecycle.loop import run_cycle, run_forever
-from hometier.lifecycle.retention import apply_retention
 from hometier.lifecycle.units import parse_duration
-from hometier.state import queries
 
 
 def register(sub: Any) -> None:
@@ -64,6 +58,9 @@ def register(sub: Any) -> None:
 
 
 def cmd_prune(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.app import make_lifecycle
+    from hometier.lifecycle.retention import apply_retention
+
     lc = make_lifecycle(cfg, _arch(args, cfg), create_repo=False)
     report = apply_retention(lc, lc.retention, dry_run=args.dry_run)
     if args.json:
@@ -88,6 +85,9 @@ def _arch(args: argparse.Namespace, cfg: Hometier) -> Archiver:
 
 
 def cmd_archive(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.app import make_lifecycle
+    from hometier.lifecycle.cycle import archive_home
+
     user = check_username(args.user)
     lc = make_lifecycle(cfg, _arch(args, cfg))
     lc.worker = f"cli:{lc.worker.split(':', 1)[1]}"
@@ -105,6 +105,9 @@ def cmd_archive(args: argparse.Namespace, cfg: Hometier) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.app import make_lifecycle
+    from hometier.lifecycle.loop import run_cycle, run_forever
+
     arch = _arch(args, cfg)
     lc = make_lifecycle(cfg, arch)
     if args.once:
@@ -170,6 +173,10 @@ def _home_row(h: Any) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.app import make_lifecycle
+    from hometier.lifecycle.context import utcnow
+    from hometier.state import queries
+
     lc = make_lifecycle(cfg, _arch(args, cfg))
     if args.user:
         homes = [queries.get_home(lc.db, check_username(args.user))]
@@ -200,6 +207,10 @@ def cmd_status(args: argparse.Namespace, cfg: Hometier) -> int:
 
 
 def cmd_exempt(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.app import make_lifecycle
+    from hometier.lifecycle.context import utcnow
+    from hometier.state import queries
+
     user = check_username(args.user)
     lc = make_lifecycle(cfg, _arch(args, cfg))
     queries.get_or_create_home(lc.db, user, str(lc.layout.path(user)), utcnow(), actor="cli")
@@ -212,6 +223,10 @@ def cmd_exempt(args: argparse.Namespace, cfg: Hometier) -> int:
 
 
 def cmd_lease(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.app import make_lifecycle
+    from hometier.lifecycle.context import utcnow
+    from hometier.state import queries
+
     lc = make_lifecycle(cfg, _arch(args, cfg))
     now = utcnow()
     if args.release:

@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from hometier.lifecycle.activity import HubClient
-from hometier.lifecycle.homes import HomeLayout
+from hometier.lifecycle.homes import QUARANTINE_DIR, HomeLayout
 from hometier.lifecycle.policy import Policy, Retention
 from hometier.repo import Repository
 from hometier.state import Database
-
-QUARANTINE_DIR = ".hometier-quarantine"
 
 
 def utcnow() -> dt.datetime:

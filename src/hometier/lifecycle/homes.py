@@ -8,6 +8,9 @@ from pathlib import Path
 
 from hometier.errors import UsageError
 
+QUARANTINE_DIR = ".hometier-quarantine"
+"""Where archived homes wait, on the homes volume, before they are deleted."""
+
 MAX_NAME = 255
 
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from hometier.errors import Error
 from hometier.lifecycle.activity import HubUnavailable, scan_home
-from hometier.lifecycle.context import QUARANTINE_DIR, Lifecycle
+from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.cycle import ArchiveResult, archive_claimed, purge_quarantine, recover
-from hometier.lifecycle.homes import InvalidUsername
+from hometier.lifecycle.homes import QUARANTINE_DIR, InvalidUsername
 from hometier.lifecycle.policy import Decision, HomeFacts, select_idle
 from hometier.lifecycle.retention import apply_retention
 from hometier.state import ACTIVE, queries

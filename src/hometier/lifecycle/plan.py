@@ -47,7 +47,7 @@ from dataclasses import dataclass, field, replace
 
 from hometier.errors import UsageError
 from hometier.lifecycle.activity import NOTICE_NAME, HubUser
-from hometier.lifecycle.context import QUARANTINE_DIR
+from hometier.lifecycle.homes import QUARANTINE_DIR
 from hometier.lifecycle.policy import HomeFacts, Policy, select_idle
 from hometier.lifecycle.prices import Prices, monthly_cost
 from hometier.lifecycle.units import parse_duration

@@ -17,16 +17,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import URL, Connection, Engine, create_engine, event, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from hometier.errors import UsageError
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 30_000
@@ -147,6 +148,8 @@ def alembic_config(connection: Connection | None = None) -> Config:
     it, ``env.py`` connects to the ``sqlalchemy.url`` option or ``HOMETIER_DB``; that is how
     a new revision is written: ``command.revision(cfg, "message", autogenerate=True)``.
     """
+    from alembic.config import Config  # migrations only: keep the CLI's start-up light
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     if connection is not None:
@@ -158,6 +161,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate the schema to ``revision``, in one transaction (both backends have
     transactional DDL); concurrent callers wait for each other."""
     writer = engine.execution_options(**{_BEGIN: "IMMEDIATE"})
+    from alembic import command
+
     with writer.connect() as conn:
         command.upgrade(alembic_config(conn), revision)
         conn.commit()
