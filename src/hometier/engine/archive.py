@@ -228,6 +228,7 @@ class _Archiver:
         self, path: bytes, rel: bytes, parent_tree: BlobId | None, depth: int, dfd: int
     ) -> BlobId:
         old: dict[bytes, Node] = {}
+        nodes_then: list[Node] | None = None
         if parent_tree is not None and self.parent_trees is not None:
             if parent_tree in self.parent_trees:
                 # Each parent folder is visited once: drop its tree after reading it.
@@ -331,6 +332,10 @@ class _Archiver:
         self.progress.files = self.stats.files
         self.progress.bytes = self.stats.bytes
         self._report()
+        if nodes == nodes_then and parent_tree is not None and self.writer.has(parent_tree):
+            # Nothing in this folder changed: its tree is the parent's, byte for byte
+            # (encoding is a function of the entries), so skip encoding and hashing it.
+            return parent_tree
         data = encode_tree(nodes)
         if len(data) > MAX_BLOB:
             raise BackupError(
