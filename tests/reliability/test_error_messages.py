@@ -118,7 +118,7 @@ def _check_spawn(world: World, user: str, why: str, detail: str) -> None:
     message = failed.log_message or ""
     print(f"{user}: spawn failed after {took:.1f}s: {message}")
     assert message.startswith(f"Your files could not be restored: {why}."), message
-    assert "safe in the archive" in message
+    assert "administrator has been notified" in message
     found = REF.search(message)
     assert found, message
     assert spawner.messages[-1] == message, spawner.messages
@@ -159,7 +159,7 @@ def test_a_damaged_pack_is_called_damaged_with_a_reference(world: World, tmp_pat
     mid = len(original) // 2
     store.put(victim, original[:mid] + os.urandom(64 * 1024) + original[mid + 64 * 1024 :])
     try:
-        why = "the archive is damaged"
+        why = "part of the archive is damaged"
         ref = _check_failure(world, "dave", why, "")
         line = _log_line(world, ref)
         print(f"log: {line}")

@@ -53,7 +53,11 @@ _SOON = "They are safe in the archive. Please try again in a few minutes"
 REASONS: dict[str, tuple[str, str]] = {
     "storage": ("the archive storage is unreachable", _SAFE),
     "storage-refused": ("the archive storage refused the request", _SAFE),
-    "damaged": ("the archive is damaged", _SAFE),
+    "damaged": (
+        "part of the archive is damaged",
+        "Nothing in your home folder was changed; your administrator has been notified."
+        " Please try again later",
+    ),
     "volume-full": ("there is no space left on the home volume", _SAFE),
     "volume": ("your home folder could not be written", _SAFE),
     "not-a-folder": ("your home folder is not a regular folder", _SAFE),
