@@ -35,11 +35,8 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
-import platform
-import random
 import re
 import shutil
 import subprocess
@@ -47,51 +44,37 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-MB = 1_000_000
-MiB = 1024 * 1024
-BUCKET = "bench"
+import benchlib
+from benchlib import (
+    BUCKET,
+    HERE,
+    MB,
+    REPO,
+    Measured,
+    compare,
+    machine,
+    manifest,
+    object_size,
+    run_pipeline,
+    stored_bytes,
+    touch_files,
+    tree_size,
+    untouch_files,
+    versions,
+)
+from benchlib import mem as _mem
+from benchlib import tail as _tail
+
 FILES_PER_MB = 66.7  # ~15 kB per file on average: 300 MB -> 20k files, 1500 MB -> 100k
 # pax format: nanosecond mtimes (the default gnu format keeps whole seconds only).
 TAR = ["tar", "--numeric-owner", "--format=posix"]
-PUT_BUFFER = 10 * MiB  # obstore open_writer default: parts of this size
-PUT_CONCURRENCY = 12  # obstore open_writer default
 HELPERS = ("_backup", "_restore", "_put", "_get")
 
 
 # --------------------------------------------------------------------------- corpus
-
-
-def _make_corpus() -> Any:
-    sys.path.insert(0, str(HERE))
-    try:
-        import make_corpus
-    finally:
-        sys.path.remove(str(HERE))
-    return make_corpus
-
-
-def tree_size(root: Path) -> tuple[int, int]:
-    """(regular files, bytes of distinct inodes) under ``root``."""
-    files = size = 0
-    seen: set[int] = set()
-    for dirpath, _dirnames, filenames in os.walk(os.fsencode(root)):
-        for name in filenames:
-            st = os.lstat(os.path.join(dirpath, name))
-            if not (st.st_mode & 0o170000 == 0o100000):
-                continue
-            files += 1
-            if st.st_nlink > 1:
-                if st.st_ino in seen:
-                    continue
-                seen.add(st.st_ino)
-            size += st.st_size
-    return files, size
 
 
 def build_home(dst: Path, kind: str, mb: float, seed: str, tpl_root: Path) -> dict[str, Any]:
@@ -105,7 +88,7 @@ def build_home(dst: Path, kind: str, mb: float, seed: str, tpl_root: Path) -> di
     binary data (``medium``) or climate .nc/.parquet files plus those (``large``) until
     the byte budget is reached. Every byte, name, mode and mtime follows from ``seed``.
     """
-    mc = _make_corpus()
+    mc = benchlib.make_corpus()
     budget = int(mb * MB)
     want_files = max(1, int(mb * FILES_PER_MB))
     user = f"bench-{kind}"
@@ -182,238 +165,6 @@ def ensure_homes(
     return info
 
 
-# --------------------------------------------------------------------------- verification
-
-
-def manifest(root: Path, workers: int = 4) -> dict[bytes, tuple[Any, ...]]:
-    """Everything a restore must reproduce, by path relative to ``root`` (atime aside)."""
-    rootb = os.fsencode(root)
-    raw: dict[bytes, os.stat_result] = {b".": os.lstat(rootb)}
-    for dirpath, dirnames, filenames in os.walk(rootb):
-        for name in dirnames + filenames:
-            full = os.path.join(dirpath, name)
-            raw[os.path.relpath(full, rootb)] = os.lstat(full)
-    order = sorted(raw)
-    first_of: dict[int, bytes] = {}
-    to_hash: list[bytes] = []
-    for rel in order:
-        st = raw[rel]
-        if st.st_mode & 0o170000 == 0o100000 and st.st_ino not in first_of:
-            first_of[st.st_ino] = rel
-            to_hash.append(rel)
-
-    def digest(rel: bytes) -> str:
-        with open(os.path.join(rootb, rel), "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        hashes = dict(zip(to_hash, pool.map(digest, to_hash), strict=True))
-    out: dict[bytes, tuple[Any, ...]] = {}
-    for rel in order:
-        st = raw[rel]
-        fmt = st.st_mode & 0o170000
-        common = (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns)
-        if fmt == 0o100000:
-            first = first_of[st.st_ino]
-            link = first if st.st_nlink > 1 else None
-            out[rel] = ("file", *common, st.st_size, hashes[first], link)
-        elif fmt == 0o120000:
-            out[rel] = ("symlink", *common, os.readlink(os.path.join(rootb, rel)))
-        elif fmt == 0o040000:
-            out[rel] = ("dir", *common)
-        else:
-            out[rel] = ("other", *common, st.st_rdev)
-    return out
-
-
-FIELDS = ("type", "mode", "uid", "gid", "mtime_ns")
-
-
-def compare(src: dict[bytes, tuple[Any, ...]], dst: dict[bytes, tuple[Any, ...]]) -> dict[str, Any]:
-    """Differences between two manifests: counts per kind and a few examples."""
-    kinds: Counter[str] = Counter()
-    examples: list[str] = []
-    for rel in sorted(set(src) | set(dst)):
-        a, b = src.get(rel), dst.get(rel)
-        if a == b:
-            continue
-        if a is None or b is None:
-            kind = "extra" if a is None else "missing"
-        elif a[0] != b[0]:
-            kind = "type"
-        else:
-            bad = [FIELDS[i] for i in range(1, 5) if a[i] != b[i]]
-            if a[5:] != b[5:]:
-                bad.append({"file": "content", "symlink": "target"}.get(a[0], "rdev"))
-            kind = f"{a[0]} " + "+".join(bad)
-        kinds[kind] += 1
-        if len(examples) < 5:
-            examples.append(f"{os.fsdecode(rel)}: {kind}: {a} != {b}")
-    return {"ok": not kinds, "differences": dict(kinds), "examples": examples}
-
-
-def touch_files(home: Path, fraction: float, seed: str) -> list[tuple[bytes, int, int, int]]:
-    """Append a line to ``fraction`` of the regular (not hardlinked) files; return undo info."""
-    candidates: list[bytes] = []
-    for dirpath, _dirnames, filenames in os.walk(os.fsencode(home)):
-        for name in filenames:
-            full = os.path.join(dirpath, name)
-            st = os.lstat(full)
-            if st.st_mode & 0o170000 == 0o100000 and st.st_nlink == 1:
-                candidates.append(full)
-    candidates.sort()
-    rng = random.Random(f"{seed}-touch")
-    picked = rng.sample(candidates, max(1, round(len(candidates) * fraction)))
-    undo = []
-    for full in picked:
-        st = os.lstat(full)
-        undo.append((full, st.st_size, st.st_atime_ns, st.st_mtime_ns))
-        mode = st.st_mode & 0o7777
-        if not mode & 0o200:
-            os.chmod(full, mode | 0o200)
-        with open(full, "ab") as f:
-            f.write(b"\n# edited after the first backup (hometier bench)\n")
-        if not mode & 0o200:
-            os.chmod(full, mode)
-    return undo
-
-
-def untouch_files(undo: list[tuple[bytes, int, int, int]]) -> None:
-    for full, size, atime, mtime in undo:
-        os.truncate(full, size)
-        os.utime(full, ns=(atime, mtime))
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class Measured:
-    """A finished process (or pipeline): wall seconds, peak RSS per process, exit codes."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.rss_kb: list[int] = []
-        self.cpu: list[float] = []  # user + system seconds per process
-        self.server_cpu = 0.0  # of the S3 server meanwhile
-        self.codes: list[int] = []
-        self.stdout = b""
-
-    @property
-    def cpu_seconds(self) -> float:
-        return sum(self.cpu)
-
-    @property
-    def rss_mb(self) -> float:
-        """Sum of the processes' peak RSS (they run at the same time), in MB."""
-        return sum(self.rss_kb) * 1024 / MB
-
-
-GNU_TIME = "/usr/bin/time"
-SERVER_PID: int | None = None  # the S3 server, whose CPU time is counted per step
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu(pid: int | None) -> float:
-    """User + system seconds of a running process (and its waited-for children)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return sum(int(x) for x in fields[11:15]) / _TICK
-
-
-def run_pipeline(
-    argvs: list[list[str]], env: dict[str, str], log_path: Path, capture_last: bool = True
-) -> Measured:
-    """Run ``argvs`` as a shell pipeline; wall time and each process's peak RSS.
-
-    Peak RSS comes from GNU time (``%M``, i.e. wait4's ru_maxrss of a child it forked):
-    ru_maxrss of a child of *this* process would include this process's own RSS, which
-    Linux carries over fork and exec into the child's figure. Without GNU time the
-    child's VmHWM is sampled from /proc every 10 ms instead (a lower bound).
-    """
-    os.sync()  # so that writeback of an earlier step does not land in this one
-    m = Measured()
-    procs: list[subprocess.Popen[bytes]] = []
-    use_time = os.access(GNU_TIME, os.X_OK)
-    rss_files = []
-    hwm: dict[int, int] = {}
-    with open(log_path, "ab") as err, tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        server0 = proc_cpu(SERVER_PID)
-        prev = None
-        for i, argv in enumerate(argvs):
-            last = i == len(argvs) - 1
-            if use_time:
-                rss_files.append(Path(tmp) / f"rss{i}")
-                argv = [GNU_TIME, "-f", "%M %U %S", "-o", str(rss_files[-1]), *argv]
-            p = subprocess.Popen(
-                argv,
-                stdin=prev if prev is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if (not last or capture_last) else subprocess.DEVNULL,
-                stderr=err,
-                env=env,
-            )
-            if prev is not None:
-                prev.close()
-            prev = p.stdout if not last else None
-            procs.append(p)
-        sampler = None
-        if not use_time:
-            sampler = _HwmSampler([p.pid for p in procs], hwm)
-            sampler.start()
-        out = procs[-1].stdout.read() if capture_last and procs[-1].stdout else b""
-        for p in procs:
-            _pid, status, usage = os.wait4(p.pid, 0)
-            p.returncode = os.waitstatus_to_exitcode(status)
-            m.codes.append(p.returncode)
-            m.cpu.append(usage.ru_utime + usage.ru_stime)
-            if p.stdout is not None:
-                p.stdout.close()
-        m.seconds = time.perf_counter() - t0
-        m.server_cpu = proc_cpu(SERVER_PID) - server0
-        if sampler is not None:
-            sampler.stop()
-            m.rss_kb = [hwm.get(p.pid, 0) for p in procs]
-        else:
-            figures = [f.read_text().split()[-3:] for f in rss_files]
-            m.rss_kb = [int(f[0]) for f in figures]
-    m.stdout = out
-    return m
-
-
-class _HwmSampler:
-    """Fallback without GNU time: poll VmHWM of the given PIDs."""
-
-    def __init__(self, pids: list[int], into: dict[int, int]) -> None:
-        import threading
-
-        self.pids, self.into = pids, into
-        self.done = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> None:
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.done.set()
-        self.thread.join()
-
-    def _run(self) -> None:
-        while not self.done.is_set():
-            for pid in self.pids:
-                try:
-                    text = Path(f"/proc/{pid}/status").read_text()
-                except OSError:
-                    continue
-                for line in text.splitlines():
-                    if line.startswith("VmHWM:"):
-                        self.into[pid] = max(self.into.get(pid, 0), int(line.split()[1]))
-            self.done.wait(0.01)
-
-
 def run_helper(
     args: list[str], env: dict[str, str], log_path: Path
 ) -> tuple[Measured, dict[str, Any]]:
@@ -423,52 +174,6 @@ def run_helper(
             f"{args[0]} failed (exit {m.codes[0]}); see {log_path}:\n{_tail(log_path)}"
         )
     return m, json.loads(m.stdout.decode().strip().splitlines()[-1])
-
-
-def _tail(path: Path, n: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
-
-
-# --------------------------------------------------------------------------- S3 helpers
-
-
-def s3store() -> Any:
-    from obstore.store import S3Store
-
-    return S3Store(
-        BUCKET,
-        endpoint=os.environ["AWS_ENDPOINT_URL"],
-        access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
-        secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
-        region="us-east-1",
-        virtual_hosted_style_request=False,
-        client_options={"allow_http": True, "timeout": "300s"},
-    )
-
-
-def stored_bytes(prefix: str) -> tuple[int, int]:
-    """(objects, bytes) under ``prefix`` of the bench bucket."""
-    import obstore
-
-    n = total = 0
-    for batch in obstore.list(s3store(), prefix=prefix):
-        for meta in batch:
-            n += 1
-            total += int(meta["size"])
-    return n, total
-
-
-def object_size(key: str) -> int:
-    import obstore
-
-    return int(obstore.head(s3store(), key)["size"])
-
-
-def _vm_hwm() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
 
 
 def helper_main(argv: list[str]) -> int:
@@ -511,35 +216,15 @@ def helper_main(argv: list[str]) -> int:
             }
         doc["store"] = store.stats.snapshot()
     elif argv[0] == "_put":
-        import obstore
-
-        total = 0
-        stdin = sys.stdin.buffer
-        with obstore.open_writer(
-            s3store(), a.key, buffer_size=PUT_BUFFER, max_concurrency=PUT_CONCURRENCY
-        ) as w:
-            while data := stdin.read(4 * MiB):
-                w.write(data)
-                total += len(data)
-        parts = -(-total // PUT_BUFFER)
-        # BufWriter: one PUT while everything fits in the buffer, else a multipart upload
-        # (create + one PUT per part + complete).
-        doc = {"bytes": total, "writes": 1 if total <= PUT_BUFFER else parts + 2}
+        doc = benchlib.put_stream(a.key, sys.stdin.buffer)
     elif argv[0] == "_get":
-        import obstore
-
-        total = 0
-        out = sys.stdout.buffer
-        for chunk in obstore.get(s3store(), a.key).stream(min_chunk_size=4 * MiB):
-            out.write(chunk)
-            total += len(chunk)
-        out.flush()
+        total = benchlib.get_stream(a.key, sys.stdout.buffer)
         Path(a.target).write_text(json.dumps({"bytes": total}))  # stdout is the data
         return 0
     else:
         raise SystemExit(f"unknown helper {argv[0]}")
     doc["seconds"] = time.perf_counter() - t0
-    doc["vm_hwm_kb"] = _vm_hwm()
+    doc["vm_hwm_kb"] = benchlib.vm_hwm_kb()
     print(json.dumps(doc))
     return 0
 
@@ -818,9 +503,8 @@ class Bench:
             self.log(
                 f"  S3 at {server.endpoint} (pid {server.pid}) in {server.start_seconds:.1f} s"
             )
-            global SERVER_PID
-            SERVER_PID = server.pid
-            self.env = {**os.environ, **server.env()}
+            benchlib.SERVER_PID = server.pid
+            self.env = benchlib.checkout_env({**os.environ, **server.env()})
             os.environ.update(server.env())
             for name in sizes:
                 self.one_home(name, corpus / name, incremental=name == "medium" and a.touch > 0)
@@ -895,51 +579,6 @@ def summarize_profile(raw: Path, top: int = 25) -> str:
     return "\n".join(out) + "\n"
 
 
-def _cmd(argv: list[str]) -> str:
-    try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        return (r.stdout or r.stderr).strip()
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"({exc})"
-
-
-def machine(work: Path) -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "nproc": os.cpu_count(),
-        "cpu": cpu,
-        "free_g": _cmd(["free", "-g"]),
-        "disk": _cmd(["df", "-h", str(work)]).splitlines()[-1],
-        "kernel": platform.release(),
-    }
-
-
-def versions() -> dict[str, str]:
-    import obstore
-
-    import hometier
-
-    weed = shutil.which("weed") or "weed"
-    rev = _cmd(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    if _cmd(["git", "-C", str(REPO), "status", "--porcelain", "--", "src"]):
-        rev += " + uncommitted changes in src/"
-    return {
-        "python": platform.python_version(),
-        "hometier": f"{hometier.__version__} ({rev})",
-        "obstore": getattr(obstore, "__version__", "?"),
-        "weed": "weed " + _cmd([weed, "version"]).splitlines()[-1].replace("version ", ""),
-        "tar": _cmd(["tar", "--version"]).splitlines()[0],
-        "zstd": _cmd(["zstd", "--version"]),
-    }
-
-
 def render(doc: dict[str, Any]) -> str:
     out = [f"## hometier engine benchmark, {doc['when']}", ""]
     out.append(f"`{doc['command']}`")
@@ -992,7 +631,7 @@ def render(doc: dict[str, Any]) -> str:
         "also for incremental runs. Stored MB: bytes added under the prefix (hometier: "
         "packs, index, snapshot, config) or the size of the .tar.zst object. tar+zstd PUTs: "
         "multipart create + parts + complete (obstore open_writer, "
-        f"{PUT_BUFFER // MiB} MiB parts). Peak RSS: hometier's one process; tar+zstd the "
+        f"{benchlib.PUT_BUFFER // benchlib.MiB} MiB parts). Peak RSS: hometier's one process; tar+zstd the "
         "sum of the three processes' peaks. CPU s: user + system seconds of those "
         "processes; S3 server CPU s: of the SeaweedFS process meanwhile (same machine). "
         "Page cache warm (homes freshly generated)."
@@ -1009,13 +648,6 @@ def render(doc: dict[str, Any]) -> str:
 def _mb(n: int) -> str:
     x = n / MB
     return f"{x:.1f}" if x >= 10 else f"{x:.2f}" if x >= 0.1 else f"{x:.3f}"
-
-
-def _mem(free_g: str) -> str:
-    for line in free_g.splitlines():
-        if line.startswith("Mem:"):
-            return f"{line.split()[1]} GiB RAM"
-    return "RAM ?"
 
 
 def main(argv: list[str] | None = None) -> int:
