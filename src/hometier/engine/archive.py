@@ -9,6 +9,7 @@ import socket
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -27,6 +28,12 @@ log = logging.getLogger(__name__)
 
 MAX_DEPTH = 1000
 XATTR_PREFIX = b"user."
+INLINE_FILES = 64
+INLINE_BYTES = 256 * 1024
+"""A folder of at most ``INLINE_FILES`` files reads those up to ``INLINE_BYTES`` on the
+walking thread (see ``_archive_open_dir``)."""
+MAX_PENDING = 1024
+"""Walked folders whose trees may wait for their readers before the walk waits too."""
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
@@ -92,6 +99,19 @@ def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
     return extents
 
 
+@dataclass
+class _Pending:
+    """A walked folder whose tree waits for its files' readers."""
+
+    rel: bytes
+    nodes: list[Node]
+    jobs: list[tuple[Future[None], int]]
+    parent_tree: BlobId | None
+    nodes_then: list[Node] | None
+    entry: Node | None
+    bid: BlobId | None = None
+
+
 class _Archiver:
     def __init__(
         self,
@@ -114,15 +134,19 @@ class _Archiver:
         self.lock = threading.Lock()
         self.hardlinks: dict[tuple[int, int], bytes] = {}
         self.parent_trees: TreeCache | None = None
+        self.pending: deque[_Pending] = deque()
         self._last_report = 0.0
 
     # --- one regular file (runs on a worker thread) ---------------------------------
 
-    def read_file(self, path: bytes, rel: bytes, st: os.stat_result, node: Node) -> None:
-        """Read one file into ``node``; a file that cannot be read gets ``node.error``
-        (restore skips it) and is listed, the backup goes on."""
+    def read_file(
+        self, path: bytes, rel: bytes, st: os.stat_result, node: Node, fd: int | None = None
+    ) -> None:
+        """Read one file into ``node`` (from ``fd`` if given, which it then closes); a
+        file that cannot be read gets ``node.error`` (restore skips it) and is listed,
+        the backup goes on."""
         try:
-            self._read_file(path, rel, st, node)
+            self._read_file(path, rel, st, node, fd)
         except BackupError as exc:
             node.content, node.sparse, node.error = [], None, str(exc.args[1])
             self._note("changed", rel, node.error)
@@ -133,17 +157,26 @@ class _Archiver:
             node.error = f"unreadable: {exc.strerror or exc}"
             self._note("errors", rel, node.error)
 
-    def _read_file(self, path: bytes, rel: bytes, st: os.stat_result, node: Node) -> None:
+    def _open(self, path: bytes, rel: bytes, node: Node) -> int | None:
+        """Open a file to read it; None (and ``node`` emptied) if it vanished."""
         try:
             try:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | _O_NOATIME)
+                return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _O_NOATIME)
             except PermissionError:
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+                return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             self._note("changed", rel, "vanished")
             node.content = []
             node.size = 0
-            return
+            return None
+
+    def _read_file(
+        self, path: bytes, rel: bytes, st: os.stat_result, node: Node, fd: int | None
+    ) -> None:
+        if fd is None:
+            fd = self._open(path, rel, node)
+            if fd is None:
+                return
         try:
             now = os.fstat(fd)
             if now.st_ino != st.st_ino or not stat.S_ISREG(now.st_mode):
@@ -197,11 +230,16 @@ class _Archiver:
         depth: int,
         expect: os.stat_result | None = None,
         parent_fd: int | None = None,
-    ) -> BlobId:
-        """Archive one folder. It is opened once, without following a link, and every
+        entry: Node | None = None,
+    ) -> _Pending:
+        """Walk one folder. It is opened once, without following a link, and every
         entry is reached through that open folder (``/proc/self/fd/N/name``): a folder
         swapped for a symlink mid-walk is never read through. ``_Swapped`` if the folder
-        is no longer the one ``expect`` describes."""
+        is no longer the one ``expect`` describes.
+
+        The folder's tree is encoded later, once the readers of its files are done
+        (``_drain``): the walk does not wait for them. ``entry`` (the folder's node in
+        its parent) gets the tree's id then."""
         if depth > MAX_DEPTH:
             raise BackupError(os.fsdecode(rel), f"nested deeper than {MAX_DEPTH} folders")
         flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -220,13 +258,19 @@ class _Archiver:
             if expect is not None and (now.st_ino, now.st_dev) != (expect.st_ino, expect.st_dev):
                 raise _Swapped()
             base = b"/proc/self/fd/%d" % dfd if _PROC else path
-            return self._archive_open_dir(base, rel, parent_tree, depth, dfd)
+            return self._archive_open_dir(base, rel, parent_tree, depth, dfd, entry)
         finally:
             os.close(dfd)
 
     def _archive_open_dir(
-        self, path: bytes, rel: bytes, parent_tree: BlobId | None, depth: int, dfd: int
-    ) -> BlobId:
+        self,
+        path: bytes,
+        rel: bytes,
+        parent_tree: BlobId | None,
+        depth: int,
+        dfd: int,
+        entry: Node | None,
+    ) -> _Pending:
         old: dict[bytes, Node] = {}
         nodes_then: list[Node] | None = None
         if parent_tree is not None and self.parent_trees is not None:
@@ -236,113 +280,151 @@ class _Archiver:
                 old = {n.name: n for n in nodes_then}
         with os.scandir(path) as it:
             entries = sorted(it, key=lambda e: e.name)
+        # A folder of a few files (most folders of a home: caches, packages, .git) reads
+        # them right here: handing each to a reader and waiting for it costs more than
+        # the read. Folders of many files, and big files, go to the readers in parallel.
+        inline = sum(1 for e in entries if e.is_file(follow_symlinks=False)) <= INLINE_FILES
         nodes: list[Node] = []
-        futures: list[Future[None]] = []
-        try:
-            for entry in entries:
-                name = entry.name
-                full = path + b"/" + name
-                sub = rel + b"/" + name if rel else name
-                try:
-                    st = os.lstat(full)
-                except FileNotFoundError:
-                    self._note("changed", sub, "vanished")
-                    continue
-                node = Node(
-                    name=name,
-                    type="file",
-                    mode=stat.S_IMODE(st.st_mode),
-                    uid=st.st_uid,
-                    gid=st.st_gid,
-                    mtime_ns=st.st_mtime_ns,
-                    atime_ns=st.st_atime_ns,
-                    ctime_ns=st.st_ctime_ns,
-                    ino=st.st_ino,
-                )
-                fmt = stat.S_IFMT(st.st_mode)
-                try:
-                    if fmt == stat.S_IFDIR:
-                        if st.st_dev != self.root_dev:
-                            self._note("skipped", sub, "another filesystem is mounted here")
-                            continue
-                        node.type = "dir"
-                        prev = old.get(name)
-                        try:
-                            node.subtree = self.archive_dir(
-                                name if _PROC else full,
-                                sub,
-                                prev.subtree if prev and prev.type == "dir" else None,
-                                depth + 1,
-                                expect=st,
-                                parent_fd=dfd if _PROC else None,
-                            )
-                        except _Swapped:
-                            self._note("changed", sub, "replaced while being archived")
-                            continue
-                        self.stats.dirs += 1
-                    elif fmt == stat.S_IFREG:
-                        self._file(full, sub, st, node, old.get(name), futures)
-                    elif fmt == stat.S_IFLNK:
-                        node.type = "symlink"
-                        node.target = os.readlink(full)
-                        self.stats.symlinks += 1
-                    elif fmt in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK):
-                        node.type = {
-                            stat.S_IFIFO: "fifo",
-                            stat.S_IFCHR: "chr",
-                            stat.S_IFBLK: "blk",
-                        }[fmt]
-                        if fmt != stat.S_IFIFO:
-                            node.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
-                        if st.st_nlink > 1:
-                            key = (st.st_dev, st.st_ino)
-                            if key in self.hardlinks:
-                                node.link = self.hardlinks[key]
-                            else:
-                                self.hardlinks[key] = sub
-                        self.stats.others += 1
-                    else:
-                        what = "socket" if fmt == stat.S_IFSOCK else f"file type {fmt:o}"
-                        self._note("skipped", sub, f"{what} not archived")
+        jobs: list[tuple[Future[None], int]] = []
+        for ent in entries:
+            name = ent.name
+            full = path + b"/" + name
+            sub = rel + b"/" + name if rel else name
+            try:
+                st = os.lstat(full)
+            except FileNotFoundError:
+                self._note("changed", sub, "vanished")
+                continue
+            node = Node(
+                name=name,
+                type="file",
+                mode=stat.S_IMODE(st.st_mode),
+                uid=st.st_uid,
+                gid=st.st_gid,
+                mtime_ns=st.st_mtime_ns,
+                atime_ns=st.st_atime_ns,
+                ctime_ns=st.st_ctime_ns,
+                ino=st.st_ino,
+            )
+            fmt = stat.S_IFMT(st.st_mode)
+            try:
+                if fmt == stat.S_IFDIR:
+                    if st.st_dev != self.root_dev:
+                        self._note("skipped", sub, "another filesystem is mounted here")
                         continue
-                    if node.type != "symlink":
-                        try:
-                            node.xattrs = _readxattrs(full)
-                        except PermissionError as exc:
-                            self._note(
-                                "errors", sub, f"extended attributes unreadable: {exc.strerror}"
-                            )
-                except FileNotFoundError:
-                    self._note("changed", sub, "vanished")
+                    node.type = "dir"
+                    prev = old.get(name)
+                    try:
+                        self.archive_dir(
+                            name if _PROC else full,
+                            sub,
+                            prev.subtree if prev and prev.type == "dir" else None,
+                            depth + 1,
+                            expect=st,
+                            parent_fd=dfd if _PROC else None,
+                            entry=node,
+                        )
+                    except _Swapped:
+                        self._note("changed", sub, "replaced while being archived")
+                        continue
+                    self.stats.dirs += 1
+                elif fmt == stat.S_IFREG:
+                    self._file(
+                        full,
+                        sub,
+                        st,
+                        node,
+                        old.get(name),
+                        jobs,
+                        inline=inline and st.st_size <= INLINE_BYTES,
+                    )
+                elif fmt == stat.S_IFLNK:
+                    node.type = "symlink"
+                    node.target = os.readlink(full)
+                    self.stats.symlinks += 1
+                elif fmt in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK):
+                    node.type = {
+                        stat.S_IFIFO: "fifo",
+                        stat.S_IFCHR: "chr",
+                        stat.S_IFBLK: "blk",
+                    }[fmt]
+                    if fmt != stat.S_IFIFO:
+                        node.rdev = (os.major(st.st_rdev), os.minor(st.st_rdev))
+                    if st.st_nlink > 1:
+                        key = (st.st_dev, st.st_ino)
+                        if key in self.hardlinks:
+                            node.link = self.hardlinks[key]
+                        else:
+                            self.hardlinks[key] = sub
+                    self.stats.others += 1
+                else:
+                    what = "socket" if fmt == stat.S_IFSOCK else f"file type {fmt:o}"
+                    self._note("skipped", sub, f"{what} not archived")
                     continue
-                except PermissionError as exc:
-                    self._note("errors", sub, f"unreadable: {exc.strerror}")
-                    continue
-                nodes.append(node)
-        except BaseException:
-            # The readers use this folder's descriptor: let them finish before it closes.
-            for f in futures:
-                f.exception()
-            raise
-        self._wait(futures)
-        for n in nodes:
+                if node.type != "symlink":
+                    try:
+                        node.xattrs = _readxattrs(full)
+                    except PermissionError as exc:
+                        self._note("errors", sub, f"extended attributes unreadable: {exc.strerror}")
+            except FileNotFoundError:
+                self._note("changed", sub, "vanished")
+                continue
+            except PermissionError as exc:
+                self._note("errors", sub, f"unreadable: {exc.strerror}")
+                continue
+            nodes.append(node)
+        pending = _Pending(rel, nodes, jobs, parent_tree, nodes_then, entry)
+        self.pending.append(pending)
+        self._drain(until=MAX_PENDING)
+        return pending
+
+    # --- trees, in walk order, once their files are read -----------------------------
+
+    def _drain(self, *, until: int) -> None:
+        """Encode the trees of walked folders whose readers are done, in walk order
+        (children before parents); wait for readers while more than ``until`` wait."""
+        while self.pending:
+            front = self.pending[0]
+            if len(self.pending) <= until and not all(f.done() for f, _fd in front.jobs):
+                return
+            self.pending.popleft()
+            self._finish_dir(front)
+
+    def _finish_dir(self, p: _Pending) -> None:
+        self._wait([f for f, _fd in p.jobs])
+        for n in p.nodes:
             if n.type == "file" and n.link is None:
                 self.stats.files += 1
                 self.stats.bytes += n.size
         self.progress.files = self.stats.files
         self.progress.bytes = self.stats.bytes
         self._report()
-        if nodes == nodes_then and parent_tree is not None and self.writer.has(parent_tree):
+        if p.nodes == p.nodes_then and p.parent_tree is not None and self.writer.has(p.parent_tree):
             # Nothing in this folder changed: its tree is the parent's, byte for byte
             # (encoding is a function of the entries), so skip encoding and hashing it.
-            return parent_tree
-        data = encode_tree(nodes)
-        if len(data) > MAX_BLOB:
-            raise BackupError(
-                os.fsdecode(rel) or "/", f"folder has too many entries ({len(nodes)})"
-            )
-        bid, _ = self.writer.add(BlobType.TREE, data)
-        return bid
+            bid = p.parent_tree
+        else:
+            data = encode_tree(p.nodes)
+            if len(data) > MAX_BLOB:
+                raise BackupError(
+                    os.fsdecode(p.rel) or "/", f"folder has too many entries ({len(p.nodes)})"
+                )
+            bid, _ = self.writer.add(BlobType.TREE, data)
+        p.bid = bid
+        if p.entry is not None:
+            p.entry.subtree = bid
+
+    def abandon(self) -> None:
+        """After a failure: cancel readers not started (closing their files), wait for
+        the others. Nothing of the walk is used afterwards."""
+        for p in self.pending:
+            for f, fd in p.jobs:
+                if f.cancel():
+                    os.close(fd)
+                    self.slots.release()
+                else:
+                    f.exception()
+        self.pending.clear()
 
     def _file(
         self,
@@ -351,7 +433,9 @@ class _Archiver:
         st: os.stat_result,
         node: Node,
         prev: Node | None,
-        futures: list[Future[None]],
+        jobs: list[tuple[Future[None], int]],
+        *,
+        inline: bool = False,
     ) -> None:
         node.size = st.st_size
         key = (st.st_dev, st.st_ino)
@@ -383,15 +467,36 @@ class _Archiver:
             if node.error is None:
                 self.hardlinks[key] = rel
             return
+        if inline:
+            self.read_file(full, rel, st, node)
+            return
+        # Opened here, read by a reader: the reader owns the descriptor, so the folder's
+        # own descriptor may close (and the walk go on) before the file is read.
         self.slots.acquire()
+        try:
+            fd = self._open(full, rel, node)
+        except OSError as exc:
+            self.slots.release()
+            node.content, node.sparse = [], None
+            node.error = f"unreadable: {exc.strerror or exc}"
+            self._note("errors", rel, node.error)
+            return
+        if fd is None:
+            self.slots.release()
+            return
 
         def job() -> None:
             try:
-                self.read_file(full, rel, st, node)
+                self.read_file(full, rel, st, node, fd)
             finally:
                 self.slots.release()
 
-        futures.append(self.pool.submit(job))
+        try:
+            jobs.append((self.pool.submit(job), fd))
+        except BaseException:
+            os.close(fd)
+            self.slots.release()
+            raise
 
     @staticmethod
     def _wait(futures: list[Future[None]]) -> None:
@@ -463,10 +568,17 @@ def backup(
             if parent is not None:
                 cache = TreeCache(repo, [parent.tree], workers=workers)
                 arch.parent_trees = cache
-            root = arch.archive_dir(src, b"", parent.tree if parent else None, 0)
+            top = arch.archive_dir(src, b"", parent.tree if parent else None, 0)
+            arch._drain(until=0)
+            assert top.bid is not None
+            root = top.bid
             writer.flush()
         except OSError as exc:
+            arch.abandon()
             raise BackupError(os.fsdecode(src), exc) from exc
+        except BaseException:
+            arch.abandon()
+            raise
         finally:
             arch.pool.shutdown(wait=True, cancel_futures=True)
         stats = arch.stats
