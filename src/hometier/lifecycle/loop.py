@@ -41,6 +41,7 @@ def discover_homes(lc: Lifecycle) -> list[str]:
     root = lc.layout.root
     if not root.is_dir():
         return found
+    known = queries.home_users(lc.db)  # one statement, not one per folder
     for entry in os.scandir(root):
         if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
             continue
@@ -50,7 +51,8 @@ def discover_homes(lc: Lifecycle) -> list[str]:
                 continue  # a template that does not map folder names back to users
         except InvalidUsername:
             continue
-        queries.get_or_create_home(lc.db, user, str(root / user), now, actor=lc.worker)
+        if user not in known:
+            queries.get_or_create_home(lc.db, user, str(root / user), now, actor=lc.worker)
         found.append(user)
     return found
 
@@ -59,9 +61,13 @@ def gather_facts(lc: Lifecycle, report: CycleReport) -> list[HomeFacts]:
     now = lc.now()
     running: set[str] = set()
     if lc.hub is not None:
+        # Only activity newer than what the database holds is written (one statement for
+        # all users to compare, rather than one update per Hub user per cycle).
+        seen = {h.user: h.last_activity for h in queries.list_homes(lc.db)}
         try:
             for u in lc.hub.users():
-                if u.last_activity is not None:
+                known = seen.get(u.name)
+                if u.last_activity is not None and (known is None or u.last_activity > known):
                     try:
                         queries.record_activity(lc.db, u.name, u.last_activity, "hub")
                     except queries.HomeNotFound:
@@ -74,6 +80,7 @@ def gather_facts(lc: Lifecycle, report: CycleReport) -> list[HomeFacts]:
             raise
     threshold = now - lc.policy.inactive_after
     facts: list[HomeFacts] = []
+    lease_counts = queries.active_lease_counts(lc.db, now)
     for home in queries.list_homes(lc.db):
         hot_bytes = home.hot_bytes
         if (
@@ -88,7 +95,7 @@ def gather_facts(lc: Lifecycle, report: CycleReport) -> list[HomeFacts]:
                 queries.set_sizes(lc.db, home.user, scan.bytes, scan.files)
                 hot_bytes = scan.bytes
             home = queries.get_home(lc.db, home.user)
-        leases = len(queries.active_leases(lc.db, home.user, now)) if home.state == ACTIVE else 0
+        leases = lease_counts.get(home.user, 0) if home.state == ACTIVE else 0
         facts.append(
             HomeFacts(
                 user=home.user,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, exists, or_, select, update
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -228,6 +228,12 @@ def list_homes(
         q = q.where(Home.exempt.is_(exempt))
     with _tx(target, write=False) as s:
         return list(s.scalars(q))
+
+
+def home_users(target: Target) -> set[str]:
+    """Every user with a home row (one statement, for a cycle over thousands of homes)."""
+    with _tx(target, write=False) as s:
+        return set(s.scalars(select(Home.user)))
 
 
 def record_activity(target: Target, user: str, at: datetime, source: str) -> bool:
@@ -557,6 +563,20 @@ def active_leases(target: Target, user: str, now: datetime) -> list[Lease]:
         q = select(Lease).where(Lease.home_id == home.id, Lease.released_at.is_(None))
         q = q.where(Lease.expires_at > now).order_by(Lease.acquired_at, Lease.id)
         return list(s.scalars(q))
+
+
+def active_lease_counts(target: Target, now: datetime) -> dict[str, int]:
+    """User -> number of leases neither released nor expired at ``now`` (users without
+    one are absent), in one grouped statement."""
+    _aware(now)
+    with _tx(target, write=False) as s:
+        q = (
+            select(Home.user, func.count(Lease.id))
+            .join(Lease, Lease.home_id == Home.id)
+            .where(Lease.released_at.is_(None), Lease.expires_at > now)
+            .group_by(Home.user)
+        )
+        return {user: int(n) for user, n in s.execute(q)}
 
 
 # -- exemptions, snapshots, events --------------------------------------------------------
