@@ -134,6 +134,13 @@ class Service(Configurable):
     metrics_public = Bool(
         False, help="Serve /metrics without a token (for a scraper inside the cluster)."
     ).tag(config=True)
+    restore_concurrency = Integer(
+        8,
+        help=(
+            "Restores run at once in this process; later logins wait in arrival order. "
+            "Each restore uses Hometier.workers threads; memory stays bounded either way."
+        ),
+    ).tag(config=True)
 
     @default("base_url")
     def _base_url_default(self) -> str:

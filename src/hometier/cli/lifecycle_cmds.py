@@ -142,6 +142,7 @@ def cmd_serve(args: argparse.Namespace, cfg: Hometier) -> int:
             interval=interval,
             metrics_public=svc.metrics_public,
             config=cfg.config,
+            restore_concurrency=svc.restore_concurrency,
         )
         return 0
     stop = threading.Event()

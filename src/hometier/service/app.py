@@ -95,12 +95,15 @@ def make_context(
     workers: int = 16,
     metrics_public: bool = False,
     service_name: str = "hometier",
+    restore_concurrency: int = 8,
 ) -> ServiceContext:
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api")
     downloads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="download")
     # Restores get their own threads: a login storm never waits behind API calls or
     # downloads, and they never wait behind it.
-    restores = ThreadPoolExecutor(max_workers=8, thread_name_prefix="restore")
+    restores = ThreadPoolExecutor(
+        max_workers=max(1, restore_concurrency), thread_name_prefix="restore"
+    )
     metrics = Metrics(lc)
     lc.on_archive = metrics.archived  # the loop's archives and the API's alike
     tracker = Tracker(lc, restores, on_finish=metrics.restored)
@@ -136,10 +139,13 @@ def run_service(
     interval: dt.timedelta | None,
     metrics_public: bool = False,
     config: Any = None,
+    restore_concurrency: int = 8,
 ) -> None:
     """Serve the API on ``ip:port`` and, unless ``interval`` is None, run the archiver
     loop in a thread beside it. Returns on SIGTERM/SIGINT after both have stopped."""
-    ctx = make_context(lc, prefix=prefix, metrics_public=metrics_public)
+    ctx = make_context(
+        lc, prefix=prefix, metrics_public=metrics_public, restore_concurrency=restore_concurrency
+    )
     stop = threading.Event()
     loop_thread = None
     if interval is not None:
