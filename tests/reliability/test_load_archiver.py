@@ -122,7 +122,7 @@ class Cycle:
     cpu: float
     """User + system CPU seconds of the process."""
     max_rss: int
-    """Bytes (``ru_maxrss``)."""
+    """Bytes (the cycle's ``VmHWM``)."""
     code: int
     report: dict[str, Any]
     stderr: str
