@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any
+from typing import Any, TypeVar
 
 from hometier import faults
 from hometier.errors import IntegrityError, NotFound
@@ -35,6 +35,7 @@ from hometier.repo.writer import BlobWriter
 from hometier.store import ObjectExists, ObjectNotFound, Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 PRUNE_PREFIX = "prune/"
 
@@ -161,12 +162,15 @@ class Repository:
         if not keys:
             return len(self.index)
 
+        def read(key: str) -> list[RawPack]:
+            data = self.store.get(key)
+            if plain_hash(data).hex() != key.rsplit("/", 1)[-1]:
+                raise IntegrityError(f"index object {key} does not match its name")
+            return decode_index_raw(data)
+
         def fetch(key: str) -> tuple[str, list[RawPack]]:
             try:
-                data = self.store.get(key)
-                if plain_hash(data).hex() != key.rsplit("/", 1)[-1]:
-                    raise IntegrityError(f"index object {key} does not match its name")
-                return key, decode_index_raw(data)
+                return key, _read_twice(f"index object {key}", lambda: read(key))
             except (IntegrityError, ObjectNotFound) as exc:
                 if errors is None:
                     raise
@@ -236,6 +240,18 @@ class Repository:
         (stored,) = self.store.get_ranges(
             pack_key(loc.pack), [(loc.offset, loc.offset + loc.stored_len)]
         )
+        try:
+            return self.decode_blob(bid, loc, stored)
+        except IntegrityError as exc:
+            return self._read_again(bid, loc, exc)
+
+    def _read_again(self, bid: BlobId, loc: Location, exc: IntegrityError) -> bytes:
+        """A blob that failed verification, fetched alone once more: a transfer can go
+        wrong where the stored object is fine. A second failure is the object's own."""
+        log.warning("blob %s failed verification (%s); reading it again", bid.hex()[:16], exc)
+        (stored,) = self.store.get_ranges(
+            pack_key(loc.pack), [(loc.offset, loc.offset + loc.stored_len)]
+        )
         return self.decode_blob(bid, loc, stored)
 
     def load_tree(self, bid: BlobId) -> list[Node]:
@@ -292,10 +308,11 @@ class Repository:
                 for bid in members:
                     loc = self.locate(BlobId(bid))
                     rel = loc.offset - start
-                    fn(
-                        BlobId(bid),
-                        self.decode_blob(BlobId(bid), loc, view[rel : rel + loc.stored_len]),
-                    )
+                    try:
+                        data = self.decode_blob(BlobId(bid), loc, view[rel : rel + loc.stored_len])
+                    except IntegrityError as exc:
+                        data = self._read_again(BlobId(bid), loc, exc)
+                    fn(BlobId(bid), data)
                 view.release()
                 del data
 
@@ -320,10 +337,14 @@ class Repository:
 
     def _load_snapshot_key(self, key: str) -> Snapshot:
         sid = SnapshotId(key.rsplit("/", 1)[-1])
-        data = self.store.get(key)
-        if plain_hash(data).hex() != sid:
-            raise IntegrityError(f"snapshot {sid} does not match its name")
-        return Snapshot.from_bytes(data, sid)
+
+        def read() -> Snapshot:
+            data = self.store.get(key)
+            if plain_hash(data).hex() != sid:
+                raise IntegrityError(f"snapshot {sid} does not match its name")
+            return Snapshot.from_bytes(data, sid)
+
+        return _read_twice(f"snapshot {sid[:12]}", read)
 
     def list_snapshots(
         self, user: str | None = None, workers: int = 8, *, errors: list[str] | None = None
@@ -373,6 +394,17 @@ class Repository:
 
     def delete_snapshot(self, snap: Snapshot) -> None:
         self.store.delete(f"snapshots/{user_key(snap.user)}/{snap.id}")
+
+
+def _read_twice(what: str, read: Callable[[], T]) -> T:
+    """``read()``, and once more if what it read failed verification (the object's hash,
+    its length): a transfer can go wrong where the stored object is fine, as restic
+    also assumes. A second failure is the object's own and is raised."""
+    try:
+        return read()
+    except IntegrityError as exc:
+        log.warning("%s failed verification (%s); reading it again", what, exc)
+        return read()
 
 
 def _run_bounded(fn: Callable[[Any], None], jobs: list[Any], workers: int) -> None:

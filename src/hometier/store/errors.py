@@ -6,7 +6,7 @@ import re
 
 import obstore.exceptions as obx
 
-from hometier.errors import Conflict, Error, NotFound
+from hometier.errors import Conflict, Error, IntegrityError, NotFound
 
 
 class StoreError(Error):
@@ -14,6 +14,10 @@ class StoreError(Error):
 
     exit_code = 6
     http_status = 502
+
+
+class ShortRead(StoreError, IntegrityError):
+    """Object {} is shorter than expected (range {}-{} returned {} bytes)."""
 
 
 class StoreUnavailable(StoreError):
