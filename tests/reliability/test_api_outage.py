@@ -29,6 +29,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -199,14 +200,16 @@ def start_world(root: Path, s3: S3Server) -> World:
         raise
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[World]:
+@contextmanager
+def running_world(root: Path, s3_server: S3Server) -> Iterator[World]:
+    """``start_world`` for a module's fixture: skips when a part is missing, stops
+    everything it started afterwards."""
     try:
         import psycopg  # noqa: F401
     except ImportError:
         pytest.skip("psycopg is not installed: pip install -e '.[test]'")
     try:
-        w = start_world(tmp_path_factory.mktemp("outage"), s3_server)
+        w = start_world(root, s3_server)
     except ServerUnavailable as exc:
         pytest.skip(str(exc))
     try:
@@ -215,6 +218,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iter
         w.svc.close()
         w.proxy.close()
         w.pg.server.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[World]:
+    with running_world(tmp_path_factory.mktemp("outage"), s3_server) as w:
+        yield w
 
 
 # --- the spawn hook, as JupyterHub calls it ------------------------------------------------

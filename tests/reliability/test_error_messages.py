@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from fixtures.servers import S3Server, ServerUnavailable
+from fixtures.servers import S3Server
 from hometier.store import open_store
 from reliability.faultproxy import Rule
 from reliability.test_api_outage import (
@@ -36,7 +36,7 @@ from reliability.test_api_outage import (
     _make_home,
     _wait_restore,
     purge_quarantine,
-    start_world,
+    running_world,
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.s3, pytest.mark.slow]
@@ -44,20 +44,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.s3, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory, s3_server: S3Server) -> Iterator[World]:
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        pytest.skip("psycopg is not installed: pip install -e '.[test]'")
-    try:
-        w = start_world(tmp_path_factory.mktemp("messages"), s3_server)
-    except ServerUnavailable as exc:
-        pytest.skip(str(exc))
-    try:
+    with running_world(tmp_path_factory.mktemp("messages"), s3_server) as w:
         yield w
-    finally:
-        w.svc.close()
-        w.proxy.close()
-        w.pg.server.close()
 
 
 def _user_facing(world: World, texts: list[str]) -> str:
