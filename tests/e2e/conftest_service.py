@@ -32,6 +32,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,8 @@ def start_service(
     spawn_hook: bool = True,
     extra_config: str = "",
     admin_users: tuple[str, ...] = ("ops",),
+    store: str | None = None,
+    db: str | None = None,
 ) -> Service:
     """A real JupyterHub with ``configure_hub(c, ..., spawn_hook=spawn_hook)`` and a real
     ``hometier serve --no-loop`` registered with it; skips if the Hub's parts are missing.
@@ -89,11 +92,14 @@ def start_service(
         JUPYTERHUB_BASE_URL="/",
         JUPYTERHUB_OAUTH_CALLBACK_URL=f"{PREFIX}/oauth_callback",
         HOMETIER_HOMES=str(root / "homes"),
-        HOMETIER_STORE=f"file://{root / 'repo'}",
-        HOMETIER_DB=f"sqlite:///{root / 'state.db'}",
+        HOMETIER_STORE=store or f"file://{root / 'repo'}",
+        HOMETIER_DB=db or f"sqlite:///{root / 'state.db'}",
     )
     svc = Service(None, root, port, token, env)  # type: ignore[arg-type] # the Hub comes next
-    svc.start()
+    with warnings.catch_warnings():
+        # ``Service.start`` drops its log file object once the child holds it.
+        warnings.simplefilter("ignore", ResourceWarning)
+        svc.start()
     try:
         hub = start_hub(root / "homes", extra_config=config)
     except ServerUnavailable as exc:

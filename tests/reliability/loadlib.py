@@ -29,19 +29,15 @@ import math
 import os
 import platform
 import re
-import secrets
 import subprocess
 import time
-import warnings
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from fixtures.hub import REPO, start_hub
-from fixtures.servers import ServerUnavailable, free_port
+from e2e.conftest_service import start_service as e2e_start_service
+from fixtures.hub import REPO
 from fixtures.service import PREFIX, Service
 from hometier.app import make_lifecycle
 from hometier.config import Archiver, Hometier
@@ -103,45 +99,7 @@ def make_small_home(path: Path, user: str, seed: int, *, kib: int = 4) -> int:
 def start_service(root: Path, *, store: str, db: str, extra_config: str = "") -> Service:
     """A real ``hometier serve --no-loop`` on ``store`` and ``db``, registered with a real
     JupyterHub (see the module docstring); skips if the Hub's parts are missing."""
-    (root / "homes").mkdir(parents=True, exist_ok=True)
-    port, hub_port = free_port(), free_port()
-    token = secrets.token_hex(32)
-    service_url = f"http://127.0.0.1:{port}{PREFIX}"
-    config = (
-        "from hometier.hub.config import configure_hub\n"
-        f"configure_hub(c, service_url={service_url!r}, api_token={token!r},"
-        " admin_users=['ops'])\n"
-        f"c.JupyterHub.hub_bind_url = 'http://127.0.0.1:{hub_port}'\n" + HUB_CONFIG + extra_config
-    )
-    env = dict(
-        os.environ,
-        JUPYTERHUB_API_TOKEN=token,
-        JUPYTERHUB_API_URL=f"http://127.0.0.1:{hub_port}/hub/api",
-        JUPYTERHUB_CLIENT_ID="service-hometier",
-        JUPYTERHUB_SERVICE_NAME="hometier",
-        JUPYTERHUB_SERVICE_PREFIX=f"{PREFIX}/",
-        JUPYTERHUB_BASE_URL="/",
-        JUPYTERHUB_OAUTH_CALLBACK_URL=f"{PREFIX}/oauth_callback",
-        HOMETIER_HOMES=str(root / "homes"),
-        HOMETIER_STORE=store,
-        HOMETIER_DB=db,
-    )
-    svc = Service(None, root, port, token, env)  # type: ignore[arg-type] # the Hub comes next
-    with warnings.catch_warnings():
-        # ``Service.start`` drops its log file object once the child holds it.
-        warnings.simplefilter("ignore", ResourceWarning)
-        svc.start()
-    try:
-        hub = start_hub(root / "homes", extra_config=config)
-    except ServerUnavailable as exc:
-        svc.stop()
-        pytest.skip(str(exc))
-    except BaseException:
-        svc.stop()
-        raise
-    hub.ports["hub"] = hub_port
-    svc.hub = hub
-    return svc
+    return e2e_start_service(root, store=store, db=db, extra_config=HUB_CONFIG + extra_config)
 
 
 def user_tokens(svc: Service, users: list[str], threads: int = 8) -> dict[str, str]:
