@@ -296,9 +296,9 @@ def test_files_changed_while_being_read_are_reported(
     (src / "quiet").write_bytes(b"nothing happens to me")
     real = archive_mod.iter_chunks
 
-    def meddling(fd: int, length: int, params: Any) -> Iterator[bytes]:
+    def meddling(fd: int, length: int, params: Any, offset: int = 0) -> Iterator[bytes]:
         name = os.path.basename(os.readlink(f"/proc/self/fd/{fd}"))
-        for i, chunk in enumerate(real(fd, length, params)):
+        for i, chunk in enumerate(real(fd, length, params, offset)):
             if i == 0 and name == "growing":
                 _append(os.fsencode(src / "growing"), b"written meanwhile")
             if i == 0 and name == "shrinking":

@@ -83,8 +83,8 @@ def _mid_read(monkeypatch: pytest.MonkeyPatch, change: Any) -> list[bool]:
     fired: list[bool] = []
     real = engine_archive.iter_chunks
 
-    def iter_chunks(fd: int, length: int, chunking: Any) -> Iterator[bytes]:
-        for i, chunk in enumerate(real(fd, length, chunking)):
+    def iter_chunks(fd: int, length: int, chunking: Any, offset: int = 0) -> Iterator[bytes]:
+        for i, chunk in enumerate(real(fd, length, chunking, offset)):
             yield chunk
             if i == 0 and length > MiB and not fired:
                 fired.append(True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from hometier import __version__, faults
 from hometier.engine.trees import TreeCache
+from hometier.engine.xattrs import read_xattrs
 from hometier.errors import Error
 from hometier.repo import BlobId, BlobType, Repository
 from hometier.repo.chunker import Chunking, iter_chunks
@@ -27,7 +28,8 @@ from hometier.repo.writer import BlobWriter
 log = logging.getLogger(__name__)
 
 MAX_DEPTH = 1000
-XATTR_PREFIX = b"user."
+MOUNTED = "another filesystem is mounted here"
+"""How ``stats.skipped`` lists a mount point found inside the folder."""
 INLINE_FILES = 64
 INLINE_BYTES = 256 * 1024
 """A folder of at most ``INLINE_FILES`` files reads those up to ``INLINE_BYTES`` on the
@@ -59,25 +61,6 @@ class Progress:
 
 
 ProgressFn = Callable[[Progress], None]
-
-
-def _readxattrs(path: bytes) -> dict[bytes, bytes] | None:
-    try:
-        names = os.listxattr(path, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTSUP, errno.EPERM, errno.ENODATA):
-            return None
-        raise
-    out: dict[bytes, bytes] = {}
-    for name in names:
-        raw = name.encode("utf-8", "surrogateescape")
-        if raw.startswith(XATTR_PREFIX):
-            try:
-                out[raw] = os.getxattr(path, name, follow_symlinks=False)
-            except OSError as exc:
-                if exc.errno != errno.ENODATA:
-                    raise
-    return out or None
 
 
 def _data_extents(fd: int, size: int) -> list[tuple[int, int]]:
@@ -187,10 +170,9 @@ class _Archiver:
             content: list[BlobId] = []
             read = 0
             for off, length in extents:
-                if off:
-                    os.lseek(fd, off, os.SEEK_SET)
                 got = 0
-                for chunk in iter_chunks(fd, length, self.chunking):
+                # At explicit offsets: finding the extents moved the file position.
+                for chunk in iter_chunks(fd, length, self.chunking, off):
                     bid, _new = self.writer.add(BlobType.DATA, chunk)
                     content.append(bid)
                     got += len(chunk)
@@ -310,7 +292,7 @@ class _Archiver:
             try:
                 if fmt == stat.S_IFDIR:
                     if st.st_dev != self.root_dev:
-                        self._note("skipped", sub, "another filesystem is mounted here")
+                        self._note("skipped", sub, MOUNTED)
                         continue
                     node.type = "dir"
                     prev = old.get(name)
@@ -361,11 +343,12 @@ class _Archiver:
                     what = "socket" if fmt == stat.S_IFSOCK else f"file type {fmt:o}"
                     self._note("skipped", sub, f"{what} not archived")
                     continue
-                if node.type != "symlink":
-                    try:
-                        node.xattrs = _readxattrs(full)
-                    except PermissionError as exc:
-                        self._note("errors", sub, f"extended attributes unreadable: {exc.strerror}")
+                # Every attribute (user.*, ACLs, capabilities, trusted.* as root), read
+                # through the folder's descriptor and never through a symlink.
+                try:
+                    node.xattrs = read_xattrs(full)
+                except PermissionError as exc:
+                    self._note("errors", sub, f"extended attributes unreadable: {exc.strerror}")
             except FileNotFoundError:
                 self._note("changed", sub, "vanished")
                 continue
@@ -561,6 +544,7 @@ def backup(
         raise BackupError(os.fsdecode(src), "no such folder") from None
     if not stat.S_ISDIR(st.st_mode):
         raise BackupError(os.fsdecode(src), "not a folder")
+    root_xattrs = read_xattrs(src)
     repo.load_index()
     with repo.writer(pack_size=pack_size, uploads=uploads) as writer:
         arch = _Archiver(repo, writer, repo.config.chunking, st.st_dev, workers, progress)
@@ -590,7 +574,7 @@ def backup(
         user=user,
         time_ns=started,
         tree=root,
-        root_xattrs=_readxattrs(src) or {},
+        root_xattrs=root_xattrs or {},
         root={
             "mode": stat.S_IMODE(st.st_mode),
             "uid": st.st_uid,

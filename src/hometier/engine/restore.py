@@ -22,8 +22,15 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from hometier.engine.fsutil import remove_tree, rename_noreplace
+from hometier.engine.export import find
+from hometier.engine.fsutil import (
+    Swapped,
+    make_private_dir,
+    remove_tree,
+    rename_noreplace,
+)
 from hometier.engine.trees import TreeCache
+from hometier.engine.xattrs import apply_metadata
 from hometier.errors import Conflict, Error, IntegrityError
 from hometier.repo import BlobId, Repository
 from hometier.repo.snapshot import Snapshot
@@ -35,7 +42,8 @@ STAGING_PREFIX = ".hometier-restore-"
 CONFLICTS_PREFIX = "hometier-conflicts-"
 MAX_NODES = 20_000_000
 MAX_DEPTH = 1000
-XATTR_PREFIX = b"user."
+MAX_REPORTED = 200
+"""Attributes that could not be restored are listed up to this many, then counted."""
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -70,6 +78,30 @@ class RestoreStats:
     """With ``merge``: names that already existed in the target; the snapshot's
     versions of them were put in ``conflicts_dir`` instead."""
     conflicts_dir: str | None = None
+
+
+class _Lost:
+    """Attributes a restore could not put back, collected from every worker thread."""
+
+    def __init__(self, stats: RestoreStats) -> None:
+        self.stats = stats
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def add(self, rel: bytes, what: list[str]) -> None:
+        if not what:
+            return
+        with self.lock:
+            for w in what:
+                self.count += 1
+                if self.count <= MAX_REPORTED:
+                    self.stats.skipped.append(f"{os.fsdecode(rel) or '.'}: {w} (not restored)")
+
+    def close(self) -> None:
+        if self.count > MAX_REPORTED:
+            self.stats.skipped.append(
+                f"... and {self.count - MAX_REPORTED} more attributes not restored"
+            )
 
 
 ProgressFn = Callable[[RestoreProgress], None]
@@ -118,36 +150,49 @@ class _Plan:
         return [divmod(x, _POS) for x in ([v] if isinstance(v, int) else v)]
 
 
+def _open_target(target: bytes, merge: bool, ignore: tuple[bytes, ...] = ()) -> int | None:
+    """Open ``target`` (never through a symlink) and check it may receive a restore: an
+    empty real folder, or any folder with ``merge``. None if it does not exist."""
+    try:
+        fd = os.open(target, _DIR)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+            link = exc.errno == errno.ELOOP or os.path.islink(target)
+            why = "it is a symbolic link" if link else "it is not a folder"
+            raise TargetNotEmpty(os.fsdecode(target), why) from None
+        raise
+    try:
+        names = [
+            n
+            for n in map(os.fsencode, os.listdir(fd))
+            if not n.startswith(STAGING_PREFIX.encode()) and n not in ignore
+        ]
+        if names and not merge:
+            shown = ", ".join(repr(os.fsdecode(n)) for n in sorted(names)[:3])
+            raise TargetNotEmpty(os.fsdecode(target), f"it holds {shown}")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _check_target(target: bytes, merge: bool, ignore: tuple[bytes, ...] = ()) -> bool:
     """True if ``target`` exists (an empty real folder, or any folder with ``merge``)."""
-    try:
-        st = os.lstat(target)
-    except FileNotFoundError:
+    fd = _open_target(target, merge, ignore)
+    if fd is None:
         return False
-    if stat.S_ISLNK(st.st_mode):
-        raise TargetNotEmpty(os.fsdecode(target), "it is a symbolic link")
-    if not stat.S_ISDIR(st.st_mode):
-        raise TargetNotEmpty(os.fsdecode(target), "it is not a folder")
-    names = [
-        n
-        for n in os.listdir(target)
-        if not n.startswith(STAGING_PREFIX.encode()) and n not in ignore
-    ]
-    if names and not merge:
-        shown = ", ".join(repr(os.fsdecode(n)) for n in sorted(names)[:3])
-        raise TargetNotEmpty(os.fsdecode(target), f"it holds {shown}")
+    os.close(fd)
     return True
 
 
 def _open_staging(parent_fd: int, name: bytes) -> int:
-    """Create and open a fresh staging folder, and prove it is ours."""
-    os.mkdir(name, 0o700, dir_fd=parent_fd)
-    fd = os.open(name, _DIR, dir_fd=parent_fd)
-    st = os.fstat(fd)
-    if st.st_uid != os.geteuid() or stat.S_IMODE(st.st_mode) & 0o077:
-        os.close(fd)
-        raise RestoreError("-", os.fsdecode(name), "the staging folder was tampered with")
-    return fd
+    """Create and open a fresh staging folder, and prove it is ours (root's, 0700)."""
+    try:
+        return make_private_dir(name, parent_fd)
+    except Swapped:
+        raise RestoreError("-", os.fsdecode(name), "the staging folder was tampered with") from None
 
 
 def _clean_stale(parent_fd: int, prefix: bytes) -> None:
@@ -161,23 +206,58 @@ def _clean_stale(parent_fd: int, prefix: bytes) -> None:
             remove_tree(name, parent_fd)
 
 
-def _plan(repo: Repository, trees: TreeCache, root: BlobId, sfd: int) -> _Plan:
+def _included(include: list[bytes] | None) -> tuple[set[bytes], set[bytes]] | None:
+    """The paths asked for and the folders above them, or None for everything."""
+    if include is None:
+        return None
+    wanted: set[bytes] = set()
+    above: set[bytes] = set()
+    for path in include:
+        parts = [p for p in path.split(b"/") if p not in (b"", b".")]
+        if b".." in parts:
+            raise RestoreError("-", os.fsdecode(path), "a path to restore may not contain ..")
+        if not parts:
+            return None  # the whole snapshot
+        wanted.add(b"/".join(parts))
+        for i in range(1, len(parts)):
+            above.add(b"/".join(parts[:i]))
+    return wanted, above
+
+
+def _plan(
+    repo: Repository,
+    trees: TreeCache,
+    snap: Snapshot,
+    sfd: int,
+    include: list[bytes] | None = None,
+) -> _Plan:
     plan = _Plan()
-    stack: list[tuple[BlobId, bytes, int]] = [(root, b"", 0)]
+    only = _included(include)
+    found: set[bytes] = set()
+    # (tree, path, depth, whole): ``whole`` is False on the way down to an included path.
+    stack: list[tuple[BlobId, bytes, int, bool]] = [(snap.tree, b"", 0, only is None)]
     while stack:
-        tid, rel, depth = stack.pop()
+        tid, rel, depth, whole = stack.pop()
         if depth > MAX_DEPTH:
             raise IntegrityError(f"snapshot nests deeper than {MAX_DEPTH} folders")
         for n in trees.nodes(tid, consume=True):
+            sub = rel + b"/" + n.name if rel else n.name
+            inside = whole
+            if not whole:
+                assert only is not None
+                if sub in only[0]:
+                    inside = True
+                    found.add(sub)
+                elif not (sub in only[1] and n.type == "dir"):
+                    continue
             plan.count += 1
             if plan.count > MAX_NODES:
                 raise IntegrityError(f"snapshot holds more than {MAX_NODES} entries")
-            sub = rel + b"/" + n.name if rel else n.name
             if n.type == "dir":
                 assert n.subtree is not None
                 os.mkdir(sub, 0o700, dir_fd=sfd)
                 plan.dirs.append((sub, n))
-                stack.append((n.subtree, sub, depth + 1))
+                stack.append((n.subtree, sub, depth + 1, inside))
             elif n.type == "file" and n.error is not None:
                 plan.count -= 1
             elif n.link is not None:
@@ -186,6 +266,22 @@ def _plan(repo: Repository, trees: TreeCache, root: BlobId, sfd: int) -> _Plan:
                 _plan_file(repo, plan, sfd, sub, n)
             else:
                 plan.specials.append((sub, n))
+    if only is not None:
+        missing = only[0] - found
+        if missing:
+            raise RestoreError(
+                snap.id[:12],
+                "-",
+                "not in the snapshot: " + ", ".join(sorted(map(os.fsdecode, missing))[:5]),
+            )
+        # A hard link whose first name was not asked for: that file's content, as a copy.
+        for i, (sub, link) in enumerate(plan.links):
+            if link not in plan.regular and not any(link == s for s, _n in plan.specials):
+                first = find(repo, snap, link)
+                if first.type == "file" and first.error is None and first.link is None:
+                    _plan_file(repo, plan, sfd, sub, first)
+                    plan.links[i] = (sub, b"")
+        plan.links = [(s, ln) for s, ln in plan.links if ln]
     return plan
 
 
@@ -227,49 +323,71 @@ def _plan_file(repo: Repository, plan: _Plan, sfd: int, rel: bytes, n: Node) -> 
         raise IntegrityError(f"content of {os.fsdecode(rel)} is shorter than its declared size")
 
 
-def _set_meta(sfd: int, rel: bytes, n: Node, *, as_root: bool, symlink: bool = False) -> None:
-    """Owner, xattrs, mode, then times (chown clears setuid bits; chmod may forbid xattrs)."""
-    if as_root:
-        os.chown(rel, n.uid, n.gid, dir_fd=sfd, follow_symlinks=False)
-    if not symlink:
-        if n.xattrs:
-            flags = _DIR if n.type == "dir" else os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
-            if n.type in ("fifo", "chr", "blk"):
-                flags |= os.O_NONBLOCK | os.O_PATH
-            fd = os.open(rel, flags, dir_fd=sfd)
-            try:
-                for name, value in n.xattrs.items():
-                    if name.startswith(XATTR_PREFIX):
-                        os.setxattr(fd, name, value)
-            finally:
-                os.close(fd)
-        os.chmod(rel, n.mode, dir_fd=sfd)
-    os.utime(rel, ns=(n.atime_ns, n.mtime_ns), dir_fd=sfd, follow_symlinks=False)
+def _proc_path(sfd: int, rel: bytes) -> bytes:
+    """A path to ``rel`` inside the (private) staging folder through its descriptor, for
+    the calls that take no descriptor (symlinks, device nodes); its last component is
+    never followed."""
+    return b"/proc/self/fd/%d/%s" % (sfd, rel)
 
 
-def _set_file_meta(fd: int, plan: _Plan, idx: int, *, as_root: bool) -> None:
-    """A regular file's owner, xattrs, mode, then times, through its open descriptor."""
+def _set_meta(sfd: int, rel: bytes, n: Node, *, as_root: bool, symlink: bool = False) -> list[str]:
+    """A folder's, symlink's or special file's metadata (``xattrs.apply_metadata``);
+    returns the attributes that could not be kept."""
+    times = (n.atime_ns, n.mtime_ns)
+    if n.type == "dir":
+        fd = os.open(rel, _DIR, dir_fd=sfd)
+        try:
+            return apply_metadata(
+                fd,
+                mode=n.mode,
+                uid=n.uid,
+                gid=n.gid,
+                xattrs=n.xattrs,
+                times=times,
+                as_root=as_root,
+            )
+        finally:
+            os.close(fd)
+    return apply_metadata(
+        _proc_path(sfd, rel),
+        mode=n.mode,
+        uid=n.uid,
+        gid=n.gid,
+        xattrs=n.xattrs,
+        times=times,
+        as_root=as_root,
+        symlink=symlink,
+    )
+
+
+def _set_file_meta(fd: int, plan: _Plan, idx: int, *, as_root: bool) -> list[str]:
+    """A regular file's metadata, through its open descriptor."""
     mode, uid, gid, atime, mtime, _size = _META.unpack(plan.files[idx][1])
-    if as_root:
-        os.fchown(fd, uid, gid)
-    xattrs = plan.xattrs.get(idx)
-    if xattrs:
-        for name, value in xattrs.items():
-            if name.startswith(XATTR_PREFIX):
-                os.setxattr(fd, name, value)
-    os.fchmod(fd, mode)
-    os.utime(fd, ns=(atime, mtime))
+    return apply_metadata(
+        fd,
+        mode=mode,
+        uid=uid,
+        gid=gid,
+        xattrs=plan.xattrs.get(idx),
+        times=(atime, mtime),
+        as_root=as_root,
+    )
 
 
-def _set_root_meta(fd: int, snap: Snapshot, as_root: bool) -> None:
+def apply_root_meta(fd: int, snap: Snapshot, *, as_root: bool) -> list[str]:
+    """The snapshot's root folder attributes (owner, mode, ACLs, xattrs, times) onto the
+    open folder ``fd``: a home restored into a missing folder gets its own owner and
+    0700 back, never root's 0755."""
     r = snap.root
-    if as_root:
-        os.chown(fd, r.get("uid", 0), r.get("gid", 0))
-    for name, value in snap.root_xattrs.items():
-        if name.startswith(XATTR_PREFIX):
-            os.setxattr(fd, name, value)
-    os.chmod(fd, r.get("mode", 0o700))
-    os.utime(fd, ns=(r.get("atime", 0), r.get("mtime", 0)))
+    return apply_metadata(
+        fd,
+        mode=r.get("mode", 0o700),
+        uid=r.get("uid", 0),
+        gid=r.get("gid", 0),
+        xattrs=snap.root_xattrs,
+        times=(r.get("atime", 0), r.get("mtime", 0)),
+        as_root=as_root,
+    )
 
 
 def restore(
@@ -280,6 +398,7 @@ def restore(
     workers: int = 4,
     progress: ProgressFn | None = None,
     merge: bool = False,
+    include: list[bytes] | None = None,
 ) -> RestoreStats:
     """Restore ``snap`` into ``target``, which must be absent or an empty folder.
 
@@ -289,31 +408,38 @@ def restore(
     staging folder is removed, ``target`` is left as it was and ``RestoreError`` (or
     ``TargetNotEmpty`` before anything was written) is raised. Never follows a symlink:
     names are checked by the tree decoder, every file is created with ``O_EXCL`` and
-    every call is relative to the staging folder's descriptor.
+    every call is relative to the staging folder's descriptor. Attributes that cannot be
+    put back (not root, a filesystem without ACLs) are listed in ``stats.skipped``.
 
     With ``merge`` the target may hold files: nothing in it is overwritten; a top-level
     entry of the snapshot whose name is taken goes into ``hometier-conflicts-<id>/``
     in the target instead, and is listed in ``stats.conflicts``.
+
+    ``include``: restore only these paths (relative to the snapshot's root; folders with
+    everything in them) and the folders above them. A hard link whose first name is not
+    included is restored as a copy of it.
     """
     started = time.monotonic()
     tgt = os.fsencode(os.path.abspath(target))
-    exists = _check_target(tgt, merge)
     token = secrets.token_hex(4).encode()
+    parent, name = os.path.split(tgt)
     try:
-        if exists:
-            parent_fd = os.open(tgt, _DIR)
+        tfd = _open_target(tgt, merge)
+        if tfd is not None:
+            parent_fd = tfd
             prefix = STAGING_PREFIX.encode()
         else:
             # The folder above the target is the operator's (often /home, itself
             # sometimes a symlink): follow it; the target itself is never a symlink.
-            parent, name = os.path.split(tgt)
             os.makedirs(parent, exist_ok=True)
             parent_fd = os.open(parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             prefix = STAGING_PREFIX.encode() + name[:128] + b"-"  # stays under NAME_MAX
     except OSError as exc:
         raise RestoreError(snap.id[:12], os.fsdecode(tgt), _describe(exc)) from exc
+    exists = tfd is not None
     as_root = os.geteuid() == 0
     stats = RestoreStats()
+    lost = _Lost(stats)
     staging = prefix + token
     sfd = -1
     try:
@@ -322,14 +448,14 @@ def restore(
         try:
             repo.load_index()
             trees = TreeCache(repo, [snap.tree], workers=workers)
-            plan = _plan(repo, trees, snap.tree, sfd)
-            _write_contents(repo, plan, sfd, stats, workers, progress, as_root)
-            _finish(plan, sfd, stats, as_root)
+            plan = _plan(repo, trees, snap, sfd, include)
+            _write_contents(repo, plan, sfd, stats, workers, progress, as_root, lost)
+            _finish(plan, sfd, stats, as_root, lost)
             if exists:
                 _move_into(sfd, parent_fd, staging, snap, stats, tgt)
-                _set_root_meta(parent_fd, snap, as_root)
+                lost.add(b"", apply_root_meta(parent_fd, snap, as_root=as_root))
             else:
-                _set_root_meta(sfd, snap, as_root)
+                lost.add(b"", apply_root_meta(sfd, snap, as_root=as_root))
                 rename_noreplace(staging, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         except BaseException as exc:
             remove_tree(staging, parent_fd)
@@ -341,6 +467,7 @@ def restore(
         if sfd >= 0:
             os.close(sfd)
         os.close(parent_fd)
+    lost.close()
     stats.seconds = time.monotonic() - started
     log.info(
         "restored snapshot %s into %s: %d files, %d bytes in %.1fs",
@@ -356,35 +483,52 @@ def restore(
 def _move_into(
     sfd: int, tfd: int, staging: bytes, snap: Snapshot, stats: RestoreStats, tgt: bytes
 ) -> None:
-    """Move staged entries into an existing target, never replacing what is there."""
-    conflicts = b""
-    for name in sorted(map(os.fsencode, os.listdir(sfd))):
-        try:
-            rename_noreplace(name, name, src_dir_fd=sfd, dst_dir_fd=tfd)
-        except FileExistsError:
-            if not conflicts:
-                conflicts = _make_conflicts_dir(tfd, snap)
-            rename_noreplace(name, conflicts + b"/" + name, src_dir_fd=sfd, dst_dir_fd=tfd)
-            stats.conflicts.append(os.fsdecode(name))
-    if stats.conflicts:
-        stats.conflicts_dir = os.fsdecode(tgt + b"/" + conflicts)
+    """Move staged entries into an existing target, never replacing what is there; a
+    taken name's entry goes into a fresh conflicts folder (by descriptor: the folder is
+    the user's, and a user swapping it for a symlink must not redirect root's renames)."""
+    conflicts: tuple[bytes, int] | None = None
+    try:
+        for name in sorted(map(os.fsencode, os.listdir(sfd))):
+            try:
+                rename_noreplace(name, name, src_dir_fd=sfd, dst_dir_fd=tfd)
+            except FileExistsError:
+                if conflicts is None:
+                    conflicts = make_conflicts_dir(
+                        tfd, snap.id[:12], snap.root.get("uid", 0), snap.root.get("gid", 0)
+                    )
+                rename_noreplace(name, name, src_dir_fd=sfd, dst_dir_fd=conflicts[1])
+                stats.conflicts.append(os.fsdecode(name))
+    finally:
+        if conflicts is not None:
+            os.close(conflicts[1])
+    if conflicts is not None:
+        stats.conflicts_dir = os.fsdecode(tgt + b"/" + conflicts[0])
     os.rmdir(staging, dir_fd=tfd)
 
 
-def _make_conflicts_dir(tfd: int, snap: Snapshot) -> bytes:
-    """A fresh ``hometier-conflicts-<id>[-N]`` folder owned by the home's owner (it holds
-    their files), 0700."""
-    base = CONFLICTS_PREFIX.encode() + snap.id[:12].encode()
+def make_conflicts_dir(dir_fd: int, tag: str, uid: int, gid: int) -> tuple[bytes, int]:
+    """A fresh ``hometier-conflicts-<tag>[-N]`` folder in ``dir_fd`` (a home), 0700,
+    owned by ``uid``:``gid`` (it holds their files), returned with an open descriptor.
+
+    Made by root, opened without following a link, proven to be the folder just made
+    (root's, 0700 — a user who swaps the name in between makes us try the next name),
+    and only then given to the user with ``fchown``. Callers move entries into it by
+    descriptor, never through its name."""
+    base = CONFLICTS_PREFIX.encode() + tag.encode()
     for n in range(1, 1000):
         name = base if n == 1 else base + b"-%d" % n
         try:
-            os.mkdir(name, 0o700, dir_fd=tfd)
-        except FileExistsError:
+            fd = make_private_dir(name, dir_fd)
+        except (FileExistsError, Swapped):
             continue
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                continue
+            raise
         if os.geteuid() == 0:
-            os.chown(name, snap.root.get("uid", 0), snap.root.get("gid", 0), dir_fd=tfd)
-        return name
-    raise RestoreError(snap.id[:12], "-", "too many conflicts folders")
+            os.fchown(fd, uid, gid)
+        return name, fd
+    raise RestoreError(tag, "-", "too many conflicts folders")
 
 
 def _describe(exc: BaseException) -> str:
@@ -404,6 +548,7 @@ def _write_contents(
     workers: int,
     progress: ProgressFn | None,
     as_root: bool,
+    lost: _Lost,
 ) -> None:
     """Fetch every blob and write it where it belongs, in the fetch workers.
 
@@ -445,7 +590,7 @@ def _write_contents(
                 else:
                     done = True
                 if done:
-                    _set_file_meta(fd, plan, idx, as_root=as_root)
+                    lost.add(rel, _set_file_meta(fd, plan, idx, as_root=as_root))
             finally:
                 os.close(fd)
         with lock:
@@ -463,7 +608,7 @@ def _write_contents(
             rel = plan.files[idx][0]
             fd = os.open(rel, _REOPEN if idx in created else _CREATE, 0o600, dir_fd=sfd)
             try:
-                _set_file_meta(fd, plan, idx, as_root=as_root)
+                lost.add(rel, _set_file_meta(fd, plan, idx, as_root=as_root))
             finally:
                 os.close(fd)
 
@@ -478,7 +623,7 @@ def _write_contents(
         progress(prog)
 
 
-def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool) -> None:
+def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool, lost: _Lost) -> None:
     """Special files, hardlinks, then folders' metadata, deepest first (regular files
     were finished by ``_write_contents``)."""
     skipped: set[bytes] = set()
@@ -488,7 +633,7 @@ def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool) -> None:
         if n.type == "symlink":
             assert n.target is not None
             os.symlink(n.target, rel, dir_fd=sfd)
-            _set_meta(sfd, rel, n, as_root=as_root, symlink=True)
+            lost.add(rel, _set_meta(sfd, rel, n, as_root=as_root, symlink=True))
             stats.symlinks += 1
             continue
         kind = {"fifo": stat.S_IFIFO, "chr": stat.S_IFCHR, "blk": stat.S_IFBLK}[n.type]
@@ -499,7 +644,7 @@ def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool) -> None:
             stats.skipped.append(f"{os.fsdecode(rel)}: device nodes need root")
             skipped.add(rel)
             continue
-        _set_meta(sfd, rel, n, as_root=as_root)
+        lost.add(rel, _set_meta(sfd, rel, n, as_root=as_root))
         plan.regular.add(rel)
         stats.others += 1
     for rel, link in plan.links:
@@ -513,5 +658,5 @@ def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool) -> None:
         os.link(link, rel, src_dir_fd=sfd, dst_dir_fd=sfd, follow_symlinks=False)
         stats.files += 1
     for rel, n in reversed(plan.dirs):
-        _set_meta(sfd, rel, n, as_root=as_root)
+        lost.add(rel, _set_meta(sfd, rel, n, as_root=as_root))
         stats.dirs += 1

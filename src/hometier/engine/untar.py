@@ -3,14 +3,16 @@ empty or absent folder, with restore's guarantees: staging beside or inside the 
 every call relative to the staging folder's descriptor, nothing followed, metadata last,
 then one move into place; a failure leaves the target as it was.
 
-Nanosecond times come from the PAX ``mtime``/``atime`` records, ``user.*`` xattrs from
-``SCHILY.xattr.*`` (or ``LIBARCHIVE.xattr.*``, base64), and runs of zeros are skipped
+Nanosecond times come from the PAX ``mtime``/``atime`` records, extended attributes
+(``user.*``, ACLs, capabilities, ``trusted.*``) from ``SCHILY.xattr.*`` (or
+``LIBARCHIVE.xattr.*``, base64), and runs of zeros are skipped
 with ``lseek`` so sparse files stay sparse.
 """
 
 from __future__ import annotations
 
 import base64
+import builtins
 import logging
 import os
 import secrets
@@ -25,7 +27,6 @@ from hometier.engine.fsutil import remove_tree, rename_noreplace
 from hometier.engine.restore import (
     _DIR,
     STAGING_PREFIX,
-    XATTR_PREFIX,
     RestoreError,
     _check_target,
     _clean_stale,
@@ -33,6 +34,7 @@ from hometier.engine.restore import (
     _open_staging,
     _set_meta,
 )
+from hometier.engine.xattrs import apply_metadata
 from hometier.errors import Error, IntegrityError
 from hometier.repo.tree import Node, valid_name
 
@@ -49,6 +51,12 @@ class UnpackStats:
     dirs: int = 0
     bytes: int = 0
     skipped: list[str] = field(default_factory=list)
+
+    def note(self, rel: builtins.bytes, lost: list[str]) -> None:
+        """Attributes that could not be put back (listed, never dropped silently)."""
+        for what in lost:
+            if len(self.skipped) < 200:
+                self.skipped.append(f"{os.fsdecode(rel) or '.'}: {what} (not restored)")
 
 
 def _ns(pax: Mapping[str, str], key: str, fallback: float) -> int:
@@ -85,7 +93,7 @@ def _node(info: tarfile.TarInfo, name: bytes) -> Node:
         mtime_ns=_ns(pax, "mtime", info.mtime),
         atime_ns=_ns(pax, "atime", info.mtime),
         size=info.size,
-        xattrs={k: v for k, v in xattrs.items() if k.startswith(XATTR_PREFIX)},
+        xattrs=xattrs or None,
         target=os.fsencode(info.linkname) if info.issym() else None,
         rdev=(info.devmajor, info.devminor) if kind in ("chr", "blk") else None,
     )
@@ -162,12 +170,18 @@ def unpack_tar(stream: IO[bytes], target: str | os.PathLike[str]) -> UnpackStats
                 rename_noreplace(staging, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
                 meta_fd = sfd
             if root is not None:
-                if as_root:
-                    os.chown(meta_fd, root.uid, root.gid)
-                for key, value in (root.xattrs or {}).items():
-                    os.setxattr(meta_fd, key, value)
-                os.chmod(meta_fd, root.mode)
-                os.utime(meta_fd, ns=(root.atime_ns, root.mtime_ns))
+                stats.note(
+                    b"",
+                    apply_metadata(
+                        meta_fd,
+                        mode=root.mode,
+                        uid=root.uid,
+                        gid=root.gid,
+                        xattrs=root.xattrs,
+                        times=(root.atime_ns, root.mtime_ns),
+                        as_root=as_root,
+                    ),
+                )
         except BaseException as exc:
             remove_tree(staging, parent_fd)
             if isinstance(exc, KeyboardInterrupt):
@@ -233,7 +247,7 @@ def _unpack(stream: IO[bytes], sfd: int, stats: UnpackStats, as_root: bool) -> N
                 stats.bytes += info.size
             elif node.type == "symlink":
                 os.symlink(node.target or b"", rel, dir_fd=sfd)
-                _set_meta(sfd, rel, node, as_root=as_root, symlink=True)
+                stats.note(rel, _set_meta(sfd, rel, node, as_root=as_root, symlink=True))
                 continue
             else:
                 kind = {"fifo": stat.S_IFIFO, "chr": stat.S_IFCHR, "blk": stat.S_IFBLK}[node.type]
@@ -244,8 +258,8 @@ def _unpack(stream: IO[bytes], sfd: int, stats: UnpackStats, as_root: bool) -> N
                 except PermissionError:
                     stats.skipped.append(f"{os.fsdecode(rel)}: device nodes need root")
                     continue
-            _set_meta(sfd, rel, node, as_root=as_root)
+            stats.note(rel, _set_meta(sfd, rel, node, as_root=as_root))
             linkable.add(rel)
     for rel, node in reversed(dirs):
-        _set_meta(sfd, rel, node, as_root=as_root)
+        stats.note(rel, _set_meta(sfd, rel, node, as_root=as_root))
     return root

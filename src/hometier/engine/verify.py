@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import stat
 import threading
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
+from hometier.engine.fsutil import Swapped, open_dir
 from hometier.engine.trees import TreeCache
 from hometier.errors import Error, IntegrityError
 from hometier.repo import BlobId, Repository
@@ -33,6 +35,8 @@ class VerifyFailed(Error):
 class Difference:
     path: str
     what: str
+    folder: bool = False
+    """A folder (in the snapshot and on disk) whose own attributes differ."""
 
 
 @dataclass
@@ -91,65 +95,143 @@ def verify_snapshot(
 def compare_tree(
     trees: TreeCache,
     snap: Snapshot,
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | int,
     *,
     moved_top: bool = False,
     identity: bool = True,
+    busy: Mapping[int, int] | None = None,
+    limit: int = MAX_DIFFS,
+    descend: bool = False,
 ) -> Comparison:
-    """Compare the folder at ``path`` with the snapshot, attribute by attribute.
+    """Compare the folder at ``path`` (or the open folder descriptor ``path``) with the
+    snapshot, attribute by attribute.
 
     A file counts as unchanged when type, size, mode, owner, mtime, ctime and inode are
     what the snapshot recorded (ctime catches writes that restore mtime). Entries added
     or removed, and entries the snapshot skipped (sockets, mounts) that still exist, are
-    differences too, except skipped ones the snapshot listed. Stops after ``MAX_DIFFS``.
-    ``moved_top``: the top-level entries were renamed into ``path`` since the snapshot,
+    differences too, except skipped ones the snapshot listed. Stops after ``limit``.
+    ``moved_top``: the top-level entries were renamed one by one since the snapshot,
     which changes their ctime (Linux), so ctime is not compared for them.
     ``identity=False`` compares content attributes only (type, size, mode, owner, mtime),
     not inode and ctime: for files that a restore wrote (new inodes, new ctimes).
+    ``busy`` (inode → process, from ``lifecycle.inuse``): an entry, or the folder itself,
+    that a process holds open is a difference ("in use"). ``descend``: go on into a
+    folder whose own attributes differ (to list every file that does).
+
+    The walk is by descriptor: every folder is opened relative to its parent without
+    following a link, and must be the folder just listed.
     """
     cmp = Comparison()
-    root = os.fsencode(path)
-    try:
-        top = os.lstat(root)
-    except FileNotFoundError:
-        cmp.differences.append(Difference("", "the folder is gone"))
-        return cmp
-    skipped = {s.split(": ", 1)[0] for s in snap.stats.skipped}
-    stack: list[tuple[bytes, bytes, BlobId]] = [(root, b"", snap.tree)]
-    while stack and len(cmp.differences) < MAX_DIFFS:
-        path_b, rel, tid = stack.pop()
-        want = {n.name: n for n in trees.nodes(tid)}
+    if isinstance(path, int):
+        top_fd = os.dup(path)
+    else:
         try:
-            with os.scandir(path_b) as it:
-                have = {e.name: e for e in it}
-        except OSError as exc:
-            cmp.differences.append(Difference(os.fsdecode(rel), f"unreadable: {exc.strerror}"))
-            continue
-        for name in have.keys() - want.keys():
-            sub = rel + b"/" + name if rel else name
-            if os.fsdecode(sub) not in skipped:
-                cmp.differences.append(Difference(os.fsdecode(sub), "added"))
-        for name, node in want.items():
-            sub = rel + b"/" + name if rel else name
-            cmp.entries += 1
-            entry = have.get(name)
-            if entry is None:
-                cmp.differences.append(Difference(os.fsdecode(sub), "removed"))
+            top_fd = open_dir(os.fsencode(path))
+        except FileNotFoundError:
+            cmp.differences.append(Difference("", "the folder is gone"))
+            return cmp
+    top = os.fstat(top_fd)
+    if busy and top.st_ino in busy:
+        cmp.differences.append(Difference("", f"in use by process {busy[top.st_ino]}"))
+    skipped = {s.split(": ", 1)[0] for s in snap.stats.skipped}
+    # Frames: (folder fd, its subfolders still to visit: (name, rel, stat, subtree)).
+    stack: list[tuple[int, Iterator[tuple[bytes, bytes, os.stat_result, BlobId]]]] = []
+    try:
+        walk = _Walk(trees, cmp, skipped, top.st_dev, moved_top, identity, busy, limit, descend)
+        subs = walk.folder(snap.tree, top_fd, b"")
+        stack.append((top_fd, iter(subs)))
+        while stack and len(cmp.differences) < limit:
+            fd, pending = stack[-1]
+            nxt = next(pending, None)
+            if nxt is None:
+                os.close(fd)
+                stack.pop()
                 continue
+            name, rel, st, subtree = nxt
             try:
-                st = entry.stat(follow_symlinks=False)
-            except FileNotFoundError:
-                cmp.differences.append(Difference(os.fsdecode(sub), "removed"))
+                cfd = open_dir(name, fd, expect=st)
+            except (OSError, Swapped) as exc:
+                what = "replaced while compared" if isinstance(exc, Swapped) else "removed"
+                if not isinstance(exc, FileNotFoundError | Swapped):
+                    what = f"unreadable: {exc.strerror}"
+                cmp.differences.append(Difference(os.fsdecode(rel), what))
                 continue
-            # Renaming a top-level entry changes its ctime, and so the ctime of every
-            # other name of the same inode (a hardlink deeper down) too.
-            moved = moved_top and (not rel or st.st_nlink > 1)
-            what = _differs(node, st, ctime=identity and not moved, inode=identity)
-            if what:
-                cmp.differences.append(Difference(os.fsdecode(sub), what))
-            elif node.type == "dir" and node.subtree is not None and st.st_dev == top.st_dev:
-                stack.append((path_b + b"/" + name, sub, node.subtree))
+            subs = walk.folder(subtree, cfd, rel)
+            stack.append((cfd, iter(subs)))
+    finally:
+        for fd, _p in stack:
+            os.close(fd)
     return cmp
+
+
+@dataclass
+class _Walk:
+    """One comparison's settings and findings (see ``compare_tree``)."""
+
+    trees: TreeCache
+    cmp: Comparison
+    skipped: set[str]
+    dev: int
+    moved_top: bool
+    identity: bool
+    busy: Mapping[int, int] | None
+    limit: int
+    descend: bool
+
+    def folder(
+        self, tid: BlobId, fd: int, rel: bytes
+    ) -> list[tuple[bytes, bytes, os.stat_result, BlobId]]:
+        """Compare one open folder's entries; returns its subfolders to descend into."""
+        return _compare_dir(self, tid, fd, rel)
+
+
+def _compare_dir(
+    w: _Walk, tid: BlobId, fd: int, rel: bytes
+) -> list[tuple[bytes, bytes, os.stat_result, BlobId]]:
+    trees, cmp, skipped, dev = w.trees, w.cmp, w.skipped, w.dev
+    moved_top, identity, busy, limit, descend = w.moved_top, w.identity, w.busy, w.limit, w.descend
+    want = {n.name: n for n in trees.nodes(tid)}
+    try:
+        with os.scandir(fd) as it:
+            have = {os.fsencode(e.name) for e in it}
+    except OSError as exc:
+        cmp.differences.append(Difference(os.fsdecode(rel), f"unreadable: {exc.strerror}"))
+        return []
+    subs: list[tuple[bytes, bytes, os.stat_result, BlobId]] = []
+    for name in sorted(have - want.keys()):
+        sub = rel + b"/" + name if rel else name
+        if os.fsdecode(sub) not in skipped:
+            cmp.differences.append(Difference(os.fsdecode(sub), "added"))
+    for name, node in want.items():
+        if len(cmp.differences) >= limit:
+            break
+        sub = rel + b"/" + name if rel else name
+        cmp.entries += 1
+        if name not in have:
+            cmp.differences.append(Difference(os.fsdecode(sub), "removed"))
+            continue
+        try:
+            st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+        except FileNotFoundError:
+            cmp.differences.append(Difference(os.fsdecode(sub), "removed"))
+            continue
+        # Renaming a top-level entry changes its ctime, and so the ctime of every
+        # other name of the same inode (a hardlink deeper down) too.
+        moved = moved_top and (not rel or st.st_nlink > 1)
+        what = _differs(node, st, ctime=identity and not moved, inode=identity)
+        if what is None and busy and st.st_dev == dev and st.st_ino in busy:
+            what = f"in use by process {busy[st.st_ino]}"
+        both_dirs = node.type == "dir" and stat.S_ISDIR(st.st_mode)
+        if what:
+            cmp.differences.append(Difference(os.fsdecode(sub), what, folder=both_dirs))
+        if (
+            (not what or (descend and both_dirs and not what.startswith("in use")))
+            and node.type == "dir"
+            and node.subtree is not None
+            and st.st_dev == dev
+        ):
+            subs.append((name, sub, st, node.subtree))
+    return subs
 
 
 _TYPES = {

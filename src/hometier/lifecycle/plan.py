@@ -511,10 +511,9 @@ def read_blobs(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or st.st_size != size:
             return None
-        os.lseek(fd, offset, os.SEEK_SET)
         out = []
         got = 0
-        for chunk in iter_chunks(fd, length, params):
+        for chunk in iter_chunks(fd, length, params, offset):
             got += len(chunk)
             out.append(Blob(plain_hash(chunk), len(chunk), len(encode(chunk)[1])))
         return tuple(out) if got == length else None

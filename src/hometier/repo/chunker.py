@@ -31,26 +31,30 @@ class Chunking:
         return self.avg
 
 
-def _read_exact(fd: int, n: int) -> bytes:
+def _read_exact(fd: int, n: int, offset: int) -> bytes:
     parts: list[bytes] = []
     while n > 0:
-        part = os.read(fd, min(n, WINDOW))
+        part = os.pread(fd, min(n, WINDOW), offset)
         if not part:
             break
         parts.append(part)
         n -= len(part)
+        offset += len(part)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def iter_chunks(fd: int, length: int, params: Chunking) -> Iterator[bytes]:
-    """Yield the chunks of the next ``length`` bytes of ``fd`` (fewer if the file shrinks).
+def iter_chunks(fd: int, length: int, params: Chunking, offset: int = 0) -> Iterator[bytes]:
+    """Yield the chunks of the ``length`` bytes of ``fd`` at ``offset`` (fewer if the
+    file shrinks).
 
-    Reads into one buffer of ``WINDOW + params.max`` bytes, reused for the whole file,
-    so memory per reader stays at that plus the chunk being yielded. The caller decides
-    what a short read means (the file changed while being read).
+    Reads with ``pread`` at explicit offsets, never from the descriptor's shared file
+    position (finding a sparse file's extents moves it). Reads into one buffer of
+    ``WINDOW + params.max`` bytes, reused for the whole file, so memory per reader stays
+    at that plus the chunk being yielded. The caller decides what a short read means
+    (the file changed while being read).
     """
     if length <= params.small:
-        data = _read_exact(fd, length)
+        data = _read_exact(fd, length, offset)
         if data:
             yield data
         return
@@ -61,12 +65,13 @@ def iter_chunks(fd: int, length: int, params: Chunking) -> Iterator[bytes]:
     while True:
         eof = False
         while filled < len(buf) and remaining > 0:
-            n = os.readv(fd, [view[filled : filled + min(len(buf) - filled, remaining)]])
+            n = os.preadv(fd, [view[filled : filled + min(len(buf) - filled, remaining)]], offset)
             if n == 0:
                 eof = True
                 break
             filled += n
             remaining -= n
+            offset += n
         eof = eof or remaining <= 0
         if filled == 0:
             return
