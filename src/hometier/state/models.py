@@ -112,6 +112,8 @@ class Home(Base):
     archived_at: Mapped[datetime | None]
     restored_at: Mapped[datetime | None]
     quarantine_path: Mapped[str | None] = mapped_column(Text)
+    archived_snapshot: Mapped[str | None] = mapped_column(String(128))
+    """The snapshot the last archive recorded: what a restore of this home brings back."""
     claimed_by: Mapped[str | None] = mapped_column(String(255))
     claimed_until: Mapped[datetime | None]
     created_at: Mapped[datetime]

@@ -87,6 +87,7 @@ Target = Database | Session
 SETTABLE = frozenset(
     {"path", "hot_bytes", "hot_files", "stored_bytes", "last_activity", "last_activity_source"}
     | {"error", "archived_at", "restored_at", "quarantine_path", "claimed_by", "claimed_until"}
+    | {"archived_snapshot"}
 )
 
 
@@ -410,7 +411,11 @@ def finish_archive(
             why = {"cancelled": "lease" if leases else "exempt", "leases": leases}
             _cas(s, home, ACTIVE, worker, now, detail=why)
             return False
-        done: dict[str, Any] = {"archived_at": now, "quarantine_path": quarantine_path}
+        done: dict[str, Any] = {
+            "archived_at": now,
+            "quarantine_path": quarantine_path,
+            "archived_snapshot": snapshot.id,
+        }
         done.update(hot_bytes=snapshot.bytes, hot_files=snapshot.files)
         done.update(stored_bytes=snapshot.stored_bytes, detail={"snapshot": snapshot.id})
         _cas(s, home, ARCHIVED, worker, now, **done)
