@@ -41,6 +41,11 @@ from fixtures.servers import (
 
 IN_CI = os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
 
+# Most suites run hometier without a JupyterHub: they say so, as an operator of such a
+# deployment would (c.Archiver.use_hub = False). The tests of the Hub-less refusal unset
+# it; the suites with a real Hub configure its API, which is used either way.
+os.environ.setdefault("HOMETIER_USE_HUB", "0")
+
 # Variables that would point an S3 client elsewhere or sign with foreign credentials.
 _S3_ENV_CLEARED = (
     "AWS_ENDPOINT_URL_S3",

@@ -82,6 +82,8 @@ def make_lifecycle(cfg: Hometier, arch: Archiver, *, create_repo: bool = True) -
         policy=make_policy(arch),
         retention=make_retention(RetentionConfig(config=cfg.config)),
         hub=hub,
+        use_hub=arch.use_hub,
+        name_pattern=arch.username_pattern,
         quarantine_for=parse_duration(arch.quarantine_for),
         read_back=arch.read_back,
         restore_from_quarantine=arch.restore_from_quarantine,

@@ -99,6 +99,24 @@ class Archiver(Configurable):
     read_back = Bool(
         False, help="Download and hash every blob of a new snapshot before deleting the home."
     ).tag(config=True)
+    use_hub = Bool(
+        True,
+        help=(
+            "Decide idleness with JupyterHub (running servers, last activity). Without a "
+            "reachable Hub API (hub_api_url or JUPYTERHUB_API_URL, and a token) nothing is "
+            "archived, because a home whose server runs would look idle. Set False only "
+            "on a deployment that has no JupyterHub: file times and leases decide then. "
+            "Env: HOMETIER_USE_HUB (0 or false turns it off)."
+        ),
+    ).tag(config=True)
+    username_pattern = Unicode(
+        r"^[^A-Z\s]+$",
+        help=(
+            "Folders under the homes root whose names (after home_template) do not match "
+            "this regular expression are never homes (JupyterHub lowercases user names "
+            "by default). Dot-folders, lost+found and mount points never are."
+        ),
+    ).tag(config=True)
     hub_api_url = Unicode(
         help="JupyterHub API URL (http://127.0.0.1:8081/hub/api). Env: JUPYTERHUB_API_URL."
     ).tag(config=True)
@@ -108,6 +126,11 @@ class Archiver(Configurable):
             "Env: HOMETIER_HUB_TOKEN or JUPYTERHUB_API_TOKEN."
         ),
     ).tag(config=True)
+
+    @default("use_hub")
+    def _use_hub_default(self) -> bool:
+        value = os.environ.get("HOMETIER_USE_HUB", "").strip().lower()
+        return value not in ("0", "false", "no", "off")
 
     @default("hub_api_url")
     def _hub_url_default(self) -> str:

@@ -155,9 +155,13 @@ def quarantined(homes: Path) -> list[str]:
 
 
 def staging_leftovers(homes: Path) -> list[str]:
-    """``.hometier-restore-*`` folders anywhere under the homes root (2 levels)."""
+    """``.hometier-restore-*`` folders anywhere under the homes root (2 levels, the
+    quarantine included: restores from the bucket are built there), and restore builds
+    (``<key>.<snapshot>.r``) left in the quarantine."""
     found = [p for p in homes.glob(".hometier-restore-*")]
+    found += [p for p in homes.glob(".*/.hometier-restore-*")]
     found += [p for p in homes.glob("*/.hometier-restore-*")]
+    found += [p for p in homes.glob(".hometier-quarantine/*.r")]
     return sorted(str(p) for p in found)
 
 
@@ -190,7 +194,9 @@ class Hometier:
 
     def __post_init__(self) -> None:
         self.homes.mkdir(parents=True, exist_ok=True)
-        lines = [f"c.{k} = {v!r}" for k, v in self.settings.items()]
+        # These setups have no JupyterHub: say so, or the archiver archives nothing.
+        settings = {"Archiver.use_hub": False, **self.settings}
+        lines = [f"c.{k} = {v!r}" for k, v in settings.items()]
         self.config.write_text("\n".join(lines) + "\n")
 
     @property

@@ -65,9 +65,10 @@ POINTS = (
     "after_index",  # after an index object
     "after_snapshot",  # snapshot durable, database not told
     "after_state_change",  # archiving -> archived committed, nothing moved yet
-    "mid_delete",  # the first entry moved into the quarantine
+    "mid_delete",  # the stand-in made and the move recorded, the home not swapped yet
+    "after_swap",  # the stand-in in the home's place, the home in the quarantine
 )
-BOTH_DBS = ("after_state_change", "mid_delete")
+BOTH_DBS = ("after_state_change", "mid_delete", "after_swap")
 CASES = [pytest.param(p, "sqlite", id=f"{p}-sqlite") for p in POINTS] + [
     pytest.param(p, "postgres", id=f"{p}-postgres", marks=pytest.mark.postgres) for p in BOTH_DBS
 ]
@@ -209,7 +210,7 @@ def test_crash_while_recovering_a_crash(tmp_path: Path, s3_url: str) -> None:
     assert r.code == KILLED, f"the recovery did not reach mid_delete: {r}"
     # Killed in recover(), before the cycle even registered the other homes.
     assert ht.states() == {VICTIM: "archived"}
-    assert len(quarantined(ht.homes)) == 1  # the victim's, now holding two entries
+    assert len(quarantined(ht.homes)) == 1  # the victim's stand-in, prepared again
     assert_nothing_lost(ht, want, tmp_path / "after-second-crash")
 
     r = ht.cli("serve", "--once", "--json")
@@ -329,7 +330,8 @@ def test_kill_during_restore_then_restore_again(tmp_path: Path, s3_url: str) -> 
     home = ht.home(user)
     proc = ht.start("restore", user)
     deadline = time.monotonic() + 60
-    while not list(home.glob(".hometier-restore-*/*")):
+    building = ht.homes / ".hometier-quarantine"  # a restore is built there, then swapped in
+    while not list(building.glob(".hometier-restore-*/*")):
         assert proc.poll() is None, f"the restore ended before it was killed: {proc.communicate()}"
         assert time.monotonic() < deadline, "no staging folder appeared within 60 s"
         time.sleep(0.005)

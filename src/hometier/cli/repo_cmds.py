@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import os
 from typing import Any
 
 from rich.table import Table
@@ -14,7 +15,7 @@ from hometier.config import Hometier
 from hometier.engine import backup, check, restore
 from hometier.engine.archive import Progress as BackupProgress
 from hometier.engine.restore import RestoreProgress
-from hometier.errors import Error
+from hometier.errors import Conflict, Error
 from hometier.lifecycle.homes import HomeLayout, check_username
 from hometier.repo import Repository
 from hometier.repo.snapshot import Snapshot
@@ -76,6 +77,8 @@ def cmd_backup(args: argparse.Namespace, cfg: Hometier) -> int:
     user = check_username(args.user)
     source = args.source or str(HomeLayout(cfg.homes, cfg.home_template).path(user))
     repo, created = _repo(cfg, create=True)
+    if not args.source:
+        _refuse_archived(cfg, user, source)
     if created and not args.json:
         err.print(f"created a new repository at {repo.store.url}")
     parent = None
@@ -126,6 +129,41 @@ def cmd_backup(args: argparse.Namespace, cfg: Hometier) -> int:
     return 0 if snap.stats.complete else 1
 
 
+class HomeIsArchived(Conflict):
+    """{} is archived; restore it first (hometier restore {}). A snapshot of its folder
+    now would hold only the notice."""
+
+
+def _refuse_archived(cfg: Hometier, user: str, source: str) -> None:
+    """``backup`` of an archived home would make a snapshot of the stand-in (the notice
+    alone): refused, from the database's state, or, when the database cannot be read,
+    from the notice being all the folder holds."""
+    from hometier.app import open_db
+    from hometier.lifecycle.activity import NOTICE_NAME
+    from hometier.state import queries
+
+    sqlite = cfg.db.removeprefix("sqlite:///") if cfg.db.startswith("sqlite:///") else None
+    try:
+        if sqlite is not None and not os.path.exists(sqlite.split("?", 1)[0]):
+            raise queries.HomeNotFound(user)  # no state yet: nothing was ever archived
+        db = open_db(cfg)
+        try:
+            cold = queries.get_home(db, user).is_cold
+        finally:
+            db.dispose()
+        if cold:
+            raise HomeIsArchived(user, user)
+        return
+    except (queries.HomeNotFound, Error) as exc:
+        if isinstance(exc, HomeIsArchived):
+            raise
+    try:
+        if set(os.listdir(source)) == {NOTICE_NAME}:
+            raise HomeIsArchived(user, user)
+    except OSError:
+        pass
+
+
 def _record(cfg: Hometier, user: str, source: str, snap: Snapshot) -> None:
     """Note the snapshot in the state database too (the dashboard and status read it);
     a database that cannot be opened costs a warning, never the backup."""
@@ -133,7 +171,10 @@ def _record(cfg: Hometier, user: str, source: str, snap: Snapshot) -> None:
     from hometier.state import queries
     from hometier.state.queries import SnapshotInfo
 
+    sqlite = cfg.db.removeprefix("sqlite:///") if cfg.db.startswith("sqlite:///") else None
     try:
+        if sqlite is not None and not os.path.exists(sqlite.split("?", 1)[0]):
+            raise queries.HomeNotFound(user)  # no state yet: nothing was ever archived
         db = open_db(cfg)
         try:
             now = dt.datetime.now(dt.UTC)

@@ -13,9 +13,11 @@ import stat
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from hometier.engine.fsutil import open_dir
 from hometier.errors import Error
 
 log = logging.getLogger(__name__)
@@ -148,29 +150,32 @@ def scan_home(path: str | os.PathLike[str], stop_after: dt.datetime | None = Non
     The notice file hometier leaves is ignored. Stops as soon as a time newer than
     ``stop_after`` is seen (the home is then active: no need to look further), so an
     active home costs a few ``lstat`` calls and an idle one a walk of metadata only.
+    Walks by descriptor (a folder swapped for a symlink is never followed).
     """
-    root = os.fsencode(path)
     try:
-        top = os.lstat(root)
-    except FileNotFoundError:
+        top_fd = open_dir(os.fsencode(path))
+    except OSError:
         return Scan(None)
+    top = os.fstat(top_fd)
     limit = int(stop_after.timestamp() * 1e9) if stop_after else None
-    newest = 0 if _only_notice(root) else max(top.st_mtime_ns, top.st_ctime_ns)
+    names = os.listdir(top_fd)
+    newest = 0 if set(names) <= {NOTICE_NAME} else max(top.st_mtime_ns, top.st_ctime_ns)
     scan = Scan(None)
-    stack = [root]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except (FileNotFoundError, NotADirectoryError, PermissionError):
-            continue
-        with it:
-            for e in it:
-                if d == root and e.name == NOTICE_NAME.encode():
+    stack: list[tuple[int, Iterator[tuple[str, os.stat_result]]]] = []
+    fd = top_fd
+    try:
+        while True:
+            subdirs: list[tuple[str, os.stat_result]] = []
+            try:
+                entries = os.listdir(fd)
+            except OSError:
+                entries = []
+            for name in entries:
+                if fd == top_fd and name == NOTICE_NAME:
                     continue
                 try:
-                    st = e.stat(follow_symlinks=False)
-                except FileNotFoundError:
+                    st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                except OSError:
                     continue
                 t = max(st.st_mtime_ns, st.st_ctime_ns)
                 if stat.S_ISREG(st.st_mode):
@@ -182,16 +187,29 @@ def scan_home(path: str | os.PathLike[str], stop_after: dt.datetime | None = Non
                         scan.newest, scan.complete = _ns(newest), False
                         return scan
                 if stat.S_ISDIR(st.st_mode) and st.st_dev == top.st_dev:
-                    stack.append(e.path)
+                    subdirs.append((name, st))
+            stack.append((fd, iter(subdirs)))
+            fd = -1
+            while stack and fd < 0:
+                parent, pending = stack[-1]
+                nxt = next(pending, None)
+                if nxt is None:
+                    os.close(parent)
+                    stack.pop()
+                    continue
+                try:
+                    fd = open_dir(nxt[0], parent, expect=nxt[1])
+                except OSError:
+                    fd = -1
+            if fd < 0:
+                break
+    finally:
+        for parent, _p in stack:
+            os.close(parent)
+        if fd >= 0 and all(fd != p for p, _ in stack):
+            os.close(fd)
     scan.newest = _ns(newest) if newest else None
     return scan
-
-
-def _only_notice(root: bytes) -> bool:
-    try:
-        return set(os.listdir(root)) <= {NOTICE_NAME.encode()}
-    except OSError:
-        return False
 
 
 def _ns(t: int) -> dt.datetime:

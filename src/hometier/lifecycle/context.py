@@ -35,6 +35,12 @@ class Lifecycle:
     worker: str = field(default_factory=default_worker)
     clock: Callable[[], dt.datetime] = utcnow
     hub: HubClient | None = None
+    use_hub: bool = False
+    name_pattern: str = r"^[^A-Z\s]+$"
+    """Folder names (after the home template) that can be homes at all."""
+    """Idleness needs the Hub: without ``hub`` (or when it cannot be read) nothing is
+    archived. The configuration's default is True (``c.Archiver.use_hub``); only a
+    deployment without JupyterHub turns it off."""
     quarantine_for: dt.timedelta = dt.timedelta(days=3)
     """How long archived files stay in the quarantine folder before they are removed."""
     read_back: bool = False

@@ -1,20 +1,20 @@
-"""Archive one home with every safety check of DESIGN.md, and recover from crashes.
+"""Archive one home with every safety check of DESIGN.md.
 
-The order is the invariant: snapshot → verify → compare with the disk → the one atomic
-database step ``archiving → archived`` (refused if a login or lease arrived) → move the
-contents aside into the quarantine (same filesystem) → compare again → notice file.
-A crash at any point leaves the home on disk (before the database step) or its files in
-the quarantine with a verified snapshot (after it); ``recover`` finishes or undoes the
-move on the next run.
+The order is the invariant: snapshot → verify → under the home's lock, compare with the
+disk and with the processes using it → the one atomic database step ``archiving →
+archived`` (refused if a login or lease arrived) → swap the home folder with a stand-in
+holding the notice (``aside``) → compare again, ctime included → put it back if
+anything differs. A crash at any point leaves the home on disk (before the database
+step) or its files in the quarantine with a verified snapshot (after it); ``recovery``
+finishes or undoes the move on the next run, and ``purge`` deletes a quarantined home
+only once it is old enough, unused and still exactly its snapshot.
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 import logging
 import os
-import socket
+import stat
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,62 +22,39 @@ from pathlib import Path
 
 from hometier import faults
 from hometier.engine import backup
-from hometier.engine.fsutil import remove_path, rename_noreplace
-from hometier.engine.trees import TreeCache
+from hometier.engine.archive import MOUNTED
 from hometier.engine.verify import compare_tree, verify_snapshot
-from hometier.errors import Conflict, Error, NotFound
+from hometier.errors import Error, NotFound
 from hometier.lifecycle.activity import NOTICE_NAME
+from hometier.lifecycle.aside import NotEligible, back_to_active, move_aside
 from hometier.lifecycle.context import Lifecycle
+from hometier.lifecycle.inuse import busy_inodes, mounts_under
 from hometier.lifecycle.locks import home_lock
-from hometier.lifecycle.moves import move_entries
-from hometier.repo.snapshot import Snapshot, local_key, user_from_key
-from hometier.state import ACTIVE, ARCHIVED, ARCHIVING, queries
+from hometier.lifecycle.purge import purge_quarantine
+from hometier.lifecycle.recovery import recover
+from hometier.repo.snapshot import Snapshot, local_key
+from hometier.state import ACTIVE, queries
 from hometier.state.queries import SnapshotInfo
 
 log = logging.getLogger(__name__)
-
-NOTICE = """\
-Your files were archived by hometier on {date} because this home was not used for a
-while. They come back automatically, exactly as they were, the next time you log in to
-JupyterHub. Nothing was lost. (Snapshot {snapshot}.)
-"""
 
 
 class NoSuchHome(NotFound):
     """No home folder for {} at {}."""
 
 
-class NotEligible(Conflict):
-    """Home of {} cannot be archived now: {}."""
-
-
 @dataclass
 class ArchiveResult:
     user: str
     outcome: str
-    """``archived``, ``changed`` (kept: it changed while archiving), ``cancelled`` (a
-    login or lease arrived), or ``failed``."""
+    """``archived``; kept on the volume: ``changed`` (it changed while archiving),
+    ``in-use`` (a process holds a file or folder in it), ``cancelled`` (a login or lease
+    arrived), ``skipped`` (not eligible: a mount inside, not a folder); or ``failed``."""
     snapshot: str | None = None
     reason: str = ""
     bytes: int = 0
     stored_bytes: int = 0
     details: list[str] = field(default_factory=list)
-
-
-def _back_to_active(lc: Lifecycle, user: str, version: int, why: str, details: list[str]) -> None:
-    try:
-        queries.transition(
-            lc.db,
-            user,
-            ARCHIVING,
-            ACTIVE,
-            lc.worker,
-            lc.now(),
-            version=version,
-            detail={"reason": why, "details": details[:10]},
-        )
-    except queries.StateConflict:
-        pass  # a login already made it active (or another worker took over): fine
 
 
 def archive_home(lc: Lifecycle, user: str) -> ArchiveResult:
@@ -88,6 +65,13 @@ def archive_home(lc: Lifecycle, user: str) -> ArchiveResult:
     """
     path = lc.layout.path(user)
     now = lc.now()
+    if lc.use_hub and lc.hub is None:
+        raise NotEligible(
+            user,
+            "no JupyterHub API is configured, so nobody can tell whether a server is "
+            "running (set c.Archiver.hub_api_url, or c.Archiver.use_hub = False on a "
+            "deployment without JupyterHub)",
+        )
     try:
         queries.get_home(lc.db, user)
     except queries.HomeNotFound:
@@ -146,13 +130,9 @@ def _heartbeat(lc: Lifecycle, user: str, version: int, stop: threading.Event) ->
 def _archive(lc: Lifecycle, user: str, version: int, path: Path) -> ArchiveResult:
     result = ArchiveResult(user, "failed")
     try:
-        if not path.is_dir() or path.is_symlink():
-            raise NotEligible(user, f"{path} is not a folder")
-        if path.stat().st_dev != lc.layout.root.stat().st_dev:
-            # Moving aside is a rename into the quarantine on the homes root's filesystem.
-            raise NotEligible(user, f"{path} is a filesystem of its own (a mount)")
+        home_st = _check_home(lc, user, path)
         if _only_notice(path):
-            _back_to_active(lc, user, version, "home is empty", [])
+            back_to_active(lc, user, version, "home is empty", [])
             result.outcome, result.reason = "cancelled", "the home is empty"
             return result
         parent = _latest_snapshot(lc, user)
@@ -168,9 +148,14 @@ def _archive(lc: Lifecycle, user: str, version: int, path: Path) -> ArchiveResul
         result.snapshot, result.bytes = snap.id, snap.stats.bytes
         result.stored_bytes = snap.stats.bytes_new_stored
         queries.record_snapshot(lc.db, user, _info(snap), lc.now())
+        mounted = [m for m in snap.stats.skipped if m.endswith(MOUNTED)]
+        if mounted:
+            back_to_active(lc, user, version, "a filesystem is mounted inside", mounted)
+            result.outcome, result.reason, result.details = "skipped", "mount inside", mounted
+            return result
         if not snap.stats.complete or snap.stats.changed:
             details = snap.stats.errors + snap.stats.changed
-            _back_to_active(lc, user, version, "changed or unreadable during snapshot", details)
+            back_to_active(lc, user, version, "changed or unreadable during snapshot", details)
             result.outcome, result.reason, result.details = (
                 "changed",
                 "changed during snapshot",
@@ -178,24 +163,29 @@ def _archive(lc: Lifecycle, user: str, version: int, path: Path) -> ArchiveResul
             )
             return result
         trees = verify_snapshot(lc.repo, snap, read_data=lc.read_back, workers=lc.workers)
-        cmp = compare_tree(trees, snap, path)
-        if not cmp.same:
-            details = [f"{d.path}: {d.what}" for d in cmp.differences]
-            _back_to_active(lc, user, version, "changed after snapshot", details)
-            result.outcome, result.reason, result.details = (
-                "changed",
-                "changed after snapshot",
-                details,
-            )
-            return result
         if lc.hub is not None and _hub_running(lc, user):
-            _back_to_active(lc, user, version, "a server started", [])
+            back_to_active(lc, user, version, "a server started", [])
             result.outcome, result.reason = "cancelled", "a server is running"
             return result
-        quarantine = lc.quarantine_root / f"{local_key(user)}.{snap.id[:12]}"
-        # The lock is taken before the database step so that a login arriving right
-        # after it waits for the move to finish instead of racing it.
+        qname = f"{local_key(user)}.{snap.id[:12]}"
+        quarantine = lc.quarantine_root / qname
+        # The lock is taken before the last comparison and the database step, so that a
+        # login arriving right after it waits for the move to finish instead of racing it.
         with home_lock(lc.quarantine_root, user):
+            # Last look before the point of no return: every file as the snapshot has it
+            # (ctime included), and no process holding one open or working inside.
+            cmp = compare_tree(trees, snap, path, busy=busy_inodes(home_st.st_dev))
+            if not cmp.same:
+                details = [f"{d.path}: {d.what}" for d in cmp.differences]
+                in_use = any(d.what.startswith("in use") for d in cmp.differences)
+                why = "in use" if in_use else "changed after snapshot"
+                back_to_active(lc, user, version, why, details)
+                result.outcome, result.reason, result.details = (
+                    "in-use" if in_use else "changed",
+                    why,
+                    details,
+                )
+                return result
             if not queries.finish_archive(
                 lc.db,
                 user,
@@ -208,7 +198,7 @@ def _archive(lc: Lifecycle, user: str, version: int, path: Path) -> ArchiveResul
                 result.outcome, result.reason = "cancelled", "a login or lease arrived"
                 return result
             faults.point("after_state_change")
-            if not _move_to_quarantine(lc, user, path, quarantine, snap):
+            if not move_aside(lc, user, qname, snap, home_st.st_ino, trees):
                 result.outcome, result.reason = "changed", "changed while moved aside; kept"
                 return result
         result.outcome = "archived"
@@ -218,68 +208,35 @@ def _archive(lc: Lifecycle, user: str, version: int, path: Path) -> ArchiveResul
         if isinstance(exc, faults.FaultInjected | KeyboardInterrupt):
             raise
         msg = exc.get_message() if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, NotEligible):
+            log.warning("not archiving %s: %s", user, msg)
+            back_to_active(lc, user, version, "not eligible", [msg])
+            result.outcome, result.reason = "skipped", msg
+            return result
         log.error("archiving %s failed: %s", user, msg)
-        _back_to_active(lc, user, version, "archive failed", [msg])
+        back_to_active(lc, user, version, "archive failed", [msg])
         result.reason = msg
         if not isinstance(exc, Error):
             raise
         return result
 
 
-def _move_to_quarantine(
-    lc: Lifecycle, user: str, path: Path, quarantine: Path, snap: Snapshot
-) -> bool:
-    """Move every entry of the home into the quarantine, then prove nothing changed.
-
-    Returns False when something had changed and everything was put back (the home is
-    then ``active`` again)."""
-    lc.quarantine_root.mkdir(mode=0o700, exist_ok=True)
-    quarantine.mkdir(mode=0o700, exist_ok=True)
-    home = os.fsencode(path)
-    q = os.fsencode(quarantine)
-    for i, name in enumerate(sorted(os.listdir(home))):
-        if name == NOTICE_NAME.encode():
-            continue
-        rename_noreplace(home + b"/" + name, q + b"/" + name)
-        if i == 0:
-            faults.point("mid_delete")
-    return _finish_move(lc, user, path, quarantine, snap)
-
-
-def _finish_move(lc: Lifecycle, user: str, path: Path, quarantine: Path, snap: Snapshot) -> bool:
-    trees = TreeCache(lc.repo, [snap.tree], workers=lc.workers)
-    cmp = compare_tree(trees, snap, quarantine, moved_top=True)
-    if not cmp.same:
-        details = [f"{d.path}: {d.what}" for d in cmp.differences]
-        log.warning(
-            "home of %s changed while it was moved aside; putting it back: %s", user, details
-        )
-        move_entries(quarantine, path, snap.id[:12])
-        home = queries.get_home(lc.db, user)
-        queries.transition(
-            lc.db,
-            user,
-            ARCHIVED,
-            ACTIVE,
-            lc.worker,
-            lc.now(),
-            version=home.version,
-            detail={"reason": "changed while moved aside; kept", "details": details[:10]},
-            quarantine_path=None,
-            archived_at=None,
-        )
-        return False
-    notice = path / NOTICE_NAME
-    tmp = path / f".{NOTICE_NAME}.tmp"
+def _check_home(lc: Lifecycle, user: str, path: Path) -> os.stat_result:
+    """The home as it is before anything is read: a real folder on the homes root's
+    filesystem, with no other filesystem mounted anywhere inside (``NotEligible``)."""
     try:
-        tmp.write_text(NOTICE.format(date=snap.time.date().isoformat(), snapshot=snap.id[:12]))
-        os.chmod(tmp, 0o444)
-        os.replace(tmp, notice)
-    except OSError as exc:
-        # The notice only informs: a full volume must not undo a finished archive.
-        log.warning("archived %s but could not leave the notice file: %s", user, exc.strerror)
-        tmp.unlink(missing_ok=True)
-    return True
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise NotEligible(user, f"{path} does not exist") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise NotEligible(user, f"{path} is not a folder")
+    if st.st_dev != os.stat(lc.layout.root).st_dev:
+        # Moving aside is a rename into the quarantine on the homes root's filesystem.
+        raise NotEligible(user, f"{path} is a filesystem of its own (a mount)")
+    mounts = mounts_under(path)
+    if mounts:
+        raise NotEligible(user, f"a filesystem is mounted at {mounts[0]}")
+    return st
 
 
 def _only_notice(path: Path) -> bool:
@@ -311,117 +268,12 @@ def _info(snap: Snapshot) -> SnapshotInfo:
     )
 
 
-# --- recovery and housekeeping ---------------------------------------------------------------
-
-
-def recover(lc: Lifecycle, errors: list[str] | None = None) -> list[str]:
-    """Finish or undo moves interrupted by a crash; returns the homes it touched.
-
-    An ``archived`` home whose folder still holds files besides the notice was being
-    moved aside when the process died: the move is finished (and checked) now. A home
-    that cannot be recovered is left exactly as it is and reported in ``errors``; the
-    others are not held up by it.
-    """
-    done: list[str] = []
-    for home in queries.list_homes(lc.db, ARCHIVED):
-        if not home.quarantine_path:
-            continue
-        path = Path(home.path)
-        if not path.is_dir() or _only_notice(path) and (path / NOTICE_NAME).exists():
-            continue
-        try:
-            if _recover_move(lc, home.user, path, Path(home.quarantine_path)):
-                done.append(home.user)
-        except (Error, OSError) as exc:
-            msg = exc.get_message() if isinstance(exc, Error) else str(exc)
-            log.error("could not recover the archive of %s; left as it is: %s", home.user, msg)
-            if errors is not None:
-                errors.append(f"{home.user}: recovery: {msg}")
-    now = lc.now()
-    for home in queries.list_homes(lc.db, ARCHIVING):
-        expired = home.claimed_until is not None and home.claimed_until < now
-        if expired or _dead_here(home.claimed_by):
-            # Its worker died before the database step: the home was never touched.
-            _back_to_active(lc, home.user, home.version, "worker gone; archive abandoned", [])
-            done.append(home.user)
-    return done
-
-
-def _recover_move(lc: Lifecycle, user: str, path: Path, quarantine: Path) -> bool:
-    snap_id = quarantine.name.rsplit(".", 1)[-1]
-    with home_lock(lc.quarantine_root, user):
-        current = queries.get_home(lc.db, user)
-        if current.state != ARCHIVED or current.quarantine_path != str(quarantine):
-            return False  # a login got there first
-        if _only_notice(path) and (path / NOTICE_NAME).exists():
-            return False  # another worker finished it meanwhile
-        snap = lc.repo.find_snapshot(snap_id, user)
-        log.warning("finishing the interrupted archive of %s", user)
-        _move_to_quarantine(lc, user, path, quarantine, snap)
-    return True
-
-
-def _dead_here(worker: str | None) -> bool:
-    """True if ``worker`` (``kind:host:pid``) ran on this host and its process is gone:
-    a restarted archiver need not wait for its dead predecessor's claim to expire."""
-    if not worker or worker.count(":") < 2:
-        return False
-    _kind, host, pid = worker.rsplit(":", 2)
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
-
-
-def purge_quarantine(lc: Lifecycle) -> list[str]:
-    """Remove quarantined files that are no longer needed; returns the folders removed.
-
-    A quarantine is removed, under its home's lock and after re-reading the home, when
-    its home is ``archived`` with the move finished and ``archived_at`` is older than
-    ``quarantine_for``, or when no home references it any more and its folder is older
-    than that. One referenced by a home that is ``restoring``, ``failed`` (it may be the
-    last good copy), or mid-move is kept.
-    """
-    root = lc.quarantine_root
-    if not root.is_dir():
-        return []
-    cutoff = lc.now() - lc.quarantine_for
-    owners = {h.quarantine_path: h.user for h in queries.list_homes(lc.db) if h.quarantine_path}
-    removed: list[str] = []
-    for entry in root.iterdir():
-        if entry.name.startswith(".") or not entry.is_dir():
-            continue
-        user = owners.get(str(entry)) or user_from_key(entry.name.rsplit(".", 1)[0])
-        with home_lock(root, user) if user else contextlib.nullcontext():
-            if not entry.exists():
-                continue  # a restore moved it back meanwhile
-            if not _purgeable(lc, entry, user, cutoff):
-                continue
-            log.info("removing quarantined %s", entry.name)
-            remove_path(entry)
-        removed.append(entry.name)
-    return removed
-
-
-def _purgeable(lc: Lifecycle, entry: Path, user: str | None, cutoff: dt.datetime) -> bool:
-    home = None
-    if user is not None:
-        try:
-            home = queries.get_home(lc.db, user)
-        except queries.HomeNotFound:
-            home = None
-    if home is not None and home.quarantine_path == str(entry):
-        if home.state != ARCHIVED or home.archived_at is None:
-            return False  # restoring, failed or otherwise in use
-        path = Path(home.path)
-        if not (path / NOTICE_NAME).exists() or not _only_notice(path):
-            return False  # the move is not finished (recover() will)
-        return home.archived_at <= cutoff
-    # Nobody references it: a restore came from the bucket, or a move was undone.
-    when = dt.datetime.fromtimestamp(entry.lstat().st_mtime, tz=dt.UTC)
-    return when <= cutoff
+__all__ = [
+    "ArchiveResult",
+    "NoSuchHome",
+    "NotEligible",
+    "archive_claimed",
+    "archive_home",
+    "purge_quarantine",
+    "recover",
+]

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from hometier.engine.fsutil import ensure_private_root
 from hometier.errors import Conflict
 from hometier.repo.snapshot import local_key
 
@@ -37,9 +38,16 @@ def lock_is_free(root: Path, user: str) -> bool:
 @contextlib.contextmanager
 def home_lock(root: Path, user: str, timeout: float = 600.0) -> Iterator[None]:
     """Hold the lock of ``user``'s home; ``HomeBusy`` after ``timeout`` seconds."""
+    # The quarantine root is root's alone (0700): other users must not list user names
+    # and snapshot ids there. Made (or narrowed) before anything is created inside.
+    ensure_private_root(root)
     locks = root / ".locks"
-    locks.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(locks / f"{local_key(user)}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    locks.mkdir(mode=0o700, exist_ok=True)
+    fd = os.open(
+        locks / f"{local_key(user)}.lock",
+        os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o600,
+    )
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
+import stat
 import threading
 from dataclasses import dataclass, field
 
@@ -32,20 +34,40 @@ class CycleReport:
     recovered: list[str] = field(default_factory=list)
     purged: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    skipped: str | None = None
+    """Why nothing was archived this cycle (the Hub could not be read), if so."""
+
+
+NOT_HOMES = frozenset({"lost+found"})
+HUB_RETRY = dt.timedelta(minutes=1)
+"""After a cycle skipped because the Hub could not be read, the next try comes this soon
+(doubling up to ``interval``), not a whole interval later."""
 
 
 def discover_homes(lc: Lifecycle) -> list[str]:
-    """Register every folder under the homes root that maps back to a user name."""
+    """Register every folder under the homes root that maps back to a user name.
+
+    Never a candidate: dot-folders (the quarantine among them), ``lost+found``, mount
+    points (a filesystem of its own cannot be moved aside), and names that are not
+    JupyterHub user names (``name_pattern``)."""
     found: list[str] = []
     now = lc.now()
     root = lc.layout.root
     if not root.is_dir():
         return found
+    dev = os.stat(root).st_dev
+    pattern = re.compile(lc.name_pattern)
     known = queries.home_users(lc.db)  # one statement, not one per folder
     for entry in os.scandir(root):
-        if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
-            continue
         user = entry.name
+        if user.startswith(".") or user in NOT_HOMES or not pattern.search(user):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or st.st_dev != dev:
+            continue
         try:
             if lc.layout.path(user) != root / user:
                 continue  # a template that does not map folder names back to users
@@ -119,13 +141,23 @@ def run_cycle(lc: Lifecycle, *, dry_run: bool = False) -> CycleReport:
     decisions, but archives, recovers and purges nothing.
     """
     report = CycleReport(started=lc.now())
+    if lc.use_hub and lc.hub is None:
+        report.skipped = (
+            "no JupyterHub API is configured (c.Archiver.hub_api_url or JUPYTERHUB_API_URL, "
+            "with a token), so nobody can tell whose server is running: archiving nothing. "
+            "On a deployment without JupyterHub, set c.Archiver.use_hub = False"
+        )
+        report.errors.append(report.skipped)
+        log.error("skipping this cycle: %s", report.skipped)
+        return report
     if not dry_run:
         report.recovered = recover(lc, report.errors)
     discover_homes(lc)
     try:
         facts = gather_facts(lc, report)
     except HubUnavailable:
-        log.error("skipping this cycle: %s", report.errors[-1])
+        report.skipped = report.errors[-1]
+        log.error("skipping this cycle: %s", report.skipped)
         return report
     report.decisions = select_idle(facts, lc.now(), lc.policy)
     if dry_run:
@@ -155,25 +187,33 @@ def run_cycle(lc: Lifecycle, *, dry_run: bool = False) -> CycleReport:
         report.results.append(result)
         if result.outcome == "failed":
             report.errors.append(f"{d.user}: {result.reason}")
-    report.purged = purge_quarantine(lc)
+    report.purged = purge_quarantine(lc, report.errors)
     return report
 
 
 def run_forever(lc: Lifecycle, interval: dt.timedelta, stop: threading.Event) -> None:
     """Run cycles until ``stop`` is set; a failing cycle (database down) is logged and retried."""
     last_prune: dt.datetime | None = None
+    retry = HUB_RETRY
     while not stop.is_set():
+        wait = interval
         try:
             report = run_cycle(lc)
             archived = sum(1 for r in report.results if r.outcome == "archived")
             log.info("cycle done: %d archived, %d errors", archived, len(report.errors))
+            if report.skipped is not None:
+                # The Hub is not up yet (or down): try again soon, not an interval later.
+                wait, retry = min(retry, interval), min(retry * 2, interval)
+                log.info("next try in %s", wait)
+            else:
+                retry = HUB_RETRY
             every = lc.retention.every
             if every is not None and (last_prune is None or lc.now() - last_prune >= every):
                 apply_retention(lc, lc.retention)
                 last_prune = lc.now()
         except Exception:  # noqa: BLE001 - the loop must survive a bad cycle
             log.exception("archiver cycle failed; retrying in %s", interval)
-        stop.wait(interval.total_seconds())
+        stop.wait(wait.total_seconds())
 
 
 __all__ = ["QUARANTINE_DIR", "CycleReport", "discover_homes", "run_cycle", "run_forever"]

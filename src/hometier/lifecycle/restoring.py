@@ -23,22 +23,23 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 
-from hometier.engine import restore
 from hometier.engine.check import CheckFailed
+from hometier.engine.fsutil import open_dir, write_new_file
 from hometier.engine.restore import RestoreProgress
-from hometier.engine.trees import TreeCache
-from hometier.engine.verify import VerifyFailed, compare_tree
+from hometier.engine.verify import VerifyFailed
 from hometier.errors import Error, IntegrityError, new_reference
 from hometier.lifecycle.activity import NOTICE_NAME
 from hometier.lifecycle.context import Lifecycle
+from hometier.lifecycle.install import HomeNotAFolder, RestoreResult, bring_back
 from hometier.lifecycle.locks import HomeBusy, home_lock, lock_is_free
-from hometier.lifecycle.moves import Moved, move_entries
+from hometier.lifecycle.moves import Quarantine, open_home_parent
+from hometier.lifecycle.recovery import recover_archive_locked
 from hometier.repo.config import NotARepository, RepositoryNotFound, UnsupportedVersion
-from hometier.repo.snapshot import Snapshot
+from hometier.repo.repository import SnapshotNotFound
+from hometier.repo.snapshot import Snapshot, local_key
 from hometier.state import ACTIVE, ARCHIVED, FAILED, RESTORING, queries
+from hometier.state.models import Home
 from hometier.store.errors import ObjectNotFound, StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -146,35 +147,11 @@ def recorded_failure(lc: Lifecycle, user: str) -> RestoreFailed | None:
     return RestoreFailed(user, detail, reason=reason or "internal", ref=ref)
 
 
-class HomeNotAFolder(Error):
-    """The home {} is not a real folder (a symbolic link or a file): refusing to restore
-    through it; an administrator must look at it."""
-
-    exit_code = 8
-    http_status = 409
-
-
 class NothingToRestore(Error):
     """No snapshot of {} exists to restore from."""
 
     exit_code = 3
     http_status = 404
-
-
-@dataclass
-class RestoreResult:
-    user: str
-    outcome: str
-    """``restored`` (this call did it), ``joined`` (another did), ``active`` (nothing
-    to do: the files are on the volume)."""
-    snapshot: str | None = None
-    source: str = ""
-    """``bucket`` or ``quarantine``."""
-    seconds: float = 0.0
-    bytes: int = 0
-    files: int = 0
-    conflicts: list[str] = field(default_factory=list)
-    conflicts_dir: str | None = None
 
 
 ProgressFn = Callable[[RestoreProgress], None]
@@ -235,47 +212,49 @@ def restore_home(
     return RestoreResult(user, outcome, seconds=time.monotonic() - started)
 
 
-def _latest(lc: Lifecycle, user: str) -> Snapshot:
-    snaps = [s for s in lc.repo.list_snapshots(user) if s.stats.complete]
-    if not snaps:
-        raise NothingToRestore(user)
-    return snaps[-1]
+def recorded_snapshot(lc: Lifecycle, home: Home) -> Snapshot:
+    """The snapshot a restore of this home brings back: the one its archive recorded in
+    the database — never simply the newest (a later ``backup`` of the empty home, or a
+    replica whose clock runs ahead, would make that the notice alone). Homes archived
+    before the column existed name it in their ``archived`` event."""
+    sid = home.archived_snapshot
+    if sid is None:
+        for ev in queries.events(lc.db, home.user, limit=200, kind="state", newest_first=True):
+            found = (ev.detail or {}).get("snapshot")
+            if ev.to_state == ARCHIVED and isinstance(found, str):
+                sid = found
+                break
+    if sid is None and home.quarantine_path:
+        sid = home.quarantine_path.rsplit(".", 1)[-1]
+    if sid is None:
+        snaps = [s for s in lc.repo.list_snapshots(home.user) if s.stats.complete]
+        if not snaps:
+            raise NothingToRestore(home.user)
+        log.warning("%s: no archive recorded which snapshot it made; taking the newest", home.user)
+        return snaps[-1]
+    try:
+        return lc.repo.find_snapshot(sid, home.user)
+    except SnapshotNotFound as exc:
+        raise RestoreFailed(
+            home.user, f"the archived snapshot {sid[:12]} is missing", reason="damaged"
+        ) from exc
 
 
 def _perform(
     lc: Lifecycle, user: str, actor: str, progress: ProgressFn | None, started: float
 ) -> RestoreResult:
     home = queries.get_home(lc.db, user)
-    path = Path(home.path)
     result = RestoreResult(user, "restored")
-    notice = path / NOTICE_NAME
     try:
-        if path.is_symlink() or (path.exists() and not path.is_dir()):
-            raise HomeNotAFolder(path)
-        snap = _latest(lc, user)
+        snap = recorded_snapshot(lc, home)
         result.snapshot = snap.id
         with home_lock(lc.quarantine_root, user, timeout=lc.restore_wait.total_seconds()):
-            if notice.exists():
-                notice.unlink()
-            quarantine = Path(home.quarantine_path) if home.quarantine_path else None
-            if quarantine is not None and not quarantine.name.endswith("." + snap.id[:12]):
-                quarantine = None  # it holds an older snapshot's files: the bucket has the truth
-            moved = None
-            if lc.restore_from_quarantine or not _empty(path):
-                moved = _from_volume(
-                    lc, snap, quarantine if lc.restore_from_quarantine else None, path
-                )
-            if moved is not None:
-                result.source = "quarantine" if quarantine is not None else "volume"
-                result.conflicts = moved.conflicts
-                result.conflicts_dir = str(moved.conflicts_dir) if moved.conflicts_dir else None
-            else:
-                merge = path.exists() and not _empty(path)
-                stats = restore(
-                    lc.repo, snap, path, workers=lc.workers, progress=progress, merge=merge
-                )
-                result.source = "bucket"
-                result.conflicts, result.conflicts_dir = stats.conflicts, stats.conflicts_dir
+            if (Quarantine.pending(lc.quarantine_root, local_key(user)) or {}).get(
+                "op"
+            ) == "archive":
+                recover_archive_locked(lc, user, restoring=True)  # a crash interrupted it
+                home = queries.get_home(lc.db, user)
+            bring_back(lc, home, snap, progress, result)
         result.bytes, result.files = snap.stats.bytes, snap.stats.files
         detail_fields = {"hot_bytes": snap.stats.bytes, "hot_files": snap.stats.files}
         queries.finish_restore(lc.db, user, actor, lc.now(), **detail_fields)
@@ -285,7 +264,7 @@ def _perform(
         log.error(
             "restoring %s failed [reference %s, %s]: %s", user, failed.ref, failed.reason, msg
         )
-        _put_notice_back(notice)
+        _put_notice_back(lc, user)
         # The home's error is the operator's detail; the event also keeps what the user
         # was told (reason, reference), so any replica can tell it again.
         error = f"{msg} (reference {failed.ref})"
@@ -313,67 +292,35 @@ def _perform(
     return result
 
 
-def _empty(path: Path) -> bool:
-    return not path.exists() or not any(p for p in os.listdir(path) if p != NOTICE_NAME)
-
-
-def _from_volume(
-    lc: Lifecycle, snap: Snapshot, quarantine: Path | None, path: Path
-) -> Moved | None:
-    """Bring the home back from what is still on the volume, when that is the snapshot.
-
-    The archive moved the files into ``quarantine`` (fully, partly if it was
-    interrupted, or not at all if it died right after the database step). Nothing
-    moves before the snapshot's trees are loaded. Then the quarantined entries move
-    back, one rename each (a name that appeared in the home meanwhile keeps its new
-    file; the quarantined one goes to the conflicts folder), and the home is compared
-    with the snapshot: if everything the snapshot holds is there, unchanged, this is the
-    restore. None: the volume cannot provide it; the bucket restore fills in (merging,
-    so nothing on the volume is overwritten).
-    """
+def _put_notice_back(lc: Lifecycle, user: str) -> None:
+    """After a failed restore, an empty home gets a notice again (created by descriptor,
+    never through a name the user planted); anything else is left as it is."""
     try:
-        trees = TreeCache(lc.repo, [snap.tree], workers=lc.workers)
-    except Error as exc:
-        log.warning("%s: cannot load the snapshot's trees: %s", path, exc)
-        return None
-    moved = Moved()
-    if quarantine is not None and quarantine.is_dir():
-        path.mkdir(parents=True, exist_ok=True)
-        moved = move_entries(quarantine, path, snap.id[:12])
-    if not path.is_dir():
-        return None
-    # What a restore (even an interrupted one) wrote has new inodes and ctimes: compare
-    # what the files hold, not which inodes they are.
-    cmp = compare_tree(trees, snap, path, moved_top=True, identity=False)
-    taken = set(moved.conflicts)
-    real = [
-        d for d in cmp.differences if d.what != "added" and d.path.split("/", 1)[0] not in taken
-    ]
-    if real:
-        log.warning(
-            "%s: the volume does not hold the snapshot, restoring from the bucket: %s",
-            path,
-            [f"{d.path}: {d.what}" for d in real],
-        )
-        return None
-    return moved
-
-
-def _put_notice_back(notice: Path) -> None:
-    try:
-        if notice.parent.is_dir() and _empty(notice.parent) and not notice.exists():
-            notice.write_text("Your files are archived; they come back at your next login.\n")
+        parent_fd, name = open_home_parent(lc.layout, user)
+        try:
+            fd = open_dir(name, parent_fd)
+        finally:
+            os.close(parent_fd)
+        try:
+            if not os.listdir(fd):
+                write_new_file(fd, NOTICE_NAME, RETRY_NOTICE.encode(), 0o444)
+        finally:
+            os.close(fd)
     except OSError:
         pass
 
 
+RETRY_NOTICE = "Your files are archived; they come back at your next login.\n"
+
 __all__ = [
     "ARCHIVED",
+    "HomeNotAFolder",
     "REASONS",
     "NothingToRestore",
     "RestoreFailed",
     "RestoreResult",
     "classify",
+    "recorded_snapshot",
     "recorded_failure",
     "restore_home",
     "user_message",

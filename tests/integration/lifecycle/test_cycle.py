@@ -18,7 +18,7 @@ import pytest
 
 from hometier import faults
 from hometier.engine import archive as engine_archive
-from hometier.lifecycle import cycle, moves, restoring
+from hometier.lifecycle import cycle, install, moves
 from hometier.lifecycle.activity import NOTICE_NAME
 from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.cycle import NotEligible, archive_home, purge_quarantine, recover
@@ -142,9 +142,9 @@ def test_a_home_modified_during_its_snapshot_is_kept(
     real = engine_archive.iter_chunks
     touched: list[str] = []
 
-    def chunks_then_write(fd: int, length: int, chunking: Any) -> Any:
+    def chunks_then_write(fd: int, length: int, chunking: Any, offset: int = 0) -> Any:
         name = os.readlink(f"/proc/self/fd/{fd}")
-        for i, chunk in enumerate(real(fd, length, chunking)):
+        for i, chunk in enumerate(real(fd, length, chunking, offset)):
             yield chunk
             if i == 0 and name.endswith("/data.bin") and not touched:
                 touched.append(name)
@@ -355,7 +355,7 @@ def test_a_login_right_after_the_db_step_waits_for_the_move_and_gets_everything(
 # --- crashes and housekeeping -------------------------------------------------------------
 
 
-def test_recover_finishes_a_move_interrupted_halfway(
+def test_recover_finishes_a_move_interrupted_before_the_swap(
     lifecycle: Lifecycle, make_home: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home = make_home("kate")
@@ -368,9 +368,8 @@ def test_recover_finishes_a_move_interrupted_halfway(
     monkeypatch.delenv("HOMETIER_FAULTS")
     quarantine = quarantine_of(lifecycle, "kate")
     assert queries.get_home(lifecycle.db, "kate").state == ARCHIVED
-    moved, left = set(os.listdir(quarantine)), set(os.listdir(home))
-    assert moved and left and not moved & left  # half moved, nothing lost
-    assert NOTICE_NAME not in left
+    assert manifest(home) == before and not quarantine.exists()  # not swapped yet
+    assert quarantine.with_name(quarantine.name + ".fresh").is_dir()  # the stand-in
 
     assert recover(lifecycle) == ["kate"]
 
@@ -426,7 +425,9 @@ def test_purge_removes_only_expired_quarantines(
     # quarantine_for=0: removed by the next purge.
     assert archive_home(lifecycle, "noah").outcome == "archived"
     lifecycle.quarantine_for = dt.timedelta(0)
-    assert purge_quarantine(lifecycle) == [quarantine_of(lifecycle, "noah").name]
+    name = quarantine_of(lifecycle, "noah").name
+    assert purge_quarantine(lifecycle) == [name]
+    assert queries.get_home(lifecycle.db, "noah").quarantine_path is None  # purged: forgotten
     assert restore_home(lifecycle, "noah", "login").source == "bucket"
     assert manifest(new_home) == new_before
 
@@ -507,14 +508,14 @@ def test_a_concurrent_restore_is_joined(
     before = manifest(home)
     assert archive_home(lifecycle, "pete").outcome == "archived"
     lifecycle.restore_from_quarantine = False
-    real = restoring.restore
+    real = install.restore
     both_asked = threading.Event()
 
     def slow_restore(*args: Any, **kwargs: Any) -> Any:
         both_asked.wait(10)  # the other login arrives while this one restores
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(restoring, "restore", slow_restore)
+    monkeypatch.setattr(install, "restore", slow_restore)
     real_request = queries.request_restore
     asked = []
 

@@ -18,8 +18,11 @@ from urllib.parse import quote
 
 from hometier.engine.export import find, iter_content, list_dir, write_tar, write_zip
 from hometier.errors import UsageError
+from hometier.lifecycle.context import Lifecycle
+from hometier.lifecycle.restoring import recorded_snapshot
 from hometier.repo.snapshot import Snapshot
 from hometier.service.api.base import BaseHandler
+from hometier.state import queries
 
 _DONE = object()
 log = logging.getLogger(__name__)
@@ -61,8 +64,21 @@ class SnapshotBase(BaseHandler):
         who = self.identity()
         if not (restore_ok and who.may("restore", user)):
             who.require("read", user)
-        snap = await self.blocking(self.ctx.lc.repo.find_snapshot, ref, user)
+        snap = await self.blocking(_resolve, self.ctx.lc, user, ref)
         return user, snap
+
+
+def _resolve(lc: Lifecycle, user: str, ref: str) -> Snapshot:
+    """``latest`` of an archived home is the snapshot its archive recorded (what a
+    restore brings back, e.g. the per-user-volume stream), not merely the newest one."""
+    if ref == "latest":
+        try:
+            home = queries.get_home(lc.db, user)
+        except queries.HomeNotFound:
+            home = None
+        if home is not None and home.is_cold:
+            return recorded_snapshot(lc, home)
+    return lc.repo.find_snapshot(ref, user)
 
 
 class SnapshotsHandler(BaseHandler):
