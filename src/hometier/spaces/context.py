@@ -91,7 +91,9 @@ class SpacesContext:
         with self._lock:
             repo = self._repos.get(url)
             if repo is None:
-                opener = self.secret_open if space.level == "secret" and self.secret_open else open_store
+                opener = (
+                    self.secret_open if space.level == "secret" and self.secret_open else open_store
+                )
                 store = opener(url)
                 repo = Repository.open_or_create(store)[0] if create else Repository.open(store)
                 self._repos[url] = repo

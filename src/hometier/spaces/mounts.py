@@ -6,8 +6,8 @@ space is active and within its quota). The hub integrations turn it into KubeSpa
 volumes, DockerSpawner binds or, for servers that run on this host as the user
 (LocalProcessSpawner, SystemdSpawner, TLJH), symlinks in ``~/shared`` (``link_home``).
 
-The links are written by a child process running as the user (their uid, gid and
-groups, no capability): the kernel refuses whatever the user could not do, so a home
+The links are written with the user's filesystem credentials (``posix.as_user``: their
+uid and gid on this thread, no capability): the kernel refuses whatever the user could not do, so a home
 full of traps (``shared`` a symlink to ``/etc``, a FIFO, another user's folder) can make
 it fail, never make it write elsewhere. It only ever removes links that point into the
 spaces root, and creates ``shared`` as 0700; a secret space's link is made only in a
@@ -16,11 +16,9 @@ spaces root, and creates ``shared`` as 0700; a secret space's link is made only 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import subprocess
-import sys
+import stat
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +26,7 @@ from typing import Any
 from hometier.errors import Error, UsageError
 from hometier.spaces.context import SpacesContext
 from hometier.spaces.names import volume_name
+from hometier.spaces.posix import as_user
 from hometier.state import spaces as q
 
 log = logging.getLogger(__name__)
@@ -107,41 +106,49 @@ def link_dir(mount_path: str) -> str:
     return rel
 
 
-# Runs as the user (python -I -c), with the arguments in one JSON document on stdin.
-_LINKER = r"""
-import json, os, stat, sys
-a = json.load(sys.stdin)
-D = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-home = os.open(a["home"], D)
-try:
-    os.mkdir(a["dir"], 0o700, dir_fd=home)
-except FileExistsError:
-    pass
-d = os.open(a["dir"], D, dir_fd=home)
-private = stat.S_IMODE(os.fstat(d).st_mode) & 0o077 == 0
-root = a["root"].rstrip("/") + "/"
-want = {k: v for k, v in a["links"].items() if private or not a["secret"].get(k)}
-out = {"made": [], "removed": [], "kept": [], "conflicts": [], "private": private}
-for name in os.listdir(d):
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _write_links(
+    home: str, folder: str, root: str, want: dict[str, str], secret: set[str]
+) -> dict[str, Any]:
+    """Runs with the user's filesystem credentials (``as_user``)."""
+    hfd = os.open(home, _DIR)
     try:
-        target = os.readlink(name, dir_fd=d)
-    except OSError:
-        continue
-    if target.startswith(root) and want.get(name) != target:
-        os.unlink(name, dir_fd=d)
-        out["removed"].append(name)
-for name, target in sorted(want.items()):
-    try:
-        os.symlink(target, name, dir_fd=d)
-        out["made"].append(name)
-    except FileExistsError:
         try:
-            same = os.readlink(name, dir_fd=d) == target
-        except OSError:
-            same = False
-        out["kept" if same else "conflicts"].append(name)
-json.dump(out, sys.stdout)
-"""
+            os.mkdir(folder, 0o700, dir_fd=hfd)
+        except FileExistsError:
+            pass
+        d = os.open(folder, _DIR, dir_fd=hfd)
+    finally:
+        os.close(hfd)
+    try:
+        private = stat.S_IMODE(os.fstat(d).st_mode) & 0o077 == 0
+        want = {k: v for k, v in want.items() if private or k not in secret}
+        out: dict[str, Any] = {"made": [], "removed": [], "kept": [], "conflicts": []}
+        out["private"] = private
+        prefix = root.rstrip("/") + "/"
+        for name in os.listdir(d):
+            try:
+                target = os.readlink(name, dir_fd=d)
+            except OSError:
+                continue  # not a link: the user's own
+            if target.startswith(prefix) and want.get(name) != target:
+                os.unlink(name, dir_fd=d)
+                out["removed"].append(name)
+        for name, target in sorted(want.items()):
+            try:
+                os.symlink(target, name, dir_fd=d)
+                out["made"].append(name)
+            except FileExistsError:
+                try:
+                    same = os.readlink(name, dir_fd=d) == target
+                except OSError:
+                    same = False
+                out["kept" if same else "conflicts"].append(name)
+        return out
+    finally:
+        os.close(d)
 
 
 def link_home(sp: SpacesContext, user: str, mounts: list[Mount]) -> dict[str, Any]:
@@ -156,35 +163,20 @@ def link_home(sp: SpacesContext, user: str, mounts: list[Mount]) -> dict[str, An
     if sp.homes not in home.parents:
         raise LinkFailed(user, "their home would be outside the homes root")
     data = [m for m in mounts if m.kind == "data"]
-    doc = {
-        "home": str(home),
-        "dir": link_dir(sp.mount_path),
-        "root": str(sp.root),
-        "links": {m.name: m.host_path for m in data},
-        "secret": {m.name: m.level == "secret" for m in data},
-    }
     uid, gid = ids
+    if uid == 0:
+        raise LinkFailed(user, "they are root")
     try:
-        groups = os.getgrouplist(sp.users.system_name(user), gid)
-        done = subprocess.run(
-            [sys.executable, "-I", "-c", _LINKER],
-            input=json.dumps(doc),
-            capture_output=True,
-            text=True,
-            timeout=60,
-            user=uid,
-            group=gid,
-            extra_groups=groups,
-            cwd="/",
-            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError) as exc:
-        raise LinkFailed(user, exc) from exc
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise LinkFailed(user, last[:300])
-    result: dict[str, Any] = json.loads(done.stdout)
+        with as_user(uid, gid):
+            result = _write_links(
+                str(home),
+                link_dir(sp.mount_path),
+                str(sp.root),
+                {m.name: m.host_path for m in data},
+                {m.name for m in data if m.level == "secret"},
+            )
+    except OSError as exc:
+        raise LinkFailed(user, exc.strerror or exc) from exc
     if not result.get("private") and any(m.level == "secret" for m in data):
         log.warning("spaces: %s's shared folder is readable by others: no secret links", user)
     return result

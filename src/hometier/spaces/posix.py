@@ -16,12 +16,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import grp
 import logging
 import os
 import pwd
 import re
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 from hometier.errors import Error, UsageError
@@ -80,7 +84,9 @@ def prepare_root(root: Path, *, require_mount: bool) -> int:
                 os.mkdir(name, mode, dir_fd=fd)
             except FileExistsError:
                 pass
-            sub = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            sub = os.open(
+                name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd
+            )
             try:
                 st = os.fstat(sub)
                 if st.st_uid != 0 and os.geteuid() == 0:
@@ -148,6 +154,28 @@ def delete_group(name: str) -> None:
     except KeyError:
         return
     _run(["groupdel", name], name, "deleted")
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+@contextlib.contextmanager
+def as_user(uid: int, gid: int) -> Iterator[None]:
+    """File operations of this thread (only) run with ``uid``/``gid`` as filesystem
+    credentials: Linux ``setfsuid``/``setfsgid``, which also drops the thread's
+    filesystem capabilities (DAC override, chown, fowner) while they are not 0. The
+    kernel then refuses whatever that user could not do themselves."""
+    if uid == 0 or gid == 0:
+        raise UsageError("as_user is for unprivileged users")
+    _libc.setfsgid(gid)
+    _libc.setfsuid(uid)
+    try:
+        if _libc.setfsuid(-1) != uid or _libc.setfsgid(-1) != gid:
+            raise OSError("could not take the user's filesystem credentials")
+        yield
+    finally:
+        _libc.setfsuid(0)
+        _libc.setfsgid(0)
 
 
 class UserMap:

@@ -71,8 +71,16 @@ def reconcile(
         if not report.hub_ok and any(m.kind == "group" for m in declared.get(space.id, [])):
             continue  # groups unknown: neither grant nor revoke through them
         try:
-            reconcile_space(sp, space, declared.get(space.id, []), view, report, force=force,
-                            actor=actor or sp.actor, reason=reason)
+            reconcile_space(
+                sp,
+                space,
+                declared.get(space.id, []),
+                view,
+                report,
+                force=force,
+                actor=actor or sp.actor,
+                reason=reason,
+            )
         except Error as exc:
             report.errors.append(f"{space.name}: {exc.get_message()}")
             log.error("spaces: %s: %s", space.name, exc.get_message())

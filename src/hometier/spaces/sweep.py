@@ -176,7 +176,9 @@ def sweep(
                     stats.disowned += 1
                     wrote = True
                 stats.changed += int(wrote)
-            stack.append((sub, (sst.st_dev, sst.st_ino), _visit(sub, grants, disown, stats, dev, on_entry)))
+            stack.append(
+                (sub, (sst.st_dev, sst.st_ino), _visit(sub, grants, disown, stats, dev, on_entry))
+            )
     finally:
         for fd, _, _ in stack:
             os.close(fd)
@@ -194,7 +196,10 @@ def _visit(
     """Apply to the files of the open folder ``fd``; return its subfolders' names."""
     folders: list[bytes] = []
     with os.scandir(fd) as it:
-        listed = [(os.fsencode(e.name), e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False)) for e in it]
+        listed = [
+            (os.fsencode(e.name), e.is_dir(follow_symlinks=False), e.is_file(follow_symlinks=False))
+            for e in it
+        ]
     for name, is_dir, is_file in listed:
         if is_dir:
             folders.append(name)

@@ -109,9 +109,7 @@ def latest(sp: SpacesContext, space: Space) -> Snapshot | None:
     return complete[-1] if complete else None
 
 
-def archive_space(
-    sp: SpacesContext, space: Space, *, actor: str, running: int = 0
-) -> Outcome:
+def archive_space(sp: SpacesContext, space: Space, *, actor: str, running: int = 0) -> Outcome:
     """Archive ``space`` now (see the module docstring). ``running``: servers of its
     members that are up (the caller asked the Hub); more than none refuses."""
     if running:
@@ -161,7 +159,12 @@ def archive_space(
                 _remove_notice(fd)
                 _move_all(moved_to, fd)
             q.transition(
-                sp.db, space.id, ("archiving",), "active", actor, sp.now(),
+                sp.db,
+                space.id,
+                ("archiving",),
+                "active",
+                actor,
+                sp.now(),
                 error=str(exc.get_message() if isinstance(exc, Error) else exc)[:1000],
             )
             raise
@@ -184,9 +187,7 @@ def restore_space(sp: SpacesContext, space: Space, *, actor: str) -> Outcome:
         space = q.get_space_by_id(sp.db, space.id)
         if space.state == "active":
             return Outcome(space.name, "active")
-        space = q.transition(
-            sp.db, space.id, ("archived", "failed"), "restoring", actor, sp.now()
-        )
+        space = q.transition(sp.db, space.id, ("archived", "failed"), "restoring", actor, sp.now())
         fd = volume.open_space(sp, space, create=True)
         try:
             volume.close_gate(sp, space)
@@ -212,17 +213,34 @@ def restore_space(sp: SpacesContext, space: Space, *, actor: str) -> Outcome:
                 os.close(qfd)
             if held < 0:
                 source = "repository"
-                restore(sp.repository(space), snap, volume.space_path(sp, space),
-                        workers=sp.workers, merge=True)
+                restore(
+                    sp.repository(space),
+                    snap,
+                    volume.space_path(sp, space),
+                    workers=sp.workers,
+                    merge=True,
+                )
                 sweep_all = not any(k in snap.root_xattrs for k in ACL_NAMES)
             now = sp.now()
             space = q.transition(
-                sp.db, space.id, ("restoring",), "active", actor, now,
-                restored_at=now, last_activity=now, error=None,
+                sp.db,
+                space.id,
+                ("restoring",),
+                "active",
+                actor,
+                now,
+                restored_at=now,
+                last_activity=now,
+                error=None,
             )
         except BaseException as exc:
             q.transition(
-                sp.db, space.id, ("restoring",), "failed", actor, sp.now(),
+                sp.db,
+                space.id,
+                ("restoring",),
+                "failed",
+                actor,
+                sp.now(),
                 error=str(exc.get_message() if isinstance(exc, Error) else exc)[:1000],
             )
             space = q.get_space_by_id(sp.db, space.id)

@@ -95,7 +95,12 @@ def space_lock(sp: SpacesContext, space: Space, timeout: float = 600.0) -> Itera
             os.mkdir("locks", 0o700, dir_fd=fd)
         except FileExistsError:
             pass
-        lfd = os.open(f"locks/{space.key}", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+        lfd = os.open(
+            f"locks/{space.key}",
+            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+            dir_fd=fd,
+        )
     finally:
         os.close(fd)
     try:
@@ -119,8 +124,10 @@ def sync_group(sp: SpacesContext, space: Space, access: Mapping[str, str]) -> No
     name = group_name(sp.group_prefix, space.gid)
     posix.ensure_group(name, space.gid)
     # /etc/group is world-readable: a secret space's group names nobody.
-    members = [] if space.level == "secret" else sorted(
-        sp.users.system_name(u) for u in access if sp.users.uid(u) is not None
+    members = (
+        []
+        if space.level == "secret"
+        else sorted(sp.users.system_name(u) for u in access if sp.users.uid(u) is not None)
     )
     posix.set_group_members(name, members)
 

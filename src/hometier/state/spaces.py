@@ -327,7 +327,7 @@ def create_space(
         )
         s.add(space)
         s.flush()
-        log_event(s, space, "space.create", actor, now, level=level, kind=kind, owner=owner)
+        log_event(s, space, "space.create", actor, now, level=level, space_kind=kind, owner=owner)
         return space
 
 
@@ -496,9 +496,7 @@ def transition(
         if done.rowcount != 1:  # type: ignore[attr-defined]
             raise SpaceStateConflict(space.name, "changing", " or ".join(from_states))
         s.refresh(space)
-        log_event(
-            s, space, "space.state", actor, now, from_state=before, to_state=to_state
-        )
+        log_event(s, space, "space.state", actor, now, from_state=before, to_state=to_state)
         return space
 
 
