@@ -360,3 +360,103 @@ def test_symlink_swaps_during_an_acl_sweep_never_reach_outside(world):
     assert tree_digest(canary) == before
     assert swaps > 100 and rounds > 10
     assert totals.raced + totals.moved > 0, "no swap ever landed mid-sweep: the race proved nothing"
+
+
+# --- tiering: an idle space goes to its repository and comes back -----------------
+
+
+def engine_keeps_acls(tmp: Path) -> bool:
+    """Whether engine.backup records POSIX ACLs (system.posix_acl_*) today."""
+    from hometier.engine.archive import backup
+    from hometier.repo import Repository
+    from hometier.store import open_store
+
+    src = tmp / "probe-src"
+    src.mkdir()
+    (src / "f").write_text("x")
+    subprocess.run(["setfacl", "-m", "u:nobody:r", str(src / "f")], check=True)
+    repo = Repository.open_or_create(open_store(f"file://{tmp / 'probe-repo'}"))[0]
+    snap = backup(repo, src, user="probe")
+    shutil.rmtree(src)
+    from hometier.engine.export import list_dir
+
+    [node] = list_dir(repo, snap, "")
+    return any(b"posix_acl" in bytes(k) for k in (node.xattrs or {}))
+
+
+def test_archive_and_restore_keep_every_acl_byte_for_byte(world, request):
+    sp, users = world
+    for short in ("own", "wri", "rea"):
+        users.add(short)
+    space = manage.create(
+        sp, name="cold", level="private", owner=users.names["own"],
+        members=members(users, wri="writer", rea="reader"), actor="test",
+    )
+    top = sp.root / space.path
+    w = probe(sp, users, "wri")
+    for rel in ("a.csv", "nested", "nested/b.txt", "nested/deeper", "nested/deeper/c.bin"):
+        op = "mkdir" if "." not in rel.rsplit("/", 1)[-1] else "create"
+        assert w.try_(op, top / rel) == "ok", rel
+    # A member's own tightening of one of their files is part of what must come back.
+    subprocess.run(["setfacl", "-m", "m::r--", str(top / "nested" / "b.txt")], check=True)
+    from hometier.spaces import tiering
+
+    before = getfacl_tree(top)
+    done = tiering.archive_space(sp, q.get_space(sp.db, "cold"), actor="test")
+    assert done.outcome == "archived"
+    assert sorted(os.listdir(top)) == [tiering.NOTICE]
+    r = probe(sp, users, "rea")
+    assert r.try_("read", top / tiering.NOTICE) == "ok"
+    assert w.try_("create", top / "while-archived") == "EACCES"  # read-only meanwhile
+    # From the repository, not the quarantine: that is what tiering is for.
+    tiering.purge_quarantine(sp)  # too young: kept
+    for name in os.listdir(sp.root / ".hometier" / "quarantine"):
+        shutil.rmtree(sp.root / ".hometier" / "quarantine" / name)
+    back = tiering.restore_space(sp, q.get_space(sp.db, "cold"), actor="test")
+    assert back.outcome == "restored" and back.source == "repository"
+    after = getfacl_tree(top)
+    assert r.try_("read", top / "nested" / "deeper" / "c.bin") == "ok"
+    assert w.try_("write", top / "a.csv") == "ok"
+    if after != before and not engine_keeps_acls(sp.root.parent):
+        # The folders (gate and default ACLs) are exactly as they were; files got the
+        # space's ACL afresh (same access, hometier's spelling, the member's mask lost).
+        differing = [
+            x.splitlines()[0].removeprefix("# file: ")
+            for x, y in zip(before.split("\n\n"), after.split("\n\n"), strict=True)
+            if x != y
+        ]
+        assert "./nested/b.txt" in differing
+        assert all((top / d).is_file() for d in differing), differing
+        pytest.xfail(
+            "engine.backup does not record system.posix_acl_* yet: restore rewrote the "
+            "space's ACLs (access kept, the member's own mask lost)"
+        )
+    assert after == before
+    states = [(e.from_state, e.to_state) for e in q.space_events(sp.db, space.id)
+              if e.kind == "space.state"]
+    assert states[::-1] == [("active", "archiving"), ("archiving", "archived"),
+                            ("archived", "restoring"), ("restoring", "active")]
+
+
+def test_a_secret_space_is_archived_into_a_repository_of_its_own(world):
+    sp, users = world
+    users.add("own")
+    pub = manage.create(sp, name="open", level="public", owner=users.names["own"], actor="t")
+    sec = manage.create(sp, name="hush", level="secret", owner=users.names["own"], actor="t")
+    for s in (pub, sec):
+        (sp.root / s.path / "same.txt").write_text("identical content in both")
+    from hometier.spaces import tiering
+
+    tiering.archive_space(sp, q.get_space(sp.db, "open"), actor="t")
+    tiering.archive_space(sp, q.get_space(sp.db, "hush"), actor="t")
+    secret_repo = sp.repository(q.get_space(sp.db, "hush"))
+    shared_repo = sp.repository(q.get_space(sp.db, "open"))
+    assert secret_repo.store.url != shared_repo.store.url
+    assert secret_repo.config.id != shared_repo.config.id  # own key, own dedup domain
+    assert str(sp.secret_store_url).split("://")[1] in secret_repo.store.url
+    assert sec.key in secret_repo.store.url and "hush" not in secret_repo.store.url
+    assert [s.user for s in shared_repo.list_snapshots()] == [pub.key]
+    # Both bring their files back.
+    for name in ("open", "hush"):
+        tiering.restore_space(sp, q.get_space(sp.db, name), actor="t")
+    assert (sp.root / sec.path / "same.txt").read_text() == "identical content in both"

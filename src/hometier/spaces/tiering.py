@@ -139,7 +139,6 @@ def archive_space(sp: SpacesContext, space: Space, *, actor: str, running: int =
             finally:
                 os.close(qfd)
             _move_all(fd, moved_to)
-            _write_notice(fd, sp.now())
             now = sp.now()
             q.record_snapshot(
                 sp.db,
@@ -156,7 +155,6 @@ def archive_space(sp: SpacesContext, space: Space, *, actor: str, running: int =
             )
         except BaseException as exc:
             if moved_to >= 0:
-                _remove_notice(fd)
                 _move_all(moved_to, fd)
             q.transition(
                 sp.db,
@@ -172,8 +170,14 @@ def archive_space(sp: SpacesContext, space: Space, *, actor: str, running: int =
             if moved_to >= 0:
                 os.close(moved_to)
             os.close(fd)
-        # Members may read the notice while it is archived (grants() makes it read-only).
+        # Members may read the notice while it is archived (grants() makes it read-only);
+        # written after the gate reopens, it inherits the members' default ACL.
         volume.apply(sp, space, q.access(sp.db, space.id), gate_only=True)
+        fd = volume.open_space(sp, space)
+        try:
+            _write_notice(fd, now)
+        finally:
+            os.close(fd)
     log.info("space %s archived as %s", space.name, snap.id[:12])
     return Outcome(space.name, "archived", snap.id, snap.stats.bytes, snap.stats.files)
 
