@@ -113,7 +113,7 @@ def make_spaces(cfg: Hometier, *, db: Database | None = None) -> SpacesContext |
     return SpacesContext(
         db=db or open_db(cfg),
         root=Path(conf.root).absolute(),
-        identity=conf.identity,
+        identity="container" if conf.identity == "container" else "uids",
         users=UserMap(conf.user_template),
         group_prefix=conf.group_prefix,
         gid_range=(conf.gid_min, conf.gid_max),

@@ -389,8 +389,12 @@ def test_archive_and_restore_keep_every_acl_byte_for_byte(world, request):
     for short in ("own", "wri", "rea"):
         users.add(short)
     space = manage.create(
-        sp, name="cold", level="private", owner=users.names["own"],
-        members=members(users, wri="writer", rea="reader"), actor="test",
+        sp,
+        name="cold",
+        level="private",
+        owner=users.names["own"],
+        members=members(users, wri="writer", rea="reader"),
+        actor="test",
     )
     top = sp.root / space.path
     w = probe(sp, users, "wri")
@@ -432,10 +436,17 @@ def test_archive_and_restore_keep_every_acl_byte_for_byte(world, request):
             "space's ACLs (access kept, the member's own mask lost)"
         )
     assert after == before
-    states = [(e.from_state, e.to_state) for e in q.space_events(sp.db, space.id)
-              if e.kind == "space.state"]
-    assert states[::-1] == [("active", "archiving"), ("archiving", "archived"),
-                            ("archived", "restoring"), ("restoring", "active")]
+    states = [
+        (e.from_state, e.to_state)
+        for e in q.space_events(sp.db, space.id)
+        if e.kind == "space.state"
+    ]
+    assert states[::-1] == [
+        ("active", "archiving"),
+        ("archiving", "archived"),
+        ("archived", "restoring"),
+        ("restoring", "active"),
+    ]
 
 
 def test_a_secret_space_is_archived_into_a_repository_of_its_own(world):

@@ -60,7 +60,7 @@ def secret_opener(env_file: str) -> Callable[[str], Store]:
         }
         if env.get("AWS_SESSION_TOKEN"):
             config["session_token"] = env["AWS_SESSION_TOKEN"]
-        client = dict(_CLIENT)
+        client: Any = dict(_CLIENT)
         endpoint = env.get("AWS_ENDPOINT_URL")
         if endpoint:
             config["endpoint"] = endpoint

@@ -24,8 +24,8 @@ a user's log shows what they were given. Every function takes ``now``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from contextlib import nullcontext
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -168,10 +168,13 @@ class SpaceStateConflict(Conflict):
 Target = Database | Session
 
 
-def _session(target: Target, write: bool = True) -> Any:
+@contextmanager
+def _session(target: Target, write: bool = True) -> Iterator[Session]:
     if isinstance(target, Session):
-        return nullcontext(target)
-    return target.transaction(write)
+        yield target
+    else:
+        with target.transaction(write) as session:
+            yield session
 
 
 def log_event(
