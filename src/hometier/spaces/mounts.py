@@ -56,6 +56,8 @@ class Mount:
     gid: int
     modulepath: str | None = None
     """For a software space: its LMod module files, as the server sees them."""
+    host_modulepath: str | None = None
+    """The same on the host (local spawners, whose servers see the host's paths)."""
 
     def doc(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +77,8 @@ def mounts_for(sp: SpacesContext, user: str) -> list[Mount]:
         template = sp.software_mount_path if space.kind == "software" else sp.mount_path
         mount_path = template.format(name=space.name)
         writable = role == "writer" and space.state == "active" and not space.over_quota
+        soft = space.kind == "software"
+        host = os.path.join(str(sp.root), space.path)
         out.append(
             Mount(
                 name=space.name,
@@ -84,11 +88,12 @@ def mounts_for(sp: SpacesContext, user: str) -> list[Mount]:
                 read_only=not writable,
                 state=space.state,
                 mount_path=mount_path,
-                host_path=os.path.join(str(sp.root), space.path),
+                host_path=host,
                 sub_path=space.path,
                 volume=volume_name(space.id),
                 gid=space.gid,
-                modulepath=f"{mount_path}/{sp.modulefiles}" if space.kind == "software" else None,
+                modulepath=f"{mount_path}/{sp.modulefiles}" if soft else None,
+                host_modulepath=f"{host}/{sp.modulefiles}" if soft else None,
             )
         )
     return out
