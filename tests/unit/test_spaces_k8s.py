@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from unit.test_k8s import VARYING, FakeUser, make_spawner, render, validate, z2jh_config
 
 from hometier.hub.k8s_spaces import (
     VOLUME,
@@ -28,6 +27,7 @@ from hometier.hub.k8s_spaces import (
     make_space_mount,
 )
 from hometier.spaces.mounts import Mount
+from unit.test_k8s import VARYING, FakeUser, make_spawner, render, validate, z2jh_config
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "k8s" / "spaces"
 CLAIM = "hometier-spaces"

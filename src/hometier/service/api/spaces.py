@@ -214,7 +214,7 @@ class ActionHandler(SpacesBase):
         space = await self.space(name, viewer)
         if action == "archive":
             self.require_manager(space, viewer, "archive")
-            running = await self.blocking(_running_members, self.sp, space)
+            running = await self.blocking(running_members, self.sp, space)
             out = await self.blocking(
                 tiering.archive_space, self.sp, space, actor=self.actor(viewer), running=running
             )
@@ -226,7 +226,7 @@ class ActionHandler(SpacesBase):
         self.send(out.__dict__)
 
 
-def _running_members(sp: Any, space: Space) -> int:
+def running_members(sp: Any, space: Space) -> int:
     view, ok = reconcile.hub_view(sp)
     if view is None:
         return 0 if ok else 1  # the Hub cannot say: treat as in use

@@ -13,7 +13,7 @@ from typing import Any
 from tornado import web
 
 from hometier.errors import Error
-from hometier.service.api.spaces import SpacesOff, _running_members, space_doc
+from hometier.service.api.spaces import SpacesOff, running_members, space_doc
 from hometier.service.dashboard.base import FormRefused, PageHandler
 from hometier.spaces import manage, tiering
 from hometier.spaces.manage import Viewer
@@ -88,7 +88,7 @@ class SpaceAction(SpacesPage):
             if action == "archive":
                 if not viewer.manages(space):
                     raise FormRefused()
-                running = await self.blocking(_running_members, sp, space)
+                running = await self.blocking(running_members, sp, space)
                 out = await self.blocking(
                     tiering.archive_space, sp, space, actor=actor, running=running
                 )
