@@ -207,7 +207,11 @@ class Spaces(Configurable):
         "modulefiles", help="Folder of LMod module files inside a software space (MODULEPATH)."
     ).tag(config=True)
     sync_interval = Float(
-        60.0, help="Seconds between two reads of JupyterHub's groups (and quota checks)."
+        60.0,
+        help=(
+            "Seconds between two reads of JupyterHub's groups (and quota checks). "
+            "Env: HOMETIER_SPACES_SYNC_INTERVAL."
+        ),
     ).tag(config=True)
     measure_every = Unicode("1h", help="How often a space's size is measured.").tag(config=True)
     inactive_after = Unicode(
@@ -240,6 +244,10 @@ class Spaces(Configurable):
     @default("root")
     def _root_default(self) -> str:
         return os.environ.get("HOMETIER_SPACES", "")
+
+    @default("sync_interval")
+    def _sync_default(self) -> float:
+        return float(os.environ.get("HOMETIER_SPACES_SYNC_INTERVAL") or 60.0)
 
     @default("store")
     def _store_default(self) -> str:
