@@ -471,3 +471,83 @@ def test_a_secret_space_is_archived_into_a_repository_of_its_own(world):
     for name in ("open", "hush"):
         tiering.restore_space(sp, q.get_space(sp.db, name), actor="t")
     assert (sp.root / sec.path / "same.txt").read_text() == "identical content in both"
+
+
+# --- software spaces and quotas --------------------------------------------------
+
+LMOD_INIT = Path("/usr/share/lmod/lmod/init")
+
+
+def test_software_space_module_load_works_in_a_terminal_and_a_kernel(world):
+    if not (LMOD_INIT / "bash").exists():
+        pytest.skip("Lmod is not installed (apt-get install lmod)")
+    sp, users = world
+    for short in ("mnt", "usr"):
+        users.add(short)
+    space = manage.create(
+        sp, name="bio", level="public", kind="software", owner=users.names["mnt"], actor="test"
+    )
+    m = probe(sp, users, "mnt")
+    top = sp.root / space.path
+    assert m.try_("mkdir", top / "modulefiles") == "ok"
+    assert m.try_("mkdir", top / "modulefiles" / "hello") == "ok"
+    lua = 'setenv("HELLO_FROM_SPACE", "yes")\nprepend_path("PATH", "/opt/hello/bin")\n'
+    assert m.try_("create", top / "modulefiles" / "hello" / "1.0.lua", data=lua) == "ok"
+    from hometier.spaces.mounts import mounts_for
+
+    [mount] = [x for x in mounts_for(sp, users.names["usr"]) if x.name == "bio"]
+    assert mount.read_only and mount.host_modulepath == f"{top}/modulefiles"
+    # What the spawn hook sets in the server's environment reaches terminals and kernels.
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/", "MODULEPATH": mount.host_modulepath}
+    pw = __import__("pwd").getpwnam(users.names["usr"])
+    terminal = subprocess.run(
+        ["bash", "-c", f". {LMOD_INIT}/bash && module load hello && echo $HELLO_FROM_SPACE"],
+        env=env,
+        capture_output=True,
+        text=True,
+        user=pw.pw_uid,
+        group=pw.pw_gid,
+        timeout=60,
+    )
+    assert terminal.stdout.strip() == "yes", terminal.stderr
+    kernel = subprocess.run(
+        [
+            USER_PYTHON,
+            "-c",
+            f"exec(open('{LMOD_INIT}/env_modules_python.py').read()); module('load', 'hello'); "
+            "import os; print(os.environ['HELLO_FROM_SPACE'])",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        user=pw.pw_uid,
+        group=pw.pw_gid,
+        timeout=60,
+    )
+    assert kernel.stdout.strip() == "yes", kernel.stderr
+    # Everyone loads it; nobody but its maintainers changes it.
+    u = probe(sp, users, "usr")
+    assert u.try_("write", top / "modulefiles" / "hello" / "1.0.lua") == "EACCES"
+
+
+def test_a_space_over_its_quota_turns_read_only_until_it_is_under(world):
+    from hometier.spaces.reconcile import measure_space
+
+    sp, users = world
+    users.add("wri")
+    space = manage.create(
+        sp, name="small", level="private", owner=users.names["wri"], quota_bytes=1000, actor="test"
+    )
+    top = sp.root / space.path
+    w = probe(sp, users, "wri")
+    assert w.try_("create", top / "big", data="x" * 5000) == "ok"
+    space = measure_space(sp, q.get_space(sp.db, "small"))
+    assert space.over_quota and space.used_bytes == 5000
+    manage.apply_now(sp, space, actor="test")
+    assert w.try_("create", top / "more") == "EACCES"
+    assert w.try_("read", top / "big") == "ok"
+    assert w.try_("unlink", top / "big") == "EACCES"  # an admin or a raised quota frees it
+    manage.update(sp, space, {"quota_bytes": 10_000}, actor="test")
+    assert w.try_("create", top / "more") == "ok"
+    events = [e.kind for e in q.space_events(sp.db, space.id)]
+    assert "space.quota" in events
