@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -19,6 +20,9 @@ from hometier.lifecycle.units import parse_duration, parse_size
 from hometier.repo import Repository
 from hometier.state import Database, open_database
 from hometier.store import open_store
+
+if TYPE_CHECKING:
+    from hometier.spaces.context import SpacesContext
 
 
 def make_policy(arch: Archiver) -> Policy:
@@ -89,4 +93,45 @@ def make_lifecycle(cfg: Hometier, arch: Archiver, *, create_repo: bool = True) -
         restore_from_quarantine=arch.restore_from_quarantine,
         workers=cfg.workers,
         pack_size=cfg.pack_size_mb * 1024 * 1024,
+    )
+
+
+def make_spaces(cfg: Hometier, *, db: Database | None = None) -> SpacesContext | None:
+    """The shared spaces' context from ``c.Spaces`` (None when no root is set)."""
+    from hometier.config import Spaces
+    from hometier.spaces.context import SpacesContext
+    from hometier.spaces.members import HubGroups
+    from hometier.spaces.posix import UserMap
+    from hometier.spaces.stores import secret_opener
+
+    conf = Spaces(config=cfg.config)
+    if not conf.root:
+        return None
+    arch = Archiver(config=cfg.config)
+    hub = HubGroups(arch.hub_api_url, arch.hub_api_token) if arch.hub_api_url else None
+    if conf.gid_min > conf.gid_max or conf.gid_min < 1000:
+        raise UsageError("c.Spaces.gid_min..gid_max must be a range above 999")
+    inactive = parse_duration(conf.inactive_after) if conf.inactive_after.strip() else None
+    return SpacesContext(
+        db=db or open_db(cfg),
+        root=Path(conf.root).absolute(),
+        identity="container" if conf.identity == "container" else "uids",
+        users=UserMap(conf.user_template),
+        group_prefix=conf.group_prefix,
+        gid_range=(conf.gid_min, conf.gid_max),
+        manage_groups=conf.manage_groups,
+        require_mount_point=conf.require_mount_point,
+        hub=hub,
+        store_url=conf.store or f"{cfg.store.rstrip('/')}-spaces",
+        secret_store_url=conf.secret_store,
+        secret_open=secret_opener(conf.secret_store_env),
+        mount_path=conf.mount_path,
+        software_mount_path=conf.software_mount_path,
+        modulefiles=conf.modulefiles,
+        inactive_after=inactive,
+        quarantine_for=parse_duration(conf.quarantine_for),
+        measure_every=parse_duration(conf.measure_every),
+        homes=Path(cfg.homes).absolute(),
+        home_template=cfg.home_template,
+        workers=cfg.workers,
     )

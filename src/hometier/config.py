@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from traitlets import Bool, Integer, Unicode, default
+from traitlets import Bool, Enum, Float, Integer, Unicode, default
 from traitlets.config import Config, Configurable
 from traitlets.config.loader import JSONFileConfigLoader, PyFileConfigLoader
 
@@ -187,6 +187,98 @@ class Retention(Configurable):
     prune_interval = Unicode(
         "1d", help="How often the archiver loop applies retention and prunes (0: never)."
     ).tag(config=True)
+
+
+class Spaces(Configurable):
+    """Shared spaces (``c.Spaces.*``; docs/howto/spaces.md). Off unless ``root`` is set."""
+
+    root = Unicode(
+        help=(
+            "Root folder of the spaces volume, a mount point of its own (a filesystem, or "
+            "mount --bind ROOT ROOT); empty: no spaces. Env: HOMETIER_SPACES."
+        )
+    ).tag(config=True)
+    identity = Enum(
+        ["uids", "container"],
+        "uids",
+        help=(
+            "uids: servers run as real system users (TLJH, SystemUserSpawner): one ACL "
+            "entry per member. container: every server is the same uid (z2jh): the "
+            "space's gid opens it and which mounts a server gets is the boundary."
+        ),
+    ).tag(config=True)
+    user_template = Unicode(
+        "{username}",
+        help="The system user of a JupyterHub user (uids): jupyter-{username} on TLJH.",
+    ).tag(config=True)
+    group_prefix = Unicode("hts", help="POSIX groups are named PREFIX+gid.").tag(config=True)
+    gid_min = Integer(61000, help="Lowest gid given to a space's group.").tag(config=True)
+    gid_max = Integer(64999, help="Highest gid given to a space's group.").tag(config=True)
+    manage_groups = Bool(
+        True, help="Create, fill and delete the POSIX groups (groupadd, gpasswd; uids only)."
+    ).tag(config=True)
+    require_mount_point = Bool(
+        True, help="Refuse a root that is not a mount point (see root)."
+    ).tag(config=True)
+    mount_path = Unicode(
+        "~/shared/{name}", help="Where a server sees a data space (~: the server's home)."
+    ).tag(config=True)
+    software_mount_path = Unicode(
+        "/opt/software/{name}", help="Where a server sees a software space."
+    ).tag(config=True)
+    modulefiles = Unicode(
+        "modulefiles", help="Folder of LMod module files inside a software space (MODULEPATH)."
+    ).tag(config=True)
+    sync_interval = Float(
+        60.0,
+        help=(
+            "Seconds between two reads of JupyterHub's groups (and quota checks). "
+            "Env: HOMETIER_SPACES_SYNC_INTERVAL."
+        ),
+    ).tag(config=True)
+    measure_every = Unicode("1h", help="How often a space's size is measured.").tag(config=True)
+    inactive_after = Unicode(
+        "", help="Archive a space nobody changed nor mounted for this long (empty: never)."
+    ).tag(config=True)
+    quarantine_for = Unicode(
+        "3d", help="Keep an archived or deleted space's files on the volume this long."
+    ).tag(config=True)
+    store = Unicode(
+        help=(
+            "Repository of public and private spaces. Default: the homes' store URL "
+            "followed by -spaces. Env: HOMETIER_SPACES_STORE."
+        )
+    ).tag(config=True)
+    secret_store = Unicode(
+        help=(
+            "Where secret spaces are archived, one repository each (own key, own dedup) "
+            "under this URL; empty: secret spaces are never archived. "
+            "Env: HOMETIER_SECRET_STORE."
+        )
+    ).tag(config=True)
+    secret_store_env = Unicode(
+        help=(
+            "A KEY=value file with the credentials of secret_store (AWS_ACCESS_KEY_ID, "
+            "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, AWS_REGION), used instead of the "
+            "process's own for secret spaces only."
+        )
+    ).tag(config=True)
+
+    @default("root")
+    def _root_default(self) -> str:
+        return os.environ.get("HOMETIER_SPACES", "")
+
+    @default("sync_interval")
+    def _sync_default(self) -> float:
+        return float(os.environ.get("HOMETIER_SPACES_SYNC_INTERVAL") or 60.0)
+
+    @default("store")
+    def _store_default(self) -> str:
+        return os.environ.get("HOMETIER_SPACES_STORE", "")
+
+    @default("secret_store")
+    def _secret_store_default(self) -> str:
+        return os.environ.get("HOMETIER_SECRET_STORE", "")
 
 
 def load_config(path: str | None) -> Config:

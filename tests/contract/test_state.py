@@ -76,6 +76,7 @@ def moves(db: Database, user: str = "alice"):
 def test_migrations_create_exactly_the_models(db):
     with db.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        # The newest revision, whichever it is: every revision is applied.
         head = ScriptDirectory.from_config(alembic_config()).get_current_head()
         assert conn.scalar(text("SELECT version_num FROM alembic_version")) == head
     open_database(db.url).dispose()  # upgrading an up-to-date database is a no-op

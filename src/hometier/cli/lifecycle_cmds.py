@@ -125,9 +125,12 @@ def cmd_serve(args: argparse.Namespace, cfg: Hometier) -> int:
         return 1 if report.errors else 0
     interval = None if args.no_loop else parse_duration(arch.interval)
     if not args.no_api:
+        from hometier.app import make_spaces
+        from hometier.config import Spaces
         from hometier.service.app import run_service
 
         svc = Service(config=cfg.config)
+        spaces = make_spaces(cfg, db=lc.db)
         ip = args.ip or svc.ip
         port = args.port or svc.port
         err.print(
@@ -143,6 +146,8 @@ def cmd_serve(args: argparse.Namespace, cfg: Hometier) -> int:
             metrics_public=svc.metrics_public,
             config=cfg.config,
             restore_concurrency=svc.restore_concurrency,
+            spaces=spaces,
+            spaces_interval=Spaces(config=cfg.config).sync_interval,
         )
         return 0
     stop = threading.Event()

@@ -19,7 +19,8 @@ from typing import Any
 from hometier.hub.spawn_hook import make_pre_spawn_hook
 from hometier.scopes import CUSTOM_SCOPES
 
-SERVICE_SCOPES = ["list:users", "read:users:activity", "read:servers"]
+# Shared spaces follow JupyterHub's groups: list them and read their members.
+SERVICE_SCOPES = ["list:users", "read:users:activity", "read:servers", "list:groups", "read:groups"]
 USER_SCOPES = [
     "self",
     "access:services!service=hometier",

@@ -11,7 +11,10 @@ files keep their uid/gid.
 Settings come from the environment of the hub (``/etc/systemd/system/jupyterhub.service``
 drop-in) or ``/opt/tljh/state/hometier.env``: ``HOMETIER_STORE`` (required, e.g.
 ``s3://bucket/hometier`` with ``AWS_*``), ``HOMETIER_DB`` (default SQLite under
-``/opt/tljh/state``), ``HOMETIER_INACTIVE_AFTER`` (default 30d).
+``/opt/tljh/state``), ``HOMETIER_INACTIVE_AFTER`` (default 30d), and for shared spaces
+(``/srv/data``-style public data and group folders, docs/howto/spaces.md)
+``HOMETIER_SPACES`` (their root, a mount point, e.g. ``/srv/spaces``): users then find
+them in ``~/shared`` (links written as the user; TLJH's users are ``jupyter-<name>``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ PASSED = (
     "HOMETIER_STORE",
     "HOMETIER_DB",
     "HOMETIER_INACTIVE_AFTER",
+    "HOMETIER_SPACES",
+    "HOMETIER_SPACES_STORE",
+    "HOMETIER_SECRET_STORE",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -85,6 +91,7 @@ def tljh_custom_jupyterhub_config(c: Any) -> None:
         f"c.Archiver.inactive_after = {inactive!r}\n"
         'c.Archiver.hub_api_url = __import__("os").environ["JUPYTERHUB_API_URL"]\n'
         'c.Archiver.hub_api_token = __import__("os").environ["JUPYTERHUB_API_TOKEN"]\n'
+        'c.Spaces.user_template = "jupyter-{username}"\n'
     )
     configure_hub(
         c,
@@ -105,3 +112,7 @@ def tljh_custom_jupyterhub_config(c: Any) -> None:
         environment=environment,
         admin_groups=["admin"],
     )
+    if environment.get("HOMETIER_SPACES"):
+        from hometier.hub.spaces import configure_spaces
+
+        configure_spaces(c, service_url=f"http://127.0.0.1:{PORT}/services/hometier")

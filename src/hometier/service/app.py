@@ -18,6 +18,7 @@ from tornado.httpserver import HTTPServer
 
 from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.loop import run_forever
+from hometier.service.api import spaces as spaces_api
 from hometier.service.api.base import BaseHandler
 from hometier.service.api.homes import ArchiveHandler, ExemptHandler, HomeHandler, HomesHandler
 from hometier.service.api.leases import LeaseHandler, LeasesHandler
@@ -25,6 +26,7 @@ from hometier.service.api.meta import HealthHandler, MetricsHandler, OpenAPIHand
 from hometier.service.api.restores import RestoredHandler, RestoreEventsHandler, RestoreHandler
 from hometier.service.api.snapshots import DownloadHandler, SnapshotsHandler, TreeHandler
 from hometier.service.dashboard import handlers as dash
+from hometier.service.dashboard import spaces_pages
 from hometier.service.dashboard.summary import Dashboard
 from hometier.service.metrics import Metrics
 from hometier.service.tracker import Tracker
@@ -50,6 +52,8 @@ class ServiceContext:
     prefix: str
     service_name: str = "hometier"
     metrics_public: bool = False
+    spaces: Any = None
+    """Shared spaces (``hometier.spaces.context.SpacesContext``), or None when off."""
 
 
 class NotFoundHandler(BaseHandler):
@@ -77,6 +81,7 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"{p}/api/homes/{USER}/snapshots", SnapshotsHandler),
         (rf"{p}/api/homes/{USER}/snapshots/{SNAP}/tree", TreeHandler),
         (rf"{p}/api/homes/{USER}/snapshots/{SNAP}/(?P<kind>file|archive)", DownloadHandler),
+        *spaces_api.routes(p),
         (rf"{p}/oauth_callback", HubOAuthCallbackHandler),
         # The dashboard (HTML, Hub OAuth login): hometier.service.dashboard.
         (rf"{p}/?", dash.OwnHomePage),
@@ -85,6 +90,7 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"{p}/homes/{USER}/(?P<action>archive|restore|exempt|unexempt)", dash.HomeAction),
         (rf"{p}/homes/{USER}/snapshots/{SNAP}/browse", dash.BrowsePage),
         (rf"{p}/static/(?P<path>.+)", dash.StaticHandler),
+        *spaces_pages.routes(p),
     ]
 
 
@@ -140,12 +146,16 @@ def run_service(
     metrics_public: bool = False,
     config: Any = None,
     restore_concurrency: int = 8,
+    spaces: Any = None,
+    spaces_interval: float = 0.0,
 ) -> None:
     """Serve the API on ``ip:port`` and, unless ``interval`` is None, run the archiver
-    loop in a thread beside it. Returns on SIGTERM/SIGINT after both have stopped."""
+    loop in a thread beside it; with ``spaces``, their reconcile loop every
+    ``spaces_interval`` seconds too. Returns on SIGTERM/SIGINT after all have stopped."""
     ctx = make_context(
         lc, prefix=prefix, metrics_public=metrics_public, restore_concurrency=restore_concurrency
     )
+    ctx.spaces = spaces
     stop = threading.Event()
     loop_thread = None
     if interval is not None:
@@ -153,6 +163,17 @@ def run_service(
             target=run_forever, args=(lc, interval, stop), name="archiver", daemon=True
         )
         loop_thread.start()
+    spaces_thread = None
+    if spaces is not None and spaces_interval > 0:
+        from hometier.spaces.reconcile import run_forever as reconcile_forever
+
+        spaces_thread = threading.Thread(
+            target=reconcile_forever,
+            args=(spaces, spaces_interval, stop),
+            name="spaces",
+            daemon=True,
+        )
+        spaces_thread.start()
 
     async def main() -> None:
         app = make_app(ctx, config=config)
@@ -173,6 +194,8 @@ def run_service(
         stop.set()
         if loop_thread is not None:
             loop_thread.join(timeout=60)
+        if spaces_thread is not None:
+            spaces_thread.join(timeout=60)
         for pool in (ctx.executor, ctx.downloads, ctx.tracker.executor):
             pool.shutdown(wait=False, cancel_futures=True)
 

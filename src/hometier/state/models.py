@@ -202,3 +202,8 @@ class Event(Base):
     def __repr__(self) -> str:
         move = f" {self.from_state}->{self.to_state}" if self.to_state else ""
         return f"<Event {self.id} {self.user} {self.kind}{move} by {self.actor}>"
+
+
+# The shared spaces' tables live in their own module; importing it here registers them
+# with ``Base.metadata`` (migrations, the schema contract test) wherever models are used.
+from hometier.state import spaces as _spaces  # noqa: E402, F401
