@@ -181,3 +181,21 @@ def test_folders_that_are_not_homes_are_never_candidates(
         subprocess.run(["umount", "-l", str(mnt)], check=False)
     assert found == [victim.user]
     assert queries.home_users(lc.db) == {victim.user}
+
+
+def test_the_plan_scan_never_opens_through_a_symlinked_folder(
+    victim: Victim, canary: object, tmp_path: Path
+) -> None:
+    """``hometier plan`` reads homes as root (sizes, sampled contents): a folder the user
+    swapped for a symlink is never gone through, wherever it sits on the path."""
+    from hometier.lifecycle import plan
+
+    outside = tmp_path / "outside" / "b"
+    outside.mkdir(parents=True)
+    (outside / "f").write_text("root's\n")
+    os.symlink(tmp_path / "outside", victim.home / "a")
+    with pytest.raises(OSError):
+        plan._open_dir(str(victim.home), "a/b")
+    with pytest.raises(OSError):
+        plan._open_in(str(victim.home), "a/b/f", os.O_RDONLY | os.O_NOFOLLOW)
+    assert plan.read_blobs((str(victim.home), "a/b/f"), 7, 0, 7, plan.Chunking()) is None
