@@ -53,6 +53,20 @@ class Hometier(Configurable):
 
     pack_size_mb = Integer(32, help="Target size of a pack object, in MiB.").tag(config=True)
 
+    secret_key = Unicode(
+        help=(
+            "Fernet key(s) that seal secrets stored in the database (job secrets); several, "
+            "comma separated, rotate: the first seals, all unseal. Env: HOMETIER_SECRET_KEY."
+        ),
+    ).tag(config=True)
+
+    secret_key_file = Unicode(
+        help=(
+            "File holding the Fernet key(s), readable by its owner only (instead of "
+            "secret_key). Env: HOMETIER_SECRET_KEY_FILE."
+        ),
+    ).tag(config=True)
+
     @default("homes")
     def _homes_default(self) -> str:
         return os.environ.get("HOMETIER_HOMES", "/home")
@@ -64,6 +78,14 @@ class Hometier(Configurable):
     @default("db")
     def _db_default(self) -> str:
         return os.environ.get("HOMETIER_DB", f"sqlite:///{DEFAULT_DIR}/state.db")
+
+    @default("secret_key")
+    def _secret_key_default(self) -> str:
+        return os.environ.get("HOMETIER_SECRET_KEY", "")
+
+    @default("secret_key_file")
+    def _secret_key_file_default(self) -> str:
+        return os.environ.get("HOMETIER_SECRET_KEY_FILE", "")
 
 
 class Archiver(Configurable):

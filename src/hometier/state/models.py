@@ -200,3 +200,8 @@ class Event(Base):
     def __repr__(self) -> str:
         move = f" {self.from_state}->{self.to_state}" if self.to_state else ""
         return f"<Event {self.id} {self.user} {self.kind}{move} by {self.actor}>"
+
+
+# Tables of other topics live in their own modules; importing them here registers them
+# on ``Base.metadata`` (what Alembic and the contract tests compare against).
+from hometier.state import jobs as _jobs  # noqa: E402,F401
