@@ -67,6 +67,7 @@ def test_configures_a_managed_service_and_the_spawn_hook(tmp_path: Path, monkeyp
         "list:users",
         "read:users:activity",
         "read:servers",
+        "tokens",
     ]
     assert roles["hometier-admin"]["groups"] == ["admin"]
     assert "custom:hometier:admin" in c.JupyterHub.custom_scopes

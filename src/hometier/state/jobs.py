@@ -530,7 +530,9 @@ def active_runs(target: Target, worker: str | None = None) -> list[JobRun]:
 # -- secrets ------------------------------------------------------------------------------
 
 
-def set_secret(target: Target, user: str, name: str, sealed: str, actor: str, now: datetime) -> None:
+def set_secret(
+    target: Target, user: str, name: str, sealed: str, actor: str, now: datetime
+) -> None:
     """Store (or replace) ``user``'s sealed secret ``name``."""
     with _tx(target) as s:
         row = s.scalars(

@@ -80,7 +80,10 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_job_runs")),
         sa.UniqueConstraint(
-            "job_id", "scheduled_for", "attempt", name=op.f("uq_job_runs_job_id_scheduled_for_attempt")
+            "job_id",
+            "scheduled_for",
+            "attempt",
+            name=op.f("uq_job_runs_job_id_scheduled_for_attempt"),
         ),
     )
     op.create_index(op.f("ix_job_runs_state_not_before"), "job_runs", ["state", "not_before"])
