@@ -90,7 +90,7 @@ class HubAPI:
                 "Authorization": f"token {token or self.token}",
                 "Content-Type": "application/json",
             },
-            body=json.dumps(body) if body is not None else (None if method == "GET" else ""),
+            body=json.dumps(body) if body is not None else ("" if method == "POST" else None),
             request_timeout=self.request_timeout,
             allow_nonstandard_methods=True,
         )

@@ -69,9 +69,10 @@ class Kernel:
             self.base_url + path,
             method=method,
             headers=self._headers(),
-            body=json.dumps(body) if body is not None else (None if method == "GET" else ""),
+            body=json.dumps(body) if body is not None else ("" if method == "POST" else None),
             request_timeout=self.request_timeout,
             follow_redirects=False,
+            allow_nonstandard_methods=True,
         )
         try:
             resp = await AsyncHTTPClient().fetch(req)

@@ -343,13 +343,19 @@ async def _cleanup(ctx: JobsContext, r: Run) -> str | None:
     path in the home, if one was written."""
     output = None
     if r.kernel is not None:
-        await r.kernel.shutdown()
+        try:
+            await r.kernel.shutdown()
+        except Exception as exc:  # noqa: BLE001 - the server goes away with the run anyway
+            log.warning("run %s: the kernel could not be shut down: %s", r.run.id, exc)
     if r.nb is not None and r.kernel is not None:
         try:
             output = await _db(_write, ctx, r)
-        except (Error, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - the run's outcome is recorded regardless
             log.warning("run %s: the output could not be written: %s", r.run.id, exc)
-    await release(ctx, r.user, r.server, r.started_server, r.token_id, r.lease_id, r.token)
+    try:
+        await release(ctx, r.user, r.server, r.started_server, r.token_id, r.lease_id, r.token)
+    except Exception:  # noqa: BLE001
+        log.exception("run %s: cleanup failed", r.run.id)
     return output
 
 
