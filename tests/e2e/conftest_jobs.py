@@ -26,7 +26,7 @@ from cryptography.fernet import Fernet
 from fixtures.hub import descendants, free_port, start_hub
 from fixtures.service import PREFIX, Service
 
-CULL_TIMEOUT = 8
+CULL_TIMEOUT = 6
 """Seconds of inactivity after which the culler stops a server (every 2 s it looks)."""
 MAX_OUTPUT = 2_000_000
 SECRET_KEY = Fernet.generate_key().decode()
@@ -45,7 +45,7 @@ def hub_config(service_port: int, token: str) -> str:
         "c.JupyterHub.allow_named_servers = True\n"
         "c.JupyterHub.named_server_limit_per_user = 3\n"
         "c.JupyterHub.services.append({'name': 'idle-culler', 'command': ["
-        f"{culler!r}, '--timeout={CULL_TIMEOUT}', '--cull-every=2', '--remove-named-servers']}})\n"
+        f"{culler!r}, '--timeout={CULL_TIMEOUT}', '--cull-every=2', '--remove-named-servers=True']}})\n"
         "c.JupyterHub.load_roles.append({'name': 'idle-culler', 'services': ['idle-culler'],"
         " 'scopes': ['list:users', 'read:users:activity', 'read:servers', 'delete:servers',"
         " 'admin:servers']})\n"
@@ -69,7 +69,6 @@ def start_jobs_world(root: Path, *, store: str | None = None) -> Service:
             "c.Jobs.activity_interval = '2s'\n"
             "c.Jobs.stale_after = '20s'\n"
             "c.Jobs.spawn_timeout = '90s'\n"
-            "c.Jobs.min_interval = '1m'\n"
             f"c.Jobs.max_output_size = '{MAX_OUTPUT}'\n"
             f"c.Hometier.secret_key = {SECRET_KEY!r}\n"
         )

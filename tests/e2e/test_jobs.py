@@ -1,4 +1,4 @@
-"""Jobs end to end: a real JupyterHub (named servers, jupyterhub-idle-culler with an 8 s
+"""Jobs end to end: a real JupyterHub (named servers, jupyterhub-idle-culler with an 6 s
 timeout), real single-user servers with ipykernel, SeaweedFS S3 as the repository and a
 real ``hometier serve`` whose scheduler runs the jobs.
 
@@ -132,7 +132,7 @@ def test_job_reuses_the_running_server_and_leaves_it_running(
 
 
 def test_the_idle_culler_does_not_interrupt_a_run(svc: Service, responses: list[str]) -> None:
-    """A run three times longer than the culler's timeout, on a server it started; a
+    """A run more than twice as long as the culler's timeout, on a server it started; a
     second user's idle server, started at the same time, is culled meanwhile (so the
     culler does work: this test could fail)."""
     user, idle = "cyd", "idle-control"
@@ -140,7 +140,7 @@ def test_the_idle_culler_does_not_interrupt_a_run(svc: Service, responses: list[
     home = svc.homes / user
     home.mkdir(parents=True, exist_ok=True)
     (home / "slow.py").write_text(
-        "import time\nfor i in range(4):\n    time.sleep(6)\n    print('tick', i, flush=True)\n"
+        "import time\nfor i in range(3):\n    time.sleep(5)\n    print('tick', i, flush=True)\n"
     )
     token = svc.user_token(user)
     job = make_job(svc, token, name="slow", path="slow.py", timeout=120, server="new")
@@ -149,7 +149,7 @@ def test_the_idle_culler_does_not_interrupt_a_run(svc: Service, responses: list[
     done = wait_run(svc, token, job["id"], run["id"])
     assert done["state"] == "succeeded", done
     log = (home / done["output_path"]).read_text()
-    assert "tick 3" in log
+    assert "tick 2" in log
     deadline = time.monotonic() + 3 * CULL_TIMEOUT
     while "" in _servers(svc, idle) and time.monotonic() < deadline:
         time.sleep(1)
@@ -162,7 +162,10 @@ def test_failures_are_clean_retried_and_told(svc: Service, responses: list[str])
     home = svc.homes / user
     (home / "dies.ipynb").write_bytes(notebook("print('before')", "import os\nos._exit(1)"))
     (home / "slow.ipynb").write_bytes(notebook("import time\ntime.sleep(120)"))
-    (home / "loud.ipynb").write_bytes(notebook("print('x' * 1_000_000)\n" * 5))
+    # 3 MB in 3.6 s: under the server's own IOPub rate limit (1 MB/s), which would
+    # otherwise drop it before hometier sees it; over hometier's MAX_OUTPUT (2 MB).
+    loud = "import time\nfor i in range(30):\n    print('x' * 100_000, flush=True)\n    time.sleep(0.12)"
+    (home / "loud.ipynb").write_bytes(notebook(loud))
     (home / "raises.ipynb").write_bytes(notebook("print('first')", "1 / 0", "print('never')"))
     token = svc.user_token(user)
     jobs = {

@@ -138,6 +138,9 @@ def _open_dir(home_fd: int, parts: tuple[str, ...], path: str, user: str) -> int
             try:
                 nxt = os.open(part, _O_DIR, dir_fd=fd)
             except OSError as exc:
+                # O_DIRECTORY|O_NOFOLLOW on a link fails with ENOTDIR: say which it was.
+                if exc.errno == errno.ENOTDIR and _is_link(fd, part):
+                    raise PathRefused(path, "it goes through a symbolic link") from None
                 _refuse(exc, path, user)
             os.close(fd)
             fd = nxt
@@ -145,6 +148,13 @@ def _open_dir(home_fd: int, parts: tuple[str, ...], path: str, user: str) -> int
     except BaseException:
         os.close(fd)
         raise
+
+
+def _is_link(dir_fd: int, name: str) -> bool:
+    try:
+        return stat.S_ISLNK(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def _refuse(exc: OSError, path: str, user: str) -> None:
