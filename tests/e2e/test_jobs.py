@@ -265,6 +265,14 @@ def test_no_secret_anywhere(svc: Service, responses: list[str]) -> None:
     needle = SECRET.encode()
     for path in places:
         assert needle not in path.read_bytes(), f"the secret is in {path}"
-    status, doc = svc.call("GET", "/api/secrets", svc.user_token("ada"))
+    token = svc.user_token("ada")
+    status, doc = svc.call("GET", "/api/secrets", token)
     assert status == 200 and [s["name"] for s in doc["secrets"]] == ["API_TOKEN"]
     assert SECRET not in json.dumps(doc)
+    # The dashboard's Jobs page lists the job, its runs and the secret's name only.
+    status, page = svc.call("GET", "/jobs", token, raw=True)
+    assert status == 200, page[:500]
+    assert b"daily" in page and b"API_TOKEN" in page and b"succeeded" in page
+    assert needle not in page
+    status, page = svc.call("GET", "/jobs?user=bob", token, raw=True)
+    assert status == 403

@@ -264,7 +264,10 @@ def cmd_secret(args: argparse.Namespace, cfg: Hometier) -> int:
     db, now, user = _world(cfg), _now(), check_username(args.user)
     if args.action == "list":
         names = jq.secret_names(db, user)
-        emit_json(names) if args.json else [out.print(n["name"]) for n in names]
+        if args.json:
+            emit_json(names)
+        for n in [] if args.json else names:
+            out.print(n["name"])
         return 0
     name = check_secret_name(args.name)
     if args.action == "delete":

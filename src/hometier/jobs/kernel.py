@@ -137,8 +137,9 @@ class Kernel:
         ``on_output`` gets each output (a notebook output dict) as it arrives; ``silent``
         requests keep no history and broadcast nothing. ``KernelDied`` if the kernel
         restarts or its connection closes."""
-        import nbformat
+        from hometier.jobs.notebook import nbf
 
+        nbformat = nbf()
         assert self.ws is not None, "start() first"
         msg_id, text = self._msg(
             "execute_request",

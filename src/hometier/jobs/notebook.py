@@ -29,6 +29,13 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 _ENV = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,99}$")
 
 
+def nbf() -> Any:
+    """nbformat, imported when first needed (the CLI starts without it), untyped."""
+    import nbformat
+
+    return nbformat
+
+
 class BadParameters(UsageError):
     """Invalid parameters: {}."""
 
@@ -78,8 +85,7 @@ def check_secret_name(name: Any) -> str:
 
 def load(data: bytes, path: str) -> Any:
     """The notebook in ``data`` (nbformat 4), validated."""
-    import nbformat
-
+    nbformat = nbf()
     try:
         nb = nbformat.reads(data.decode("utf-8"), as_version=4)
         nbformat.validate(nb)
@@ -90,8 +96,7 @@ def load(data: bytes, path: str) -> Any:
 
 def from_script(code: str) -> Any:
     """A one-cell notebook holding a script, so both kinds run the same way."""
-    import nbformat
-
+    nbformat = nbf()
     nb = nbformat.v4.new_notebook()
     nb.cells.append(nbformat.v4.new_code_cell(code))
     return nb
@@ -99,8 +104,7 @@ def from_script(code: str) -> Any:
 
 def inject_parameters(nb: Any, params: dict[str, Any]) -> None:
     """Insert (or replace) the ``injected-parameters`` cell; see the module docstring."""
-    import nbformat
-
+    nbformat = nbf()
     cells = [c for c in nb.cells if "injected-parameters" not in c.metadata.get("tags", [])]
     if params:
         lines = ["# Parameters (injected by hometier)"]

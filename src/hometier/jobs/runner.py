@@ -134,6 +134,7 @@ async def execute_run(ctx: JobsContext, run: jq.JobRun, job: jq.Job) -> jq.JobRu
         else:
             log.info("job %s run %s of %s succeeded in %.1fs", job.id, run.id, job.user, seconds)
         try:
+            final: jq.JobRun
             final, retry = await _db(
                 jq.finish_run, ctx.lc.db, run.id, ctx.worker, state, ctx.lc.now(),
                 reason=reason, detail=detail, output_path=output,
@@ -257,7 +258,7 @@ async def _body(ctx: JobsContext, r: Run) -> None:
         if cell.cell_type != "code" or not cell.source.strip():
             continue
         cell.outputs = []
-        reply = await r.kernel.execute(cell.source, on_output=lambda o, c=cell: _add(ctx, r, c, o))
+        reply = await r.kernel.execute(cell.source, on_output=_collector(ctx, r, cell))
         cell.execution_count = reply.get("execution_count")
         if reply.get("status") == "error" and "raises-exception" not in cell.metadata.get(
             "tags", []
@@ -272,6 +273,10 @@ def _unseal(ctx: JobsContext, user: str, names: list[str]) -> dict[str, str]:
         raise CannotUnseal()
     sealed = jq.sealed_secrets(ctx.lc.db, user, names)
     return {n: ctx.sealer.unseal(t).decode("utf-8", "replace") for n, t in sealed.items()}
+
+
+def _collector(ctx: JobsContext, r: Run, cell: Any) -> Any:
+    return lambda output: _add(ctx, r, cell, output)
 
 
 def _add(ctx: JobsContext, r: Run, cell: Any, output: dict[str, Any]) -> None:
@@ -292,9 +297,7 @@ def _add(ctx: JobsContext, r: Run, cell: Any, output: dict[str, Any]) -> None:
     ):
         outs[-1]["text"] += output.get("text", "")
     else:
-        import nbformat
-
-        outs.append(nbformat.from_dict(output))
+        outs.append(notebook.nbf().from_dict(output))
 
 
 async def _ensure_server(ctx: JobsContext, r: Run) -> None:
@@ -372,9 +375,7 @@ def _write(ctx: JobsContext, r: Run) -> str:
         "finished_at": ctx.lc.now().isoformat(),
     }
     if r.job.kind == "notebook":
-        import nbformat
-
-        data = nbformat.writes(r.nb).encode()
+        data = notebook.nbf().writes(r.nb).encode()
     else:
         data = notebook.as_log(r.nb).encode()
     data = r.masker.text(data.decode()).encode()

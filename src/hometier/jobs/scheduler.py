@@ -66,9 +66,12 @@ class Scheduler:
             job = await asyncio.to_thread(jq.get_job, ctx.lc.db, run.job_id)
             task = asyncio.ensure_future(execute_run(ctx, run, job))
             self.running[run.id] = task
-            task.add_done_callback(lambda _t, rid=run.id: self.running.pop(rid, None))
+            task.add_done_callback(self._forget(run.id))
             tasks.append(task)
         return tasks
+
+    def _forget(self, run_id: int) -> Any:
+        return lambda _task: self.running.pop(run_id, None)
 
     async def tick(self) -> list[asyncio.Task[Any]]:
         """One pass: recover, fire, claim. Returns the tasks of the runs it started."""

@@ -547,9 +547,10 @@ def set_secret(
 
 def delete_secret(target: Target, user: str, name: str, actor: str, now: datetime) -> None:
     with _tx(target) as s:
-        gone = s.execute(
+        result: Any = s.execute(
             delete(JobSecret).where(JobSecret.user == user, JobSecret.name == name)
-        ).rowcount
+        )
+        gone = result.rowcount
         if not gone:
             raise SecretNotFound(user, name)
         log_event(s, user, actor, now, action="secret-delete", secret=name)
