@@ -183,8 +183,7 @@ def cmd_job(args: argparse.Namespace, cfg: Hometier) -> int:
     elif verb in ("pause", "resume"):
         [job] = jq.set_paused(db, args.job, verb == "pause", "cli", now)
         if verb == "resume":
-            nxt = spec.first_time({"schedule": job.schedule, "timezone": job.timezone}, now)
-            job = jq.update_job(db, job.id, "cli", now, next_run_at=nxt)
+            job = jq.update_job(db, job.id, "cli", now, next_run_at=spec.resume_time(job, now))
         doc = _job_row(job)
     elif verb == "delete":
         jq.delete_job(db, args.job, "cli", now)
@@ -227,9 +226,7 @@ def cmd_pause_all(args: argparse.Namespace, cfg: Hometier) -> int:
     jobs = jq.set_paused(db, None, not args.resume, "cli", now)
     if args.resume:
         for job in jobs:
-            if job.schedule:
-                nxt = spec.first_time({"schedule": job.schedule, "timezone": job.timezone}, now)
-                jq.update_job(db, job.id, "cli", now, next_run_at=nxt)
+            jq.update_job(db, job.id, "cli", now, next_run_at=spec.resume_time(job, now))
     doc = {"paused": not args.resume, "jobs": len(jobs)}
     emit_json(doc) if args.json else out.print(
         f"{len(jobs)} job(s) {'resumed' if args.resume else 'paused'}"

@@ -80,6 +80,12 @@ class Run:
     output_bytes: int = 0
     stop_reason: str | None = None
     stop_state: str = jq.FAILED
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds since the start at which each step ended (the log line of the run)."""
+    began: float = field(default_factory=time.monotonic)
+
+    def mark(self, phase: str) -> None:
+        self.phases[phase] = round(time.monotonic() - self.began, 1)
 
     @property
     def user(self) -> str:
@@ -132,7 +138,10 @@ async def execute_run(ctx: JobsContext, run: jq.JobRun, job: jq.Job) -> jq.JobRu
             )  # fmt: skip
             reason = f"{reason} (reference {r.ref})"
         else:
-            log.info("job %s run %s of %s succeeded in %.1fs", job.id, run.id, job.user, seconds)
+            log.info(
+                "job %s run %s of %s succeeded in %.1fs (%s)", job.id, run.id, job.user, seconds,
+                ", ".join(f"{k} at {v}s" for k, v in r.phases.items()),
+            )  # fmt: skip
         try:
             final: jq.JobRun
             final, retry = await _db(
@@ -229,6 +238,7 @@ async def _body(ctx: JobsContext, r: Run) -> None:
     r.lease_id = lease.id
     await _db(jq.note_resources, lc.db, r.run.id, ctx.worker, lease_id=lease.id)
     await _db(restore_home, lc, user, actor)
+    r.mark("home ready")
     # 2. The source, and the secrets.
     home = lc.layout.path(user)
     data = await _db(files.run_as_owner, home, files.read_source, job.path, user, ctx.max_source)
@@ -242,6 +252,7 @@ async def _body(ctx: JobsContext, r: Run) -> None:
     r.masker = notebook.Masker(list(values.values()))
     # 3. The server.
     await _ensure_server(ctx, r)
+    r.mark("server ready")
     # 4. The kernel and the cells.
     servers = await ctx.hub.servers(user)
     assert r.server is not None and r.token is not None
@@ -252,6 +263,7 @@ async def _body(ctx: JobsContext, r: Run) -> None:
         raise KernelFailed(
             f"parameters and secrets need a Python kernel; this one runs {r.kernel.language}"
         )
+    r.mark("kernel ready")
     if values:
         await r.kernel.execute(notebook.secrets_code(values), silent=True)
     for index, cell in enumerate(r.nb.cells, start=1):

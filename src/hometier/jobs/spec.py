@@ -147,3 +147,11 @@ def first_time(fields: dict[str, Any], now: dt.datetime) -> dt.datetime | None:
         return schedule.next_after(fields["schedule"], fields.get("timezone") or "UTC", now)
     run_at = fields.get("run_at")
     return run_at if run_at is not None else None
+
+
+def resume_time(job: Any, now: dt.datetime) -> dt.datetime | None:
+    """When a resumed job fires next: its cron's next time from now (times missed while
+    paused do not fire), or its one-off time if that is still to come."""
+    if job.schedule:
+        return schedule.next_after(job.schedule, job.timezone, now)
+    return job.run_at if job.run_at is not None and job.run_at > now else None

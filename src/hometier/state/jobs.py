@@ -570,7 +570,7 @@ def sealed_secrets(target: Target, user: str, names: list[str]) -> dict[str, str
         q = select(JobSecret.name, JobSecret.sealed).where(
             JobSecret.user == user, JobSecret.name.in_(names)
         )
-        found = dict(s.execute(q).tuples().all())
+        found = {name: sealed for name, sealed in s.execute(q)}
     for name in names:
         if name not in found:
             raise SecretNotFound(user, name)

@@ -225,9 +225,7 @@ class JobActionHandler(JobsBase):
         paused = action == "pause"
         [job] = await self.blocking(jq.set_paused, lc.db, job.id, paused, actor, now)
         if not paused:
-            nxt = spec.first_time(
-                {"schedule": job.schedule, "timezone": job.timezone, "run_at": None}, now
-            )
+            nxt = spec.resume_time(job, now)
             job = await self.blocking(jq.update_job, lc.db, job.id, actor, now, next_run_at=nxt)
         self.send(job_doc(job))
 

@@ -141,7 +141,7 @@ class JobsPage(PageHandler):
         job = self._job(who)
         lc = self.ctx.lc
         jq.set_paused(lc.db, job.id, False, f"dashboard:{who.name}", lc.now())
-        nxt = spec.first_time({"schedule": job.schedule, "timezone": job.timezone}, lc.now())
+        nxt = spec.resume_time(job, lc.now())
         jq.update_job(lc.db, job.id, f"dashboard:{who.name}", lc.now(), next_run_at=nxt)
         return f"Job {job.name!r} resumed."
 
@@ -162,9 +162,8 @@ class JobsPage(PageHandler):
         text = self._pause_all(who, owner, paused=False)
         lc = self.ctx.lc
         for job in jq.list_jobs(lc.db):
-            nxt = spec.first_time({"schedule": job.schedule, "timezone": job.timezone}, lc.now())
-            if job.schedule:
-                jq.update_job(lc.db, job.id, f"dashboard:{who.name}", lc.now(), next_run_at=nxt)
+            nxt = spec.resume_time(job, lc.now())
+            jq.update_job(lc.db, job.id, f"dashboard:{who.name}", lc.now(), next_run_at=nxt)
         return text
 
     def _secret_set(self, who: Identity, owner: str) -> str:
