@@ -188,6 +188,8 @@ def _user_reason(exc: BaseException) -> str:
 
 def _human(seconds: float) -> str:
     s = int(seconds)
+    if s < 60:
+        return f"{s} s"
     return f"{s // 3600} h {s % 3600 // 60} min" if s >= 3600 else f"{s // 60} min {s % 60} s"
 
 
