@@ -251,6 +251,60 @@ def test_hostile_input_is_refused_with_a_clear_error(svc: Service, responses: li
     assert not list(home.glob("ok.*.ipynb")) and not list(victim.glob("private.*.ipynb"))
 
 
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from e2e.dashboard_fixtures import browser_fixture
+
+    yield from browser_fixture()
+
+
+def test_the_jobs_page_in_a_browser(svc: Service, browser: object) -> None:
+    """ada signs in through the Hub, sees her job and its run, adds a job and a secret
+    through the forms, pauses a job; a bad schedule comes back as a message."""
+    from playwright.sync_api import expect
+
+    base = f"{svc.hub.url}/services/hometier"
+    context = browser.new_context()  # type: ignore[attr-defined]
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    page.goto(f"{base}/jobs")
+    page.wait_for_selector("#username_input")
+    page.fill("#username_input", "ada")
+    page.fill("#password_input", "any password")
+    page.click("#login_submit")
+    page.wait_for_url(f"{base}/jobs")
+    expect(page.locator("#jobs")).to_contain_text("daily")
+    expect(page.locator("#jobs .run-succeeded")).to_have_count(1)
+    form = page.locator("#new-job")
+    form.locator("[name=name]").fill("from the browser")
+    form.locator("[name=path]").fill("reports/daily.ipynb")
+    form.locator("[name=schedule]").fill("15 4 * * 1-5")
+    form.locator("[name=timezone]").fill("America/New_York")
+    form.locator("[name=parameters]").fill('{"day": "friday"}')
+    form.locator("button").click()
+    expect(page.locator(".flash")).to_contain_text("Job 'from the browser' added")
+    expect(page.locator("#jobs")).to_contain_text("15 4 * * 1-5")
+    form = page.locator("#new-job")
+    form.locator("[name=name]").fill("too often")
+    form.locator("[name=path]").fill("reports/daily.ipynb")
+    form.locator("[name=schedule]").fill("* * * * *")
+    form.locator("button").click()
+    expect(page.locator(".flash-error")).to_contain_text("more often than")
+    secret = page.locator("#new-secret")
+    secret.locator("[name=name]").fill("BROWSER_SECRET")
+    secret.locator("[name=value]").fill(SECRET + "-browser")
+    secret.locator("button").click()
+    expect(page.locator(".flash")).to_contain_text("Secret BROWSER_SECRET stored (sealed)")
+    assert SECRET not in page.content()
+    row = page.locator("#jobs tr", has_text="from the browser")
+    row.locator("button:text('Pause')").click()
+    expect(page.locator("#jobs tr", has_text="from the browser")).to_contain_text("paused")
+    # A form posted without the page's XSRF token is refused and changes nothing.
+    resp = context.request.post(f"{base}/jobs", form={"action": "pause-all"})
+    assert resp.status == 403
+    context.close()
+
+
 def test_no_secret_anywhere(svc: Service, responses: list[str]) -> None:
     """Runs last: the secret of the first test is in no API answer, no log, no file of
     the database and no file of any home."""

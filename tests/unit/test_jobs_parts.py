@@ -295,3 +295,31 @@ def test_files_are_read_and_written_with_the_owners_credentials(home: Path) -> N
             home, files.write_output, "reports/daily.ipynb", "2026-01-02T0000", b"x", 5
         )
     assert os.geteuid() == 0 and os.stat("/").st_uid == 0  # the thread gave its fsuid back
+
+
+# -- telling the owner ---------------------------------------------------------------------
+
+
+def test_the_notifier_is_hometiers_when_installed_and_never_fails_a_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import types
+
+    from hometier.jobs import notify
+
+    sent: list[tuple] = []
+    module = types.ModuleType("hometier.notify")
+    module.notify = lambda event, user, subject, text, **fields: sent.append(  # type: ignore[attr-defined]
+        (event, user, subject, fields)
+    )
+    monkeypatch.setitem(sys.modules, "hometier.notify", module)
+    fn = notify.find_notifier()
+    notify.tell_owner(fn, "job.failed", "ada", "Job 'x' failed", "text", job=1)
+    assert sent == [("job.failed", "ada", "Job 'x' failed", {"job": 1})]
+
+    def broken(*args: object, **kw: object) -> None:
+        raise RuntimeError("smtp down")
+
+    notify.tell_owner(broken, "job.failed", "ada", "s", "t")  # logged, not raised
+    monkeypatch.setitem(sys.modules, "hometier.notify", None)  # absent: the log only
+    assert notify.find_notifier() is notify._event_log_only

@@ -331,3 +331,79 @@ def job_routes(p: str) -> list[tuple[str, Any]]:
         (rf"{p}/api/secrets", SecretsHandler),
         (rf"{p}/api/secrets/(?P<name>[^/]+)", SecretHandler),
     ]
+
+
+def openapi_paths(op: Any) -> dict[str, Any]:
+    """The jobs part of the OpenAPI description; ``op`` is ``openapi._op``."""
+    own = (
+        "the job's own user (access to the service), or custom:hometier:jobs for that "
+        "user, or custom:hometier:admin"
+    )
+    job = {"name": "job", "in": "path", "required": True, "schema": {"type": "integer"}}
+    run = {"name": "run", "in": "path", "required": True, "schema": {"type": "integer"}}
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    user = {"name": "user", "in": "query", "schema": {"type": "string"}}
+    text = {"type": "string"}
+    body = {
+        "type": "object",
+        "properties": {
+            "user": text,
+            "name": text,
+            "path": {"type": "string", "examples": ["reports/daily.ipynb"]},
+            "schedule": {"type": "string", "examples": ["30 2 * * *", "@daily"]},
+            "timezone": {"type": "string", "examples": ["Europe/Paris"]},
+            "run_at": {"type": ["string", "null"], "format": "date-time"},
+            "parameters": {"type": "object"},
+            "secrets": {"type": "array", "items": text},
+            "timeout": {"oneOf": [text, {"type": "integer"}]},
+            "retries": {"type": "integer"},
+            "retry_delay": {"oneOf": [text, {"type": "integer"}]},
+            "server": text,
+            "profile": {"type": "object"},
+            "keep": {"type": "integer"},
+            "paused": {"type": "boolean"},
+        },
+    }
+    return {
+        "/api/jobs": {
+            "get": op("List jobs (yours; an admin's: every job)", own, [user]),
+            "post": op("Define a job", own, [], body, ok="201"),
+        },
+        "/api/jobs/pause-all": {
+            "post": op(
+                "Pause (or resume) every job",
+                "custom:hometier:admin",
+                [],
+                {"type": "object", "properties": {"paused": {"type": "boolean"}}},
+            )
+        },
+        "/api/jobs/{job}": {
+            "get": op("A job and its latest runs", own, [job]),
+            "patch": op("Change a job", own, [job], body),
+            "delete": op("Delete a job and its runs", own, [job]),
+        },
+        "/api/jobs/{job}/run": {"post": op("Run now", own, [job], ok="202")},
+        "/api/jobs/{job}/pause": {"post": op("Pause a job", own, [job])},
+        "/api/jobs/{job}/resume": {"post": op("Resume a job", own, [job])},
+        "/api/jobs/{job}/runs": {
+            "get": op(
+                "A job's runs, newest first",
+                own,
+                [job, {"name": "limit", "in": "query", "schema": {"type": "integer"}}],
+            )
+        },
+        "/api/jobs/{job}/runs/{run}": {"get": op("One run", own, [job, run])},
+        "/api/jobs/{job}/runs/{run}/cancel": {
+            "post": op("Cancel a queued or running run", own, [job, run], ok="202")
+        },
+        "/api/secrets": {"get": op("The names of a user's secrets (never values)", own, [user])},
+        "/api/secrets/{name}": {
+            "put": op(
+                "Store a secret (sealed; never shown again)",
+                own,
+                [name, user],
+                {"type": "object", "properties": {"value": text}, "required": ["value"]},
+            ),
+            "delete": op("Delete a secret", own, [name, user]),
+        },
+    }
