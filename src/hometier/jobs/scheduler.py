@@ -126,10 +126,9 @@ class Scheduler:
         self._thread.start()
 
     def stop(self, timeout: float = 60.0) -> None:
+        # The loop then cancels each run once; a run cancelled twice would stop
+        # cleaning up halfway (its process's successor would finish the job).
         self._stop.set()
         self.wake()
-        if self._loop is not None:
-            for task in list(self.running.values()):
-                self._loop.call_soon_threadsafe(task.cancel)
         if self._thread is not None:
             self._thread.join(timeout)
