@@ -27,6 +27,7 @@ from e2e.conftest_jobs import (
     wait_run,
 )
 from e2e.conftest_service import archive
+from e2e.dashboard_fixtures import browser_fixture  # noqa: F401 - the `browser` fixture
 from fixtures.service import Service
 
 pytestmark = [pytest.mark.hub, pytest.mark.slow]
@@ -249,13 +250,6 @@ def test_hostile_input_is_refused_with_a_clear_error(svc: Service, responses: li
     responses.append(json.dumps(done))
     assert done["state"] == "failed" and "symbolic link" in done["reason"], done
     assert not list(home.glob("ok.*.ipynb")) and not list(victim.glob("private.*.ipynb"))
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from e2e.dashboard_fixtures import browser_fixture
-
-    yield from browser_fixture()
 
 
 def test_the_jobs_page_in_a_browser(svc: Service, browser: object) -> None:

@@ -32,6 +32,17 @@ class JobsDisabled(Error):
     http_status = 503
 
 
+MAX_ID = 2**31 - 1
+
+
+def row_id(text: str) -> int | None:
+    """A database id from a URL (None for anything a row cannot have as its id)."""
+    if not text.isascii() or not text.isdigit() or len(text) > 10:
+        return None
+    value = int(text)
+    return value if 0 < value <= MAX_ID else None
+
+
 def may_manage(who: Identity, user: str) -> bool:
     """True if ``who`` may see and change ``user``'s jobs and secrets."""
     if who.is_admin:
@@ -106,12 +117,11 @@ class JobsBase(BaseHandler):
         return who
 
     async def job(self, job_id: str) -> tuple[jq.Job, Identity]:
-        try:
-            jid = int(job_id)
-        except ValueError:
-            raise jq.JobNotFound(job_id[:20]) from None
+        who = self.identity()  # before any lookup: strangers learn nothing
+        jid = row_id(job_id)
+        if jid is None:
+            raise jq.JobNotFound(job_id[:20])
         job = await self.blocking(jq.get_job, self.ctx.lc.db, jid)
-        who = self.identity()
         if not may_manage(who, job.user):
             raise jq.JobNotFound(jid)  # another user's job does not exist for this caller
         return job, who
@@ -257,10 +267,10 @@ class RunsHandler(JobsBase):
 class RunHandler(JobsBase):
     async def _run(self, job_id: str, run_id: str) -> tuple[jq.JobRun, Identity]:
         job, who = await self.job(job_id)
-        try:
-            run = await self.blocking(jq.get_run, self.ctx.lc.db, int(run_id))
-        except ValueError:
-            raise jq.RunNotFound(run_id[:20]) from None
+        rid = row_id(run_id)
+        if rid is None:
+            raise jq.RunNotFound(run_id[:20])
+        run = await self.blocking(jq.get_run, self.ctx.lc.db, rid)
         if run.job_id != job.id:
             raise jq.RunNotFound(run.id)
         return run, who
@@ -278,20 +288,22 @@ class CancelHandler(RunHandler):
         self.send(run_doc(run, who.is_admin), status=202)
 
 
-class SecretsHandler(JobsBase):
+class SecretsBase(JobsBase):
     def _user(self) -> str:
         who = self.identity()
         user = self.user_arg(self.get_query_argument("user", None) or who.name)
         self.allowed(user)
         return user
 
+
+class SecretsHandler(SecretsBase):
     async def get(self) -> None:
         user = self._user()
         names = await self.blocking(jq.secret_names, self.ctx.lc.db, user)
         self.send({"user": user, "secrets": names})
 
 
-class SecretHandler(SecretsHandler):
+class SecretHandler(SecretsBase):
     async def put(self, name: str) -> None:
         user = self._user()
         name = check_secret_name(name)

@@ -14,7 +14,7 @@ from typing import Any
 
 from hometier.errors import Error, UsageError
 from hometier.jobs import spec
-from hometier.service.api.jobs import JobsDisabled, check_source, may_manage
+from hometier.service.api.jobs import JobsDisabled, check_source, may_manage, row_id
 from hometier.service.auth import Forbidden, Identity
 from hometier.service.dashboard.base import FormRefused, PageHandler
 from hometier.service.outages import stand_in
@@ -85,10 +85,10 @@ class JobsPage(PageHandler):
         return self.ctx.jobs
 
     def _job(self, who: Identity) -> jq.Job:
-        try:
-            job = jq.get_job(self.ctx.lc.db, int(self.get_body_argument("job", "")))
-        except ValueError:
-            raise UsageError("no job given") from None
+        jid = row_id(self.get_body_argument("job", ""))
+        if jid is None:
+            raise UsageError("no job given")
+        job = jq.get_job(self.ctx.lc.db, jid)
         if not may_manage(who, job.user):
             raise jq.JobNotFound(job.id)
         return job
