@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tornado import web
+
 from hometier.errors import Error, UsageError
 from hometier.jobs import spec
 from hometier.service.api.jobs import JobsDisabled, check_source, may_manage, row_id
@@ -27,6 +29,7 @@ ACTIONS = (
 
 
 class JobsPage(PageHandler):
+    @web.authenticated  # a browser without a session goes to the Hub's login, and back
     async def get(self) -> None:
         who = self.identity()
         self.take_flash()
