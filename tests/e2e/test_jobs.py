@@ -314,7 +314,8 @@ def test_no_secret_anywhere(svc: Service, responses: list[str]) -> None:
         assert needle not in path.read_bytes(), f"the secret is in {path}"
     token = svc.user_token("ada")
     status, doc = svc.call("GET", "/api/secrets", token)
-    assert status == 200 and [s["name"] for s in doc["secrets"]] == ["API_TOKEN"]
+    names = [s["name"] for s in doc["secrets"]]
+    assert status == 200 and names == ["API_TOKEN", "BROWSER_SECRET"]
     assert SECRET not in json.dumps(doc)
     # The dashboard's Jobs page lists the job, its runs and the secret's name only.
     status, page = svc.call("GET", "/jobs", token, raw=True)
