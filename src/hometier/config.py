@@ -53,6 +53,20 @@ class Hometier(Configurable):
 
     pack_size_mb = Integer(32, help="Target size of a pack object, in MiB.").tag(config=True)
 
+    secret_key = Unicode(
+        help=(
+            "Fernet key(s) that seal secrets stored in the database (job secrets); several, "
+            "comma separated, rotate: the first seals, all unseal. Env: HOMETIER_SECRET_KEY."
+        ),
+    ).tag(config=True)
+
+    secret_key_file = Unicode(
+        help=(
+            "File holding the Fernet key(s), readable by its owner only (instead of "
+            "secret_key). Env: HOMETIER_SECRET_KEY_FILE."
+        ),
+    ).tag(config=True)
+
     @default("homes")
     def _homes_default(self) -> str:
         return os.environ.get("HOMETIER_HOMES", "/home")
@@ -64,6 +78,14 @@ class Hometier(Configurable):
     @default("db")
     def _db_default(self) -> str:
         return os.environ.get("HOMETIER_DB", f"sqlite:///{DEFAULT_DIR}/state.db")
+
+    @default("secret_key")
+    def _secret_key_default(self) -> str:
+        return os.environ.get("HOMETIER_SECRET_KEY", "")
+
+    @default("secret_key_file")
+    def _secret_key_file_default(self) -> str:
+        return os.environ.get("HOMETIER_SECRET_KEY_FILE", "")
 
 
 class Archiver(Configurable):
@@ -279,6 +301,62 @@ class Spaces(Configurable):
     @default("secret_store")
     def _secret_store_default(self) -> str:
         return os.environ.get("HOMETIER_SECRET_STORE", "")
+
+
+class Jobs(Configurable):
+    """Jobs on behalf of users: scheduled notebooks and scripts (``c.Jobs.*``)."""
+
+    enabled = Bool(
+        True,
+        help=(
+            "Run the jobs scheduler in `hometier serve` (needs the Hub API: "
+            "c.Archiver.hub_api_url and a token with the `tokens` scope)."
+        ),
+    ).tag(config=True)
+    proxy_url = Unicode(
+        help=(
+            "Public URL of the Hub's proxy, where /user/<name>/ reaches a server "
+            "(http://proxy-public on z2jh). Default: the origin of the Hub API URL. "
+            "Env: HOMETIER_PROXY_URL."
+        )
+    ).tag(config=True)
+    poll_interval = Unicode("15s", help="How often to look for due jobs and queued runs.").tag(
+        config=True
+    )
+    heartbeat = Unicode("10s", help="How often a running run renews its claim and lease.").tag(
+        config=True
+    )
+    stale_after = Unicode(
+        "2m", help="A run whose heartbeat is older is taken over (its process died)."
+    ).tag(config=True)
+    activity_interval = Unicode(
+        "60s",
+        help="How often a run reports its server's activity to the Hub (the idle culler).",
+    ).tag(config=True)
+    spawn_timeout = Unicode("5m", help="How long a run waits for the server it starts.").tag(
+        config=True
+    )
+    concurrency = Integer(4, help="Runs carried out at once by this process.").tag(config=True)
+    max_source_size = Unicode("20MB", help="Largest notebook or script a job may run.").tag(
+        config=True
+    )
+    max_output_size = Unicode(
+        "50MB", help="A run whose outputs grow past this is stopped and fails."
+    ).tag(config=True)
+    min_interval = Unicode(
+        "5m", help="Schedules that would fire more often than this are refused."
+    ).tag(config=True)
+    max_timeout = Unicode("24h", help="Longest timeout a job may ask for.").tag(config=True)
+    kernel_name = Unicode(help="Kernel to start (empty: the server's default kernel).").tag(
+        config=True
+    )
+    notify_success = Bool(False, help="Also tell owners about runs that succeeded.").tag(
+        config=True
+    )
+
+    @default("proxy_url")
+    def _proxy_url_default(self) -> str:
+        return os.environ.get("HOMETIER_PROXY_URL", "")
 
 
 def load_config(path: str | None) -> Config:

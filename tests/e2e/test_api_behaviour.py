@@ -128,6 +128,17 @@ def test_openapi_is_valid_openapi_3_1_and_lists_every_route(api: Api) -> None:
         "/api/homes/{user}/snapshots/{snapshot}/tree": {"get"},
         "/api/homes/{user}/snapshots/{snapshot}/file": {"get"},
         "/api/homes/{user}/snapshots/{snapshot}/archive": {"get"},
+        "/api/jobs": {"get", "post"},
+        "/api/jobs/pause-all": {"post"},
+        "/api/jobs/{job}": {"get", "patch", "delete"},
+        "/api/jobs/{job}/run": {"post"},
+        "/api/jobs/{job}/pause": {"post"},
+        "/api/jobs/{job}/resume": {"post"},
+        "/api/jobs/{job}/runs": {"get"},
+        "/api/jobs/{job}/runs/{run}": {"get"},
+        "/api/jobs/{job}/runs/{run}/cancel": {"post"},
+        "/api/secrets": {"get"},
+        "/api/secrets/{name}": {"put", "delete"},
     }
     assert {p: set(ops) for p, ops in doc["paths"].items()} == expected
     assert doc["servers"] == [{"url": PREFIX}]

@@ -69,6 +69,7 @@ def test_configures_a_managed_service_and_the_spawn_hook(tmp_path: Path, monkeyp
         "read:servers",
         "list:groups",
         "read:groups",
+        "tokens",
     ]
     assert roles["hometier-admin"]["groups"] == ["admin"]
     assert "custom:hometier:admin" in c.JupyterHub.custom_scopes

@@ -12,7 +12,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hometier import __version__
-from hometier.cli import client_cmds, lifecycle_cmds, plan_cmds, repo_cmds, spaces_cmds
+from hometier.cli import (
+    client_cmds,
+    jobs_cmds,
+    lifecycle_cmds,
+    plan_cmds,
+    repo_cmds,
+    spaces_cmds,
+)
 from hometier.cli.output import err
 from hometier.config import Hometier, load_config
 from hometier.errors import Error
@@ -26,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Archive idle JupyterHub homes to object storage; restore them at login.",
     )
     p.add_argument("--version", action="version", version=f"hometier {__version__}")
-    p.add_argument("--config", "-c", help="config file (Python or JSON, traitlets style)")
+    p.add_argument(
+        "--config", "-c", help="config file (Python or JSON, traitlets style) [HOMETIER_CONFIG]"
+    )
     p.add_argument("--homes", help="root folder of the homes [HOMETIER_HOMES]")
     p.add_argument("--store", help="repository URL [HOMETIER_STORE]")
     p.add_argument("--db", help="state database URL [HOMETIER_DB]")
@@ -40,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_cmds.register(sub)
     plan_cmds.register(sub)
     spaces_cmds.register(sub)
+    jobs_cmds.register(sub)
     for parser in sub.choices.values():
         repo_cmds.add_common(parser)
     return p
@@ -90,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.log_level, args.log_format)
     try:
-        cfg = Hometier(config=load_config(args.config))
+        cfg = Hometier(config=load_config(args.config or os.environ.get("HOMETIER_CONFIG")))
         for name in ("homes", "store", "db"):
             value = getattr(args, name)
             if value:

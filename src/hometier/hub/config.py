@@ -19,14 +19,24 @@ from typing import Any
 from hometier.hub.spawn_hook import make_pre_spawn_hook
 from hometier.scopes import CUSTOM_SCOPES
 
-# Shared spaces follow JupyterHub's groups: list them and read their members.
-SERVICE_SCOPES = ["list:users", "read:users:activity", "read:servers", "list:groups", "read:groups"]
+# Shared spaces follow JupyterHub's groups: list them and read their members. Jobs run
+# as their owner: the service mints each run a token of that user, limited to one server
+# and expiring with the run (and revokes it after), hence `tokens`.
+SERVICE_SCOPES = [
+    "list:users",
+    "read:users:activity",
+    "read:servers",
+    "list:groups",
+    "read:groups",
+    "tokens",
+]
 USER_SCOPES = [
     "self",
     "access:services!service=hometier",
     "custom:hometier:restore!user",
     "custom:hometier:read!user",
     "custom:hometier:lease!user",
+    "custom:hometier:jobs!user",
 ]
 
 
@@ -73,6 +83,7 @@ def configure_hub(
             "custom:hometier:read!user",
             "custom:hometier:restore!user",
             "custom:hometier:lease!user",
+            "custom:hometier:jobs!user",
         ],
     }
     if api_token:
@@ -86,7 +97,12 @@ def configure_hub(
     jh.custom_scopes = scopes
     roles = list(_get(jh, "load_roles", []))
     roles = _replace(
-        roles, {"name": "hometier-service", "scopes": SERVICE_SCOPES, "services": ["hometier"]}
+        roles,
+        {
+            "name": "hometier-service",
+            "scopes": SERVICE_SCOPES,
+            "services": ["hometier"],
+        },
     )
     user_role = next((r for r in roles if r.get("name") == "user"), {"name": "user", "scopes": []})
     merged = list(dict.fromkeys([*user_role.get("scopes", []), *USER_SCOPES]))

@@ -21,12 +21,13 @@ from hometier.lifecycle.loop import run_forever
 from hometier.service.api import spaces as spaces_api
 from hometier.service.api.base import BaseHandler
 from hometier.service.api.homes import ArchiveHandler, ExemptHandler, HomeHandler, HomesHandler
+from hometier.service.api.jobs import job_routes
 from hometier.service.api.leases import LeaseHandler, LeasesHandler
 from hometier.service.api.meta import HealthHandler, MetricsHandler, OpenAPIHandler
 from hometier.service.api.restores import RestoredHandler, RestoreEventsHandler, RestoreHandler
 from hometier.service.api.snapshots import DownloadHandler, SnapshotsHandler, TreeHandler
 from hometier.service.dashboard import handlers as dash
-from hometier.service.dashboard import spaces_pages
+from hometier.service.dashboard import jobs_pages, spaces_pages
 from hometier.service.dashboard.summary import Dashboard
 from hometier.service.metrics import Metrics
 from hometier.service.tracker import Tracker
@@ -54,6 +55,9 @@ class ServiceContext:
     metrics_public: bool = False
     spaces: Any = None
     """Shared spaces (``hometier.spaces.context.SpacesContext``), or None when off."""
+    jobs: Any = None
+    """``hometier.jobs.context.JobsContext``, or None when jobs are disabled."""
+    scheduler: Any = None
 
 
 class NotFoundHandler(BaseHandler):
@@ -82,6 +86,7 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"{p}/api/homes/{USER}/snapshots/{SNAP}/tree", TreeHandler),
         (rf"{p}/api/homes/{USER}/snapshots/{SNAP}/(?P<kind>file|archive)", DownloadHandler),
         *spaces_api.routes(p),
+        *job_routes(p),
         (rf"{p}/oauth_callback", HubOAuthCallbackHandler),
         # The dashboard (HTML, Hub OAuth login): hometier.service.dashboard.
         (rf"{p}/?", dash.OwnHomePage),
@@ -89,6 +94,7 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"{p}/homes/{USER}", dash.HomePage),
         (rf"{p}/homes/{USER}/(?P<action>archive|restore|exempt|unexempt)", dash.HomeAction),
         (rf"{p}/homes/{USER}/snapshots/{SNAP}/browse", dash.BrowsePage),
+        *jobs_pages.routes(p),
         (rf"{p}/static/(?P<path>.+)", dash.StaticHandler),
         *spaces_pages.routes(p),
     ]
@@ -156,6 +162,7 @@ def run_service(
         lc, prefix=prefix, metrics_public=metrics_public, restore_concurrency=restore_concurrency
     )
     ctx.spaces = spaces
+    scheduler = _start_jobs(ctx, config)
     stop = threading.Event()
     loop_thread = None
     if interval is not None:
@@ -192,12 +199,30 @@ def run_service(
         asyncio.run(main())
     finally:
         stop.set()
+        if scheduler is not None:
+            scheduler.stop()
         if loop_thread is not None:
             loop_thread.join(timeout=60)
         if spaces_thread is not None:
             spaces_thread.join(timeout=60)
         for pool in (ctx.executor, ctx.downloads, ctx.tracker.executor):
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _start_jobs(ctx: ServiceContext, config: Any) -> Any:
+    """The jobs scheduler beside the API (hometier.jobs), when configured."""
+    if config is None:
+        return None
+    from hometier.jobs.context import make_jobs_context
+    from hometier.jobs.scheduler import Scheduler
+
+    ctx.jobs = make_jobs_context(config, ctx.lc)
+    if ctx.jobs is None:
+        log.info("jobs are disabled (c.Jobs.enabled, or no Hub API configured)")
+        return None
+    ctx.scheduler = Scheduler(ctx.jobs)
+    ctx.scheduler.start()
+    return ctx.scheduler
 
 
 __all__ = ["ServiceContext", "make_app", "make_context", "routes", "run_service"]

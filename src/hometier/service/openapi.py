@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hometier import __version__
+from hometier.service.api.jobs import openapi_paths as jobs_paths
 
 _USER = {"name": "user", "in": "path", "required": True, "schema": {"type": "string"}}
 _SNAP = {
@@ -219,6 +220,7 @@ def openapi(prefix: str) -> dict[str, Any]:
                 ),
                 "delete": _op("Lift the exemption", "custom:hometier:admin", [_USER]),
             },
+            **jobs_paths(_op),
             "/health": {
                 "get": {
                     "summary": "Liveness and database reachability",

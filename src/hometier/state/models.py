@@ -204,6 +204,7 @@ class Event(Base):
         return f"<Event {self.id} {self.user} {self.kind}{move} by {self.actor}>"
 
 
-# The shared spaces' tables live in their own module; importing it here registers them
-# with ``Base.metadata`` (migrations, the schema contract test) wherever models are used.
-from hometier.state import spaces as _spaces  # noqa: E402, F401
+# Tables of other topics live in their own modules; importing them here registers them
+# on ``Base.metadata`` (what Alembic and the contract tests compare against).
+from hometier.state import jobs as _jobs  # noqa: E402,F401
+from hometier.state import spaces as _spaces  # noqa: E402,F401
