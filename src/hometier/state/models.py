@@ -200,3 +200,8 @@ class Event(Base):
     def __repr__(self) -> str:
         move = f" {self.from_state}->{self.to_state}" if self.to_state else ""
         return f"<Event {self.id} {self.user} {self.kind}{move} by {self.actor}>"
+
+
+# Tables defined in modules of their own, registered on the same metadata (migrations and
+# the contract test compare every table): imported last, once ``Base`` exists.
+from hometier.state import settings as _settings  # noqa: E402, F401
