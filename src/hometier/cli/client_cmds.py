@@ -33,8 +33,13 @@ def register(sub: Any) -> None:
         "fetch-home",
         help="(init container) make sure a user's files are back before their server starts",
     )
-    p.add_argument("--user", required=True)
-    p.add_argument("--service-url", default=os.environ.get("HOMETIER_SERVICE_URL", ""))
+    p.add_argument("--user", required=True, help="whose home")
+    p.add_argument(
+        "--service-url",
+        default=os.environ.get("HOMETIER_SERVICE_URL", ""),
+        help="the service, with its prefix (http://hometier:8765/services/hometier) "
+        "[HOMETIER_SERVICE_URL]",
+    )
     p.add_argument(
         "--token-env",
         default="HOMETIER_RESTORE_TOKEN",
@@ -45,7 +50,9 @@ def register(sub: Any) -> None:
         metavar="DIR",
         help="per-user volume: stream the latest snapshot and unpack it into DIR",
     )
-    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for the restore (600)"
+    )
     p.set_defaults(handler=cmd_fetch_home)
 
 

@@ -34,7 +34,9 @@ EXIT_CODES = {
     "repository than the database's",
     5: "integrity: the repository is damaged",
     6: "unavailable: object storage or the state database could not be reached",
-    8: "the hometier service answered with an error (fetch-home)",
+    7: "the backup could not be written (read or upload failed)",
+    8: "a restore failed (the archive and the target are as they were), or the hometier "
+    "service answered with an error (fetch-home)",
     130: "interrupted",
 }
 """The documented exit codes (``docs/reference/cli.md``); every ``Error`` maps to one."""

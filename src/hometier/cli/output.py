@@ -32,8 +32,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def to_json(value: Any) -> Any:
@@ -119,6 +119,14 @@ class Bar:
         if self.progress is None or self.task is None:
             return
         self.progress.reset(self.task, total=total, description=label)
+
+    def finish(self) -> None:
+        """Show the work as complete (some finish without reporting any progress, e.g. a
+        home brought back from its quarantine by a few renames)."""
+        if self.progress is None or self.task is None:
+            return
+        total = self.progress.tasks[0].total if self.progress.tasks else None
+        self.update(total or 1, total or 1)
 
     def callback(self) -> Callable[[int, int], None]:
         return lambda done, total: self.update(done, total)

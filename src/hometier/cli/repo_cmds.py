@@ -282,6 +282,7 @@ def _restore_home(args: argparse.Namespace, cfg: Hometier, user: str) -> int:
             }
         else:
             doc = dataclasses.asdict(restore_home(lc, user, "cli", progress=show))
+        bar.finish()
     if args.json:
         emit_json(doc)
     elif doc["outcome"] == "active":

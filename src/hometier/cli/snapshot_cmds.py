@@ -165,6 +165,13 @@ def _name(raw: bytes) -> str:
     return os.fsdecode(raw)
 
 
+def _time(ns: int) -> dt.datetime:
+    """Nanoseconds since the epoch as a time, exact to the microsecond (no float)."""
+    seconds, rest = divmod(ns, 1_000_000_000)
+    epoch = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    return epoch + dt.timedelta(seconds=seconds, microseconds=rest // 1000)
+
+
 def node_row(path: bytes, n: Node) -> dict[str, Any]:
     return {
         "path": _name(path),
@@ -173,7 +180,8 @@ def node_row(path: bytes, n: Node) -> dict[str, Any]:
         "uid": n.uid,
         "gid": n.gid,
         "size": n.size if n.type == "file" else 0,
-        "mtime": dt.datetime.fromtimestamp(n.mtime_ns / 1e9, tz=dt.UTC),
+        "mtime": _time(n.mtime_ns),
+        "mtime_ns": n.mtime_ns,
         "target": _name(n.target) if n.target is not None else None,
     }
 
@@ -422,6 +430,8 @@ def restore_path(repo: Repository, snap: Snapshot, path: str, target: str) -> di
     parts = split_path(path)
     if not parts:
         raise UsageError("--include needs a path inside the home (the whole home: no --include)")
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise UsageError(f"--target {target} is not a folder")
     node = find(repo, snap, path)
     dest = os.path.join(os.path.abspath(target), _name(parts[-1]))
     if node.type in ("file", "symlink"):
