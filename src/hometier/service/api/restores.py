@@ -9,6 +9,7 @@ from tornado.iostream import StreamClosedError
 
 from hometier.service.api.base import BaseHandler
 from hometier.service.outages import stand_in
+from hometier.service.tracker import restore_cost
 from hometier.state import queries
 
 KEEPALIVE = 15.0
@@ -19,8 +20,9 @@ class RestoreHandler(BaseHandler):
         user = self.user_arg(user)
         who = self.identity()
         who.require("restore", user)
-        await self.blocking(queries.get_home, self.ctx.lc.db, user)  # 404 for unknown users
-        job, started = self.ctx.tracker.start(user, f"api:{who.name}")
+        # 404 for unknown users; what it costs decides whether it may overtake.
+        cost = await self.blocking(lambda: restore_cost(queries.get_home(self.ctx.lc.db, user)))
+        job, started = self.ctx.tracker.start(user, f"api:{who.name}", cost)
         doc = job.doc(who.is_admin)
         doc["joined"] = not started
         self.send(doc, status=202)

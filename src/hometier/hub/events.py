@@ -1,0 +1,187 @@
+"""Talking to the service from inside the Hub: requests that retry, and a server-sent
+events stream read as it arrives (tornado's client, as the Hub itself uses).
+
+What is retried, within the caller's deadline: no answer at all (refused, reset, timed
+out: tornado's 599), 502, 503 (the service says it is overloaded or that its database or
+bucket is down; ``Retry-After`` is honoured) and 504, with exponential backoff and full
+jitter — but not for longer than ``retry_for`` seconds in a row, so that a service that
+is really down fails the spawn in a minute or two with a message, not after the whole
+start timeout. A retried ``POST …/restore`` is safe: it joins the restore in progress.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+
+UNREACHABLE = 599
+"""tornado's code for "no HTTP answer" (refused, reset, timed out)."""
+RETRYABLE = frozenset({UNREACHABLE, 502, 503, 504})
+REQUEST_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 10.0
+STALL = 45.0
+"""Seconds without a byte on an event stream (the service sends a keepalive every 15)
+before it is given up and reopened."""
+
+
+@dataclass
+class Retry:
+    deadline: float
+    """``time.monotonic()`` after which nothing is tried any more."""
+    retry_for: float = 120.0
+    base: float = 0.5
+    cap: float = 5.0
+    attempts: int = 0
+    failing_since: float | None = None
+
+    def ok(self) -> None:
+        self.failing_since = None
+
+    async def wait(self, exc: HTTPClientError) -> bool:
+        """After a retryable failure: sleep and return True, or False when out of time."""
+        now = time.monotonic()
+        if self.failing_since is None:
+            self.failing_since = now
+        if now - self.failing_since > self.retry_for:
+            return False
+        delay = random.uniform(0, min(self.cap, self.base * 2**self.attempts))
+        retry_after = _retry_after(exc)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, self.cap * 2))
+        self.attempts += 1
+        if now + delay >= self.deadline:
+            return False
+        await asyncio.sleep(delay)
+        return True
+
+
+def _retry_after(exc: HTTPClientError) -> float | None:
+    try:
+        value = exc.response.headers.get("Retry-After") if exc.response else None
+        return float(value) if value else None
+    except (TypeError, ValueError):
+        return None
+
+
+def retryable(exc: BaseException) -> bool:
+    return isinstance(exc, HTTPClientError) and exc.code in RETRYABLE
+
+
+def as_client_error(exc: BaseException) -> HTTPClientError:
+    """A connection-level ``OSError`` as tornado's "no answer" (599)."""
+    if isinstance(exc, HTTPClientError):
+        return exc
+    return HTTPClientError(UNREACHABLE, str(exc))
+
+
+async def call(
+    method: str, url: str, token: str, retry: Retry, timeout: float = REQUEST_TIMEOUT
+) -> dict[str, Any]:
+    """One JSON request, retried as the module says; raises the last ``HTTPClientError``."""
+    while True:
+        req = HTTPRequest(
+            url,
+            method=method,
+            headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+            body=b"{}" if method == "POST" else None,
+            connect_timeout=min(CONNECT_TIMEOUT, timeout),
+            request_timeout=min(timeout, max(1.0, retry.deadline - time.monotonic())),
+        )
+        try:
+            resp = await AsyncHTTPClient().fetch(req)
+        except (HTTPClientError, OSError) as raw:
+            exc = as_client_error(raw)
+            if retryable(exc) and await retry.wait(exc):
+                continue
+            raise exc from raw
+        retry.ok()
+        doc: dict[str, Any] = json.loads(resp.body or b"{}")
+        return doc
+
+
+class StreamEnded(Exception):
+    """The event stream closed before the restore finished (the caller reopens it)."""
+
+
+async def follow(
+    url: str,
+    token: str,
+    on_event: Callable[[dict[str, Any]], bool],
+    deadline: float,
+) -> None:
+    """Read ``url``'s server-sent events, calling ``on_event(doc)`` for each ``progress``
+    (and ``error``) event until it returns True. Raises ``HTTPClientError`` (no answer,
+    an error status) or ``StreamEnded`` (closed early, or silent for ``STALL`` seconds)."""
+    buf = bytearray()
+    finished = asyncio.Event()
+    last = time.monotonic()
+    failure: list[BaseException] = []
+    closed = False
+
+    def feed(chunk: bytes) -> None:
+        nonlocal last
+        last = time.monotonic()
+        if finished.is_set() or closed:
+            return  # a stream given up on may still deliver: it no longer counts
+        buf.extend(chunk)
+        while b"\n\n" in buf:
+            raw, _, rest = bytes(buf).partition(b"\n\n")
+            buf[:] = rest
+            kind, data = "message", []
+            for line in raw.decode("utf-8", "replace").splitlines():
+                if line.startswith("event:"):
+                    kind = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+            if kind not in ("progress", "error") or not data:
+                continue  # keepalive comments, unknown events
+            try:
+                doc = json.loads("\n".join(data))
+            except ValueError:
+                continue
+            if kind == "error":
+                doc.setdefault("state", "failed")
+            try:
+                if on_event(doc):
+                    finished.set()
+            except BaseException as exc:  # noqa: BLE001 - re-raised by follow()
+                failure.append(exc)
+                finished.set()
+
+    req = HTTPRequest(
+        url,
+        headers={"Authorization": f"token {token}", "Accept": "text/event-stream"},
+        streaming_callback=feed,
+        connect_timeout=CONNECT_TIMEOUT,
+        request_timeout=max(1.0, deadline - time.monotonic()),
+    )
+    fetch = asyncio.ensure_future(AsyncHTTPClient().fetch(req))
+    try:
+        while not finished.is_set():
+            done = fetch.done()
+            if done:
+                fetch.result()  # raises for an error status or no answer
+                break
+            if time.monotonic() - last > STALL:
+                raise StreamEnded(f"no event for {STALL:.0f} s")
+            try:
+                await asyncio.wait_for(finished.wait(), timeout=1.0)
+            except TimeoutError:
+                pass
+    except OSError as exc:
+        raise as_client_error(exc) from exc
+    finally:
+        closed = True
+        if not fetch.done():
+            fetch.cancel()
+    if failure:
+        raise failure[0]
+    if not finished.is_set():
+        raise StreamEnded("the stream closed before the restore finished")
