@@ -82,9 +82,10 @@ def as_client_error(exc: BaseException) -> HTTPClientError:
 
 
 async def call(
-    method: str, url: str, token: str, retry: Retry, timeout: float = REQUEST_TIMEOUT
+    method: str, url: str, token: str, retry: Retry, timeout: float | None = None
 ) -> dict[str, Any]:
     """One JSON request, retried as the module says; raises the last ``HTTPClientError``."""
+    timeout = REQUEST_TIMEOUT if timeout is None else timeout
     while True:
         req = HTTPRequest(
             url,
@@ -128,8 +129,11 @@ async def follow(
     def feed(chunk: bytes) -> None:
         nonlocal last
         last = time.monotonic()
-        if finished.is_set() or closed:
-            return  # a stream given up on may still deliver: it no longer counts
+        if closed:
+            # Given up on: raising here makes tornado close the connection.
+            raise StreamEnded("abandoned")
+        if finished.is_set():
+            return
         buf.extend(chunk)
         while b"\n\n" in buf:
             raw, _, rest = bytes(buf).partition(b"\n\n")
@@ -163,6 +167,9 @@ async def follow(
         request_timeout=max(1.0, deadline - time.monotonic()),
     )
     fetch = asyncio.ensure_future(AsyncHTTPClient().fetch(req))
+    # Whatever becomes of a stream given up on, its outcome is read here (not logged as
+    # "never retrieved"); it is not cancelled, which tornado would log as an error.
+    fetch.add_done_callback(lambda f: f.cancelled() or f.exception())
     try:
         while not finished.is_set():
             done = fetch.done()
@@ -179,8 +186,6 @@ async def follow(
         raise as_client_error(exc) from exc
     finally:
         closed = True
-        if not fetch.done():
-            fetch.cancel()
     if failure:
         raise failure[0]
     if not finished.is_set():

@@ -69,6 +69,14 @@ def _unreachable(spawner: Any, exc: BaseException) -> HTTPError:
     )
 
 
+def _too_long(state: dict[str, Any]) -> HTTPError:
+    failed = HTTPError(
+        503, "Restoring your files is taking too long; please try again in a few minutes."
+    )
+    state.update(message=failed.log_message, failed=True)
+    return failed
+
+
 def _authorize(spawner: Any, secret: str | None, ttl: int) -> str:
     """A ticket when the service's token is known here (no Hub round trip for the
     service to check it), else a one-spawn Hub token."""
@@ -103,6 +111,8 @@ async def restore_before_spawn(
     try:
         doc = await _run(base, token, state, deadline, retry)
     except HTTPClientError as exc:
+        if time.monotonic() >= deadline:
+            raise _too_long(state) from exc
         err = _error_doc(exc)
         if exc.code == 404 and err.get("kind") in NOTHING_TO_RESTORE:
             state.update(progress=100, message="No archived files to restore", done=True)
@@ -118,11 +128,7 @@ async def restore_before_spawn(
         state.update(message=failed.log_message, failed=True)
         raise failed from exc
     except TimeoutError as exc:
-        failed = HTTPError(
-            503, "Restoring your files is taking too long; please try again in a few minutes."
-        )
-        state.update(message=failed.log_message, failed=True)
-        raise failed from exc
+        raise _too_long(state) from exc
     if doc.get("state") == "failed":
         message = doc.get("message") or "Your files could not be restored."
         state.update(message=message, failed=True)
