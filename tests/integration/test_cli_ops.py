@@ -396,3 +396,62 @@ def test_help_lists_the_exit_codes() -> None:
     for code in EXIT_CODES:
         assert re.search(rf"^\s+{code}\s", text, re.M), code
     assert "--Archiver.inactive_after=2m" in text
+
+
+# --- the database lost: repair state ---------------------------------------------------------
+
+
+def test_repair_state_rebuilds_a_lost_database_from_the_bucket_and_the_volume(env: Env) -> None:
+    import shutil
+
+    for user in ("alice", "bob", "carol"):
+        env.home(user)
+    assert env("archive", "alice").code == 0
+    assert env("archive", "bob").code == 0
+    assert env("backup", "carol").code == 0  # a snapshot, and the home stays active
+    quarantine = env.homes / ".hometier-quarantine"
+    (alices,) = [q for q in quarantine.iterdir() if q.name.startswith("alice.")]
+    shutil.rmtree(alices)  # purged: alice's files are only in the bucket now
+    for name in os.listdir(env.tmp):
+        if name.startswith("state.db"):
+            os.unlink(env.tmp / name)  # the database is lost, with no backup
+
+    r = env("repair", "state", "--dry-run", "--json")
+    assert r.code == 0, r.said
+    assert sorted(r.json["archived"]) == ["alice", "bob"]
+    assert env("status", "--json").json == []  # the dry run changed nothing
+
+    r = env("repair", "state")
+    assert r.code == 0, r.said
+    rows = {h["user"]: h for h in env("status", "--json").json}
+    assert {u: rows[u]["state"] for u in rows} == {
+        "alice": "archived",
+        "bob": "archived",
+        "carol": "active",
+    }
+    assert rows["bob"]["quarantine_expires"] and not rows["alice"]["quarantine_expires"]
+    again = env("repair", "state", "--json").json  # idempotent
+    assert again["archived"] == [] and again["registered"] == []
+    assert again["snapshots_recorded"] == 0
+
+    # Logins (restores) bring every file back: alice's from the bucket, bob's at once.
+    for user in ("alice", "bob"):
+        r = env("restore", user, "--json")
+        assert r.code == 0, r.said
+        assert r.json["outcome"] == "restored", r.json
+    assert (env.homes / "alice" / "notes.md").read_text() == "notes of alice\n"
+    assert (env.homes / "bob" / "notes.md").read_text() == "notes of bob\n"
+    assert env("status", "alice", "--json").json["state"] == "active"
+
+
+def test_a_plain_restore_replaces_the_notice_of_an_unknown_home(env: Env) -> None:
+    env.home("dave")
+    assert env("archive", "dave").code == 0
+    for name in os.listdir(env.tmp):
+        if name.startswith("state.db"):
+            os.unlink(env.tmp / name)
+    # Without repair: the home is unknown and holds only the notice; restore brings it back.
+    r = env("restore", "dave")
+    assert r.code == 0, r.said
+    assert (env.homes / "dave" / "notes.md").read_text() == "notes of dave\n"
+    assert not (env.homes / "dave" / "ARCHIVED-BY-HOMETIER.txt").exists()

@@ -74,6 +74,22 @@ def register(sub: Any) -> None:
     p.add_argument("--renew", metavar="LEASE_ID", help="renew this lease for --for")
     p.set_defaults(handler=cmd_lease)
 
+    p = sub.add_parser("repair", help="rebuild what was lost from what is left")
+    what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    r = what.add_parser(
+        "state",
+        help="rebuild the state database from the bucket and the homes volume (after "
+        "the database was lost and no backup is left)",
+    )
+    r.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    r.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print one JSON document for scripts",
+    )
+    r.set_defaults(handler=cmd_repair_state)
+
     p = sub.add_parser("prune", help="forget old snapshots (retention) and free unused data")
     p.add_argument("--dry-run", action="store_true", help="say what would happen, change nothing")
     p.set_defaults(handler=cmd_prune)
@@ -107,6 +123,32 @@ def _db(args: argparse.Namespace, cfg: Hometier) -> Any:
     from hometier.app import open_bound_db
 
     return open_bound_db(cfg, rebind=getattr(args, "rebind", False))
+
+
+# --- repair state ------------------------------------------------------------------------
+
+
+def cmd_repair_state(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.lifecycle.rebuild import rebuild_state
+
+    lc = _lifecycle(args, cfg, create_repo=False)
+    report = rebuild_state(lc, dry_run=args.dry_run)
+    if args.json:
+        emit_json(report)
+        return 0
+    would = "would be " if args.dry_run else ""
+    out.print(
+        f"{report.users} user(s) with snapshots: {len(report.registered)} home(s) "
+        f"{would}registered, {report.snapshots_recorded} snapshot(s) {would}recorded, "
+        f"{len(report.archived)} home(s) {would}marked archived "
+        f"({len(report.with_quarantine)} with their quarantine)",
+        highlight=False,
+    )
+    for user in report.archived:
+        out.print(f"  archived: {user}", highlight=False)
+    for user in report.skipped:
+        err.print(f"  skipped (no home folder for this name): {user}", highlight=False)
+    return 0
 
 
 # --- prune -------------------------------------------------------------------------------

@@ -246,6 +246,23 @@ def _holds_files(path: Any) -> bool:
         return False
 
 
+def _drop_notice(path: Any) -> None:
+    """Remove the archive notice from a home about to be restored (relative to the
+    home's descriptor, never following a link: the folder is the user's)."""
+    from hometier.lifecycle.activity import NOTICE_NAME
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        os.unlink(NOTICE_NAME, dir_fd=fd)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _restore_home(args: argparse.Namespace, cfg: Hometier, user: str) -> int:
     """Restore into the home itself, through the lifecycle: the state goes back to active."""
     from hometier.app import make_lifecycle
@@ -270,8 +287,10 @@ def _restore_home(args: argparse.Namespace, cfg: Hometier, user: str) -> int:
             # Its files are on the volume: nothing to bring back, and that is no error.
             doc: dict[str, Any] = {"user": user, "outcome": "active", "snapshot": None}
         elif home is None or home.state == "active":
-            # Not archived by the lifecycle (or lost): a plain restore into the empty home.
+            # Not archived by the lifecycle (or its database was lost): a plain restore
+            # into the home, which holds at most the archive notice.
             snap = lc.repo.find_snapshot("latest", user)
+            _drop_notice(path)
             queries.get_or_create_home(lc.db, user, str(path), lc.now(), actor="cli")
             stats = restore(lc.repo, snap, path, workers=cfg.workers, progress=show)
             doc = {
