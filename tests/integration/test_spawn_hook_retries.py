@@ -252,3 +252,38 @@ async def test_an_older_service_without_the_event_stream_is_polled(
     doc = await restore_before_spawn(_spawner(), url, secret=SECRET, timeout=20)
     assert doc["state"] == "done"
     assert "GET" in script.seen
+
+
+async def test_fetch_home_retries_a_busy_service_and_joins(service: tuple[str, Script]) -> None:
+    """The init container's ``hometier fetch-home`` (z2jh) retries the same way."""
+    import os
+    import sys
+
+    from hometier.tickets import mint_ticket
+
+    url, script = service
+    script.post = [
+        lambda: Answer(503, {"error": "busy", "kind": "StandIn"}, retry_after=1),
+        lambda: _job(progress=0),
+    ]
+    env = dict(os.environ, HOMETIER_RESTORE_TOKEN=mint_ticket(SECRET, "alice", 60))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hometier.cli.main",
+        "fetch-home",
+        "--user",
+        "alice",
+        "--service-url",
+        url,
+        "--timeout",
+        "30",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    print(err.decode())
+    assert proc.returncode == 0, err.decode()
+    assert script.seen[:2] == ["POST", "POST"] and "GET" in script.seen
+    assert "trying again" in err.decode()
