@@ -2,11 +2,12 @@
 events stream read as it arrives (tornado's client, as the Hub itself uses).
 
 What is retried, within the caller's deadline: no answer at all (refused, reset, timed
-out: tornado's 599), 502, 503 (the service says it is overloaded or that its database or
-bucket is down; ``Retry-After`` is honoured) and 504, with exponential backoff and full
-jitter — but not for longer than ``retry_for`` seconds in a row, so that a service that
-is really down fails the spawn in a minute or two with a message, not after the whole
-start timeout. A retried ``POST …/restore`` is safe: it joins the restore in progress.
+out: tornado's 599), 502, 503 and 504, with exponential backoff and full jitter,
+``Retry-After`` honoured — for at most ``retry_for`` seconds in a row (120) when the
+service is silent or swamped, and ``spoken_for`` (5) when it answered 503 with its own
+reason (its database or bucket is down): that reason then fails the spawn, so the user
+reads why instead of waiting for the whole start timeout. A retried ``POST …/restore``
+is safe: it joins the restore in progress.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ class Retry:
     deadline: float
     """``time.monotonic()`` after which nothing is tried any more."""
     retry_for: float = 120.0
+    """Seconds of silence (no answer, 502, 504, a 503 without a body) ridden out: the
+    service restarting, or swamped by a login storm."""
+    spoken_for: float = 5.0
+    """Seconds a 503 that says why (the service's own answer: its database or bucket is
+    down) is retried before the spawn fails with that reason: long enough for a blip,
+    short enough that the user reads why instead of waiting."""
     base: float = 0.5
     cap: float = 5.0
     attempts: int = 0
@@ -49,17 +56,27 @@ class Retry:
         now = time.monotonic()
         if self.failing_since is None:
             self.failing_since = now
-        if now - self.failing_since > self.retry_for:
-            return False
+        window = self.spoken_for if _spoken(exc) else self.retry_for
+        left = min(window - (now - self.failing_since), self.deadline - now)
         delay = random.uniform(0, min(self.cap, self.base * 2**self.attempts))
         retry_after = _retry_after(exc)
         if retry_after is not None:
-            delay = max(delay, min(retry_after, self.cap * 2))
-        self.attempts += 1
-        if now + delay >= self.deadline:
+            delay = max(delay, retry_after)
+        delay = min(delay, left)
+        if delay <= 0:
             return False
+        self.attempts += 1
         await asyncio.sleep(delay)
         return True
+
+
+def _spoken(exc: HTTPClientError) -> bool:
+    """True when the answer carries the service's own error document."""
+    try:
+        body = exc.response.body if exc.response is not None else b""
+        return exc.code != UNREACHABLE and bool(json.loads(body or b"{}").get("error"))
+    except (ValueError, AttributeError):
+        return False
 
 
 def _retry_after(exc: HTTPClientError) -> float | None:
