@@ -40,7 +40,7 @@ def test_first_come_first_served_among_equals() -> None:
     t = Recorder(workers=1, overtake=3)
     t.start("blocker", "x")
     for i in range(10):
-        t.start(f"u{i}", "x", cost=1000)
+        t.start(f"u{i}", "x", cost=1)
     _drain(t, 11)
     assert t.order == ["blocker"] + [f"u{i}" for i in range(10)]
 
@@ -49,8 +49,8 @@ def test_cheap_restores_overtake_but_only_a_bounded_number_of_times() -> None:
     t = Recorder(workers=1, overtake=3)
     t.start("blocker", "x")
     time.sleep(0.05)  # the blocker holds the only slot
-    t.start("big1", "x", cost=10**9)
-    t.start("big2", "x", cost=10**9)
+    t.start("big1", "x", cost=1)
+    t.start("big2", "x", cost=1)
     for i in range(8):
         t.start(f"cheap{i}", "x", cost=0)
     waiting = {u: t.get(u).ahead for u in ("big1", "big2", "cheap7")}
@@ -82,10 +82,11 @@ def test_what_a_restore_costs() -> None:
     home = SimpleNamespace(state="active", quarantine_path=None, hot_bytes=5)
     assert restore_cost(home) == 0
     home.state = "archived"
-    assert restore_cost(home) == 5
+    assert restore_cost(home) == 1
     home.quarantine_path = "/nonexistent/quarantine"
-    assert restore_cost(home) == 5
+    assert restore_cost(home) == 1
     home.quarantine_path = "/"
     assert restore_cost(home) == 0
-    home.quarantine_path, home.hot_bytes = None, 0
+    # Downloads are equals whatever their size: they keep their arrival order.
+    home.quarantine_path, home.hot_bytes = None, 10**12
     assert restore_cost(home) == 1

@@ -52,14 +52,15 @@ OVERTAKE = 8
 
 
 def restore_cost(home: Any) -> int:
-    """What restoring ``home`` costs, roughly, in bytes to fetch: 0 when it is on the
-    volume or its quarantine still holds its files, else its size when it was archived."""
+    """0 when restoring ``home`` costs nothing to speak of (it is on the volume, or its
+    quarantine still holds its files: a few renames), 1 when it must be downloaded.
+    Downloads are not ranked by size among themselves: they keep their arrival order."""
     if home.state == "active":
         return 0
     quarantine = getattr(home, "quarantine_path", None)
     if quarantine and os.path.isdir(quarantine):
         return 0
-    return max(int(home.hot_bytes or 0), 1)
+    return 1
 
 
 @dataclass
