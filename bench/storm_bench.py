@@ -214,6 +214,7 @@ def run_storm(
         figures["home_files_mean"] = files_total // logins
         say(f"{logins} homes, {bytes_total / 1e6:.1f} MB; archiving (load {loadavg()})")
         figures["archive_seconds"] = round(_archive_all(env, users), 1)
+        say(f"archived in {figures['archive_seconds']} s (load {loadavg()})")
 
         port, hub_port, stub_port = free_port(), free_port(), free_port()
         token = secrets.token_hex(32)
@@ -240,7 +241,9 @@ def run_storm(
         config += f"c.JupyterHub.hub_bind_url = 'http://127.0.0.1:{hub_port}'\n"
         hub = start_hub(homes, extra_config=config, env={"PYTHONPATH": str(REPO / "src")})
         svc.hub = hub
-        hub.create_users(*users, "ops")
+        for i in range(0, len(users), 100):  # a loaded Hub takes its time creating users
+            hub.request("POST", "/users", {"usernames": users[i : i + 100]}, timeout=300)
+        hub.request("POST", "/users", {"usernames": ["ops"]}, timeout=300)
         ops = svc.user_token("ops")
         say(f"hub and service up; storm of {logins} logins (load {loadavg()})")
 

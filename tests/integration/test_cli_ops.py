@@ -129,7 +129,7 @@ def test_status_of_a_bogus_state_is_a_usage_error(env: Env) -> None:
 
 
 def test_status_states_are_the_database_states() -> None:
-    from hometier.cli.lifecycle_cmds import HOME_STATES
+    from hometier.cli.home_cmds import HOME_STATES
     from hometier.state import HOME_STATES as MODEL_STATES
 
     assert HOME_STATES == MODEL_STATES
@@ -302,12 +302,12 @@ def test_errors_in_json_mode_carry_their_exit_code(env: Env) -> None:
 
 
 def test_an_unexpected_exception_is_one_line(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    from hometier.cli import lifecycle_cmds
+    from hometier.cli import home_cmds
 
     def boom(*_: Any) -> int:
         raise RuntimeError("disk on fire\nsecond line")
 
-    monkeypatch.setattr(lifecycle_cmds, "cmd_status", boom)
+    monkeypatch.setattr(home_cmds, "cmd_status", boom)
     r = env("status")
     assert r.code == 1
     assert "unexpected RuntimeError: disk on fire" in r.err and "second line" not in r.err

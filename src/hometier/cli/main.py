@@ -16,7 +16,14 @@ from traitlets import TraitError
 from traitlets.config import Config
 
 from hometier import __version__
-from hometier.cli import client_cmds, lifecycle_cmds, plan_cmds, repo_cmds, snapshot_cmds
+from hometier.cli import (
+    client_cmds,
+    home_cmds,
+    lifecycle_cmds,
+    plan_cmds,
+    repo_cmds,
+    snapshot_cmds,
+)
 from hometier.cli.output import err
 from hometier.config import Hometier, load_config
 from hometier.errors import Error, UsageError
@@ -93,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     repo_cmds.register(sub)
     snapshot_cmds.register(sub)
     lifecycle_cmds.register(sub)
+    home_cmds.register(sub)
     client_cmds.register(sub)
     plan_cmds.register(sub)
     for parser in sub.choices.values():

@@ -216,7 +216,7 @@ def cmd_restore(args: argparse.Namespace, cfg: Hometier) -> int:
 def _restore_include(args: argparse.Namespace, cfg: Hometier, user: str) -> int:
     """One file or folder of a snapshot into ``--target`` (never into the home itself:
     the home's own copy is the user's)."""
-    from hometier.cli.snapshot_cmds import restore_path
+    from hometier.cli.include import restore_path
     from hometier.errors import UsageError
 
     if not args.target:
