@@ -16,6 +16,7 @@ import asyncio
 import json
 import random
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,11 +26,30 @@ from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 UNREACHABLE = 599
 """tornado's code for "no HTTP answer" (refused, reset, timed out)."""
 RETRYABLE = frozenset({UNREACHABLE, 502, 503, 504})
+MAX_CLIENTS = 2048
+"""Connections one Hub may hold open to the service at once (one event stream per login
+in progress). tornado's shared client allows 10 and queues the rest: a storm's requests
+waited behind the streams of the first ten logins, and so would the Hub's own requests."""
 REQUEST_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 10.0
 STALL = 45.0
 """Seconds without a byte on an event stream (the service sends a keepalive every 15)
 before it is given up and reopened."""
+
+
+_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, AsyncHTTPClient] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def client() -> AsyncHTTPClient:
+    """hometier's own HTTP client on the running loop (never tornado's shared one)."""
+    loop = asyncio.get_running_loop()
+    found = _clients.get(loop)
+    if found is None:
+        found = AsyncHTTPClient(force_instance=True, max_clients=MAX_CLIENTS)
+        _clients[loop] = found
+    return found
 
 
 @dataclass
@@ -113,7 +133,7 @@ async def call(
             request_timeout=min(timeout, max(1.0, retry.deadline - time.monotonic())),
         )
         try:
-            resp = await AsyncHTTPClient().fetch(req)
+            resp = await client().fetch(req)
         except (HTTPClientError, OSError) as raw:
             exc = as_client_error(raw)
             if retryable(exc) and await retry.wait(exc):
@@ -183,7 +203,7 @@ async def follow(
         connect_timeout=CONNECT_TIMEOUT,
         request_timeout=max(1.0, deadline - time.monotonic()),
     )
-    fetch = asyncio.ensure_future(AsyncHTTPClient().fetch(req))
+    fetch = asyncio.ensure_future(client().fetch(req))
     # Whatever becomes of a stream given up on, its outcome is read here (not logged as
     # "never retrieved"); it is not cancelled, which tornado would log as an error.
     fetch.add_done_callback(lambda f: f.cancelled() or f.exception())

@@ -49,7 +49,9 @@ class RestoreEventsHandler(BaseHandler):
         try:
             while True:
                 job = self.ctx.tracker.get(user)
-                if job is not None:
+                if job is not None and job.seq == seq and job.state == "running":
+                    doc = None  # nothing new: no document to build (500 streams in a storm)
+                elif job is not None:
                     doc = job.doc(admin)
                 else:
                     try:
@@ -63,12 +65,12 @@ class RestoreEventsHandler(BaseHandler):
                         self.write(f"event: error\ndata: {json.dumps(self.error_doc(down))}\n\n")
                         break
                 now_seq = job.seq if job else -2
-                if now_seq != seq:
+                if doc is not None and now_seq != seq:
                     seq = now_seq
                     self.write(f"event: progress\ndata: {json.dumps(doc, default=str)}\n\n")
                     await self.flush()
                     idle = 0.0
-                if doc.get("state") in ("done", "failed", "idle"):
+                if doc is not None and doc.get("state") in ("done", "failed", "idle"):
                     break
                 await asyncio.sleep(0.25)
                 idle += 0.25
