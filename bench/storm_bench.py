@@ -181,6 +181,7 @@ def _direct_storm(
     accepted: dict[str, float] = {}
     restored: dict[str, float] = {}
     failed: list[str] = []
+    why: dict[str, str] = {}
     gate = threading.Barrier(len(users))
 
     def one(user: str) -> None:
@@ -197,10 +198,11 @@ def _direct_storm(
             accepted[user] = time.monotonic() - began
             conn.request("GET", f"{path}/events", headers=headers)
             resp = conn.getresponse()
-            state = ""
+            state, last = "", ""
             for raw in resp:
                 line = raw.decode()
                 if line.startswith("data:"):
+                    last = line[5:].strip()[:300]
                     state = json.loads(line[5:]).get("state", "")
                     if state in ("done", "failed"):
                         break
@@ -209,14 +211,18 @@ def _direct_storm(
                 restored[user] = time.monotonic() - began
             else:
                 failed.append(user)
-        except OSError:
+                why[user] = f"ended in state {state!r}: {last}"
+        except OSError as exc:
             failed.append(user)
+            why[user] = f"{type(exc).__name__}: {exc}"
 
     threads = [threading.Thread(target=one, args=(u,)) for u in users]
     for t in threads:
         t.start()
     for t in threads:
         t.join(timeout)
+    if why:
+        print("failures (first 5):", *list(why.items())[:5], sep="\n  ", flush=True)
     return accepted, restored, failed
 
 
@@ -446,6 +452,7 @@ def main() -> int:
         "--restore-concurrency", type=int, default=8, help="c.Service.restore_concurrency"
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
+    p.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (logs, database)")
     p.add_argument(
         "--direct",
         action="store_true",
