@@ -169,6 +169,7 @@ async def _run(
             else:
                 await events.follow(f"{base}/events", token, on_event, deadline)
         except StreamEnded:
+            await asyncio.sleep(POLL)  # never a tight loop against a service that hangs up
             continue
         except HTTPClientError as exc:
             if exc.code in (404, 405) and not _error_doc(exc).get("kind"):
