@@ -20,7 +20,7 @@ before hometier sees it.
 For each login it measures, from the moment the spawn was requested through the Hub's
 API: **accepted** (the service accepted the restore: the job's ``started``) and
 **restored** (the job's ``finished``), and reports p50/p95/max with the load average.
-The targets (issue "login storms"): every request accepted within 5 s, p95 restore of a
+The targets: every request accepted within 5 s, p95 restore of a
 small home within 10 s. ``run_storm(...)`` returns the figures as a dict for other
 harnesses (``bench/scale_bench.py``).
 """
