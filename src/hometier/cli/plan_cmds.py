@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from rich import box
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from traitlets import Dict, Float, Integer, Unicode
 from traitlets.config import Configurable
@@ -269,8 +277,11 @@ def _progress() -> Iterator[_Bars]:
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
+        TaskProgressColumn(),
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         console=err,
         transient=True,
     )

@@ -26,6 +26,7 @@ from hometier.service.api.leases import LeaseHandler, LeasesHandler
 from hometier.service.api.meta import HealthHandler, MetricsHandler, OpenAPIHandler
 from hometier.service.api.restores import RestoredHandler, RestoreEventsHandler, RestoreHandler
 from hometier.service.api.snapshots import DownloadHandler, SnapshotsHandler, TreeHandler
+from hometier.service.auth import hub_auth_defaults
 from hometier.service.dashboard import handlers as dash
 from hometier.service.dashboard import jobs_pages, spaces_pages
 from hometier.service.dashboard.summary import Dashboard
@@ -63,7 +64,7 @@ class ServiceContext:
 class NotFoundHandler(BaseHandler):
     public = True
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         raise web.HTTPError(404, "no such endpoint")
 
 
@@ -127,9 +128,14 @@ def make_context(
 def make_app(
     ctx: ServiceContext, *, cookie_secret: bytes | None = None, config: Any = None
 ) -> web.Application:
-    # A short cache: a revoked or expired token (the one-spawn token included) stops
-    # working within seconds. (0 would mean "cache forever" to HubAuth.)
-    auth = HubOAuth.instance(cache_max_age=5)
+    # A short cache: a revoked or expired Hub token stops working within seconds (0
+    # would mean "cache forever" to HubAuth). A login storm does not go through it: spawn
+    # hooks send restore tickets, checked here without the Hub (hometier.tickets).
+    hub = ctx.lc.hub
+    auth = HubOAuth.instance(
+        cache_max_age=5,
+        **hub_auth_defaults(ctx.prefix, hub.api_url if hub else "", hub.token if hub else ""),
+    )
     return web.Application(
         routes(ctx.prefix),
         hometier=ctx,

@@ -20,7 +20,7 @@ from tornado import web
 
 from hometier.errors import Error, UsageError
 from hometier.lifecycle.homes import check_username
-from hometier.service.auth import Identity, Unauthorized
+from hometier.service.auth import Identity, Unauthorized, identify
 from hometier.service.outages import StandIn, stand_in
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,12 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
     @property
     def ctx(self) -> Any:
         return self.settings["hometier"]
+
+    async def prepare(self) -> None:
+        # Identify the caller now, asynchronously (restore tickets without the Hub):
+        # ``current_user`` then reads what this stored.
+        if not self.public and not hasattr(self, "_hub_auth_user_cache"):
+            self._hub_auth_user_cache = await identify(self)
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
