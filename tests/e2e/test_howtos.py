@@ -172,7 +172,6 @@ def _hometier_lines(text: str) -> Iterator[list[str]]:
 def test_every_hometier_command_line_parses(page: Path) -> None:
     from hometier.cli import snapshot_cmds
     from hometier.cli.main import build_parser, split_trait_flags, trait_config
-    from hometier.config import Archiver
 
     parser = build_parser()
     seen = 0
@@ -183,8 +182,6 @@ def test_every_hometier_command_line_parses(page: Path) -> None:
             if argv in (["--version"],):
                 continue
             rest, flags = split_trait_flags(argv)
-            if "use_hub" in flags.get("Archiver", {}) and "use_hub" not in Archiver.class_traits():
-                flags["Archiver"].pop("use_hub")  # comes with the root-safety change
             trait_config(flags)
             try:
                 parser.parse_args(snapshot_cmds.normalize(rest))
@@ -247,7 +244,7 @@ def test_local_spawners_followed_literally(
     homes, units = tmp_path / "home", tmp_path / "systemd"
     homes.mkdir()
     units.mkdir()
-    port = free_port()
+    port, hub_port = free_port(), free_port()
     bucket = s3_server.url(f"howto-{os.getpid()}-{int(time.time())}")
     s3 = s3_server.env()
     subs = [
@@ -266,6 +263,7 @@ def test_local_spawners_followed_literally(
             f"AWS_REGION=us-east-1\nAWS_ENDPOINT_URL={s3['AWS_ENDPOINT_URL']}",
         ),
         ("8765", str(port)),
+        ("127.0.0.1:8081", f"127.0.0.1:{hub_port}"),
     ]
     print("substitutions:", *subs, sep="\n  ")
 
@@ -334,6 +332,7 @@ def test_local_spawners_followed_literally(
             + '\nc.JupyterHub.tornado_settings = {"slow_spawn_timeout": 0}\n',
             python=str(opt / "bin" / "python3"),
             env=_env_file(env_file),
+            hub_port=hub_port,
         )
     except ServerUnavailable as exc:
         pytest.skip(str(exc))
@@ -465,8 +464,15 @@ def test_z2jh_files_and_names_exist(checkout: Path) -> None:
         for doc in yaml.safe_load_all(path.read_text()):
             if doc and "metadata" in doc:
                 names.add(f"{doc['kind'].lower()}/{doc['metadata']['name']}")
-    for m in re.finditer(r"\b(deploy|svc)/([a-z0-9-]+)", text):
-        kind = {"deploy": "deployment", "svc": "service"}[m.group(1)]
-        assert f"{kind}/{m.group(2)}" in names, m.group(0)
+    # Resources named on kubectl command lines (deploy/NAME, svc/NAME), not the paths of
+    # this repository's files that `-k` takes (deploy/k8s).
+    for line in text.splitlines():
+        if "kubectl" not in line:
+            continue
+        for m in re.finditer(r"(?<![\w/.-])(deploy|svc)/([a-z0-9-]+)(?![\w/.-])", line):
+            if line[: m.start()].rstrip().endswith("-k"):
+                continue
+            kind = {"deploy": "deployment", "svc": "service"}[m.group(1)]
+            assert f"{kind}/{m.group(2)}" in names, m.group(0)
     values = yaml.safe_load((REPO / "deploy" / "z2jh" / "values.yaml").read_text())
     assert values["hub"]["services"]["hometier"]["oauth_client_allowed_scopes"]

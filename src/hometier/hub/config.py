@@ -140,7 +140,12 @@ def configure_hub(
     """
     jh = c.JupyterHub
     managed = command is not None or service_url is None
-    token = api_token or (secrets.token_hex(32) if managed else "")
+    # A managed service's token: HOMETIER_HUB_TOKEN from the Hub's environment when the
+    # operator set one (so that `hometier` run by hand with the same settings can ask the
+    # Hub who is active), else a fresh one.
+    token = api_token or (
+        (os.environ.get("HOMETIER_HUB_TOKEN") or secrets.token_hex(32)) if managed else ""
+    )
     service: dict[str, Any] = {
         "name": SERVICE_NAME,
         "oauth_no_confirm": True,
