@@ -10,14 +10,18 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from sqlalchemy import text
 from tornado import web
 from tornado.httpserver import HTTPServer
 
 from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.loop import run_forever
+from hometier.notify import Notifier
+from hometier.repo.config import CONFIG_KEY
 from hometier.service.api.base import BaseHandler
 from hometier.service.api.homes import ArchiveHandler, ExemptHandler, HomeHandler, HomesHandler
 from hometier.service.api.leases import LeaseHandler, LeasesHandler
@@ -25,8 +29,12 @@ from hometier.service.api.meta import HealthHandler, MetricsHandler, OpenAPIHand
 from hometier.service.api.restores import RestoredHandler, RestoreEventsHandler, RestoreHandler
 from hometier.service.api.snapshots import DownloadHandler, SnapshotsHandler, TreeHandler
 from hometier.service.dashboard import handlers as dash
+from hometier.service.dashboard.archives import BackgroundArchives
+from hometier.service.dashboard.preview import PreviewImage, PreviewPage
 from hometier.service.dashboard.summary import Dashboard
 from hometier.service.metrics import Metrics
+from hometier.service.notices import archive_notice, chain, restore_notice
+from hometier.service.outages import HealthCheck
 from hometier.service.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -50,6 +58,12 @@ class ServiceContext:
     prefix: str
     service_name: str = "hometier"
     metrics_public: bool = False
+    health: HealthCheck | None = None
+    """The database and the store, probed with a timeout, cached (``/health``, banner)."""
+    archives: Any = None
+    """Archives started from the dashboard, running in the background."""
+    notifier: Any = None
+    """Tells admins and users what happened (``hometier.notify``)."""
 
 
 class NotFoundHandler(BaseHandler):
@@ -84,6 +98,8 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"{p}/homes/{USER}", dash.HomePage),
         (rf"{p}/homes/{USER}/(?P<action>archive|restore|exempt|unexempt)", dash.HomeAction),
         (rf"{p}/homes/{USER}/snapshots/{SNAP}/browse", dash.BrowsePage),
+        (rf"{p}/homes/{USER}/snapshots/{SNAP}/preview", PreviewPage),
+        (rf"{p}/homes/{USER}/snapshots/{SNAP}/image", PreviewImage),
         (rf"{p}/static/(?P<path>.+)", dash.StaticHandler),
     ]
 
@@ -96,6 +112,8 @@ def make_context(
     metrics_public: bool = False,
     service_name: str = "hometier",
     restore_concurrency: int = 8,
+    config: Any = None,
+    notifier: Notifier | None = None,
 ) -> ServiceContext:
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api")
     downloads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="download")
@@ -105,11 +123,30 @@ def make_context(
         max_workers=max(1, restore_concurrency), thread_name_prefix="restore"
     )
     metrics = Metrics(lc)
-    lc.on_archive = metrics.archived  # the loop's archives and the API's alike
-    tracker = Tracker(lc, restores, on_finish=metrics.restored)
-    return ServiceContext(
+    notifier = notifier or Notifier(config=config)
+    # The loop's archives, the API's and the dashboard's alike.
+    lc.on_archive = chain(metrics.archived, partial(archive_notice, notifier))
+    tracker = Tracker(
+        lc, restores, on_finish=chain(metrics.restored, partial(restore_notice, notifier))
+    )
+    ctx = ServiceContext(
         lc, executor, downloads, tracker, metrics, prefix, service_name, metrics_public
     )
+    ctx.health = make_health(lc)
+    ctx.notifier = notifier
+    ctx.archives = BackgroundArchives(lc)
+    return ctx
+
+
+def make_health(lc: Lifecycle) -> HealthCheck:
+    def database() -> None:
+        with lc.db.transaction(write=False) as s:
+            s.execute(text("SELECT 1"))
+
+    def store() -> None:
+        lc.repo.store.head(CONFIG_KEY)
+
+    return HealthCheck({"database": database, "store": store})
 
 
 def make_app(
@@ -144,7 +181,11 @@ def run_service(
     """Serve the API on ``ip:port`` and, unless ``interval`` is None, run the archiver
     loop in a thread beside it. Returns on SIGTERM/SIGINT after both have stopped."""
     ctx = make_context(
-        lc, prefix=prefix, metrics_public=metrics_public, restore_concurrency=restore_concurrency
+        lc,
+        prefix=prefix,
+        metrics_public=metrics_public,
+        restore_concurrency=restore_concurrency,
+        config=config,
     )
     stop = threading.Event()
     loop_thread = None
@@ -175,6 +216,10 @@ def run_service(
             loop_thread.join(timeout=60)
         for pool in (ctx.executor, ctx.downloads, ctx.tracker.executor):
             pool.shutdown(wait=False, cancel_futures=True)
+        ctx.archives.close()
+        if ctx.health is not None:
+            ctx.health.close()
+        ctx.notifier.close(wait=False)
 
 
 __all__ = ["ServiceContext", "make_app", "make_context", "routes", "run_service"]

@@ -168,6 +168,12 @@ def page_homes(
     return HomesPage(rows, total, next_cursor)
 
 
+def size_of(target: Target, user: str) -> int:
+    """The size of ``user``'s home as the dashboard shows it (0 if unknown)."""
+    with _tx(target, write=False) as s:
+        return int(s.scalar(select(size_expr()).where(Home.user == user)) or 0)
+
+
 # --- totals ------------------------------------------------------------------------
 
 
@@ -302,6 +308,7 @@ __all__ = [
     "record_tier_day",
     "save_rebuilt_days",
     "size_expr",
+    "size_of",
     "stored_tier_days",
     "tier_days",
     "tier_totals",

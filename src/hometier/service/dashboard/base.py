@@ -22,7 +22,16 @@ from tornado import web
 from hometier.errors import Error
 from hometier.service.api.base import BaseHandler
 from hometier.service.auth import Identity
-from hometier.service.dashboard.summary import Dashboard, ago, human_bytes, money, stamp
+from hometier.service.dashboard.summary import (
+    Dashboard,
+    ago,
+    human_bytes,
+    iso,
+    money,
+    short_id,
+    stamp,
+    tidy,
+)
 from hometier.service.outages import StandIn
 
 HERE = Path(__file__).parent
@@ -136,7 +145,13 @@ class PageHandler(BaseHandler):
             human=human_bytes,
             money=money,
             stamp=stamp,
+            iso=iso,
+            short_id=short_id,
+            tidy=tidy,
             ago=lambda when: ago(when, now),
+            hub_logo=hub + "logo",
+            hub_logout=hub + "logout",
+            health=None,
             me=me,
             me_admin=me_admin,
             hub_url=hub,

@@ -1,0 +1,113 @@
+"""``/admin``: the overview of every home, built for 50,000 of them.
+
+The table is one page (``PAGE`` rows) filtered, sorted and paged by the database
+(``state.listing.page_homes``); the cards are aggregate statements; the chart reads one
+row per day of the rollup. Nothing here loads every home or every event. The query
+string is the page's state (``q``, ``state``, ``sort`` with ``-`` for descending,
+``cursor``/``offset``, ``days``), so every view is a link.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from tornado import web
+
+from hometier.errors import UsageError
+from hometier.service.api.homes import listing_args
+from hometier.service.dashboard.base import AdminOnly, PageHandler
+from hometier.service.dashboard.explain import explain
+from hometier.service.dashboard.summary import (
+    RANGES,
+    SERIES,
+    day_points,
+    make_chart,
+    make_totals,
+)
+from hometier.state import HOME_STATES, listing, queries
+
+PAGE = 50
+COLUMNS = (
+    ("user", "User"),
+    ("state", "State"),
+    ("size", "Size"),
+    (None, "Where"),
+    ("stored_bytes", "Added to bucket"),
+    ("last_activity", "Last activity"),
+)
+
+
+class AdminPage(PageHandler):
+    """``/admin``: totals, costs, bytes per tier over time, one page of homes."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        who = self.identity()
+        if not who.is_admin:
+            raise AdminOnly(who.name)
+        args = listing_args(self, default_limit=PAGE)
+        prices = self.dashboard
+        try:
+            days = int(self.get_query_argument("days", str(prices.history_days)))
+        except ValueError:
+            raise UsageError(f"days must be one of {', '.join(map(str, RANGES))}") from None
+        if days not in RANGES:
+            raise UsageError(f"days must be one of {', '.join(map(str, RANGES))}")
+        lc = self.ctx.lc
+        now = lc.now()
+        first = now.astimezone(dt.UTC).date() - dt.timedelta(days=days - 1)
+
+        def load() -> dict[str, Any]:
+            page = listing.page_homes(lc.db, **args)
+            tier = listing.tier_totals(lc.db)
+            rows = listing.tier_days(lc.db, first, tier, now)
+            failed, n_failed = listing.failed_homes(lc.db, limit=20)
+            errors = queries.events(lc.db, kind="error", limit=20, newest_first=True)
+            leases = queries.active_lease_counts(lc.db, now)
+            return dict(
+                page=page, tier=tier, rows=rows, failed=failed, n_failed=n_failed,
+                errors=errors, leases=leases,
+            )  # fmt: skip
+
+        data = await self.blocking(load)
+        health = await self.blocking(self.ctx.health.check) if self.ctx.health else None
+        totals = make_totals(data["tier"], prices)
+        sort = ("-" if args["desc"] else "") + args["sort"]
+
+        def link(**change: Any) -> str:
+            query = {"q": args["q"], "state": args["state"] or "", "sort": sort, "days": days}
+            query.update(change)
+            return self.url("admin", **{k: str(v) for k, v in query.items() if v not in ("", None)})
+
+        page = data["page"]
+        offset = args["offset"]
+        self.take_flash()
+        self.render(
+            "admin.html",
+            totals=totals,
+            chart=make_chart(day_points(data["rows"]), prices, days),
+            series=SERIES,
+            ranges=RANGES,
+            days=days,
+            errors=[(e, explain((e.detail or {}).get("error"), e.detail)) for e in data["errors"]],
+            failed=[(h, explain(h.error, None)) for h in data["failed"]],
+            n_failed=data["n_failed"],
+            rows=[(r, explain(r.home.error, None) if r.home.error else None) for r in page.rows],
+            total=page.total,
+            first_row=offset + 1 if page.rows else 0,
+            next_url=link(cursor=page.next_cursor) if page.next_cursor else None,
+            first_url=link() if (args["cursor"] or offset) else None,
+            leases=data["leases"],
+            running={j.user: j for j in self.ctx.archives.running()} if self.ctx.archives else {},
+            q=args["q"],
+            state=args["state"] or "",
+            sort=sort,
+            states=HOME_STATES,
+            columns=COLUMNS,
+            link=link,
+            health=health,
+        )
+
+
+__all__ = ["PAGE", "AdminPage"]
