@@ -195,16 +195,19 @@ def byte_ticks(top: int, count: int = 4) -> tuple[list[int], int]:
             unit = 1024**k
             break
     step = nice_step(max(top, 1) / unit, count) * unit
+    if unit == 1:
+        step = max(1, math.ceil(step))  # whole bytes
     n = max(1, math.ceil(top / step)) if top > 0 else count
     return [round(step * i) for i in range(n + 1)], round(step * n)
 
 
-def tick_label(value: int, top: int) -> str:
-    """``5 GiB``, ``2.5 GiB``: the unit of the axis's top, trailing zeros dropped."""
+def tick_label(value: int, step: int) -> str:
+    """``5 GiB``, ``2.5 GiB``: in the largest unit the axis's ``step`` fills at least
+    once, trailing zeros dropped."""
     if value == 0:
         return "0"
     k = 0
-    while k < len(BINARY) - 1 and top >= 1024 ** (k + 1):
+    while k < len(BINARY) - 1 and step >= 1024 ** (k + 1):
         k += 1
     shown = f"{value / 1024**k:.2f}".rstrip("0").rstrip(".")
     return f"{shown} {BINARY[k]}"
@@ -291,7 +294,8 @@ def make_chart(
             f"{money(costs[i])} per month"
         )
         columns.append((x0, round(x1 - x0, 1), tip))
-    y_ticks = [(y(v), tick_label(v, axis_top)) for v in ticks]
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1
+    y_ticks = [(y(v), tick_label(v, step)) for v in ticks]
     k = 0
     cost_ticks = []
     while cost_step * k <= cost_top + 1e-9:
