@@ -36,6 +36,8 @@ from hometier.service.metrics import Metrics
 from hometier.service.notices import archive_notice, chain, restore_notice
 from hometier.service.outages import HealthCheck
 from hometier.service.tracker import Tracker
+from hometier.store import open_store
+from hometier.store.base import Retry
 
 log = logging.getLogger(__name__)
 
@@ -143,8 +145,15 @@ def make_health(lc: Lifecycle) -> HealthCheck:
         with lc.db.transaction(write=False) as s:
             s.execute(text("SELECT 1"))
 
+    # The probe's own store, without hometier's retries: a health check must say "down"
+    # within its timeout and be ready to say "up" again soon after the store is back.
+    try:
+        probe = open_store(lc.repo.store.url, retry=Retry(attempts=1))
+    except Exception:  # noqa: BLE001 - the repository's store works as a probe too
+        probe = lc.repo.store
+
     def store() -> None:
-        lc.repo.store.head(CONFIG_KEY)
+        probe.head(CONFIG_KEY)
 
     return HealthCheck({"database": database, "store": store})
 

@@ -32,6 +32,8 @@ from hometier.state.queries import Target, _tx
 from hometier.state.tierdays import TierDay, rebuild_tier_days
 
 SORTS = ("user", "state", "size", "hot_bytes", "stored_bytes", "last_activity", "state_since")
+NULLABLE = frozenset({"last_activity"})
+"""Sort keys that may be NULL (they sort last); the others order by an index, if any."""
 MAX_LIMIT = 1000
 
 
@@ -47,8 +49,11 @@ def newest_snapshot_bytes() -> Any:
 
 
 def size_expr() -> ColumnElement[int]:
-    """The home's size as the dashboard shows it (see the module docstring)."""
-    return func.coalesce(func.nullif(Home.hot_bytes, 0), newest_snapshot_bytes(), 0)
+    """The home's size as the dashboard shows it (see the module docstring); never NULL,
+    and the snapshot is looked up only for a home the archiver has not measured."""
+    return case(
+        (Home.hot_bytes > 0, Home.hot_bytes), else_=func.coalesce(newest_snapshot_bytes(), 0)
+    )
 
 
 def cold_expr() -> ColumnElement[bool]:
@@ -104,12 +109,14 @@ def _decode_cursor(cursor: str) -> tuple[Any, int]:
         raise UsageError("cursor is not one this service gave out") from None
 
 
-def _after(col: Any, value: Any, ident: int, desc: bool) -> ColumnElement[bool]:
+def _after(col: Any, value: Any, ident: int, desc: bool, nullable: bool) -> ColumnElement[bool]:
     """Rows after (``value``, ``ident``) in the order ``col`` (nulls last), ``id``."""
     tie = Home.id < ident if desc else Home.id > ident
     if value is None:
         return and_(col.is_(None), tie)
     beyond = col < value if desc else col > value
+    if not nullable:
+        return or_(beyond, and_(col == value, tie))
     return or_(col.is_(None), beyond, and_(col == value, tie))
 
 
@@ -149,11 +156,14 @@ def page_homes(
         where.append(func.lower(Home.user).like(f"%{_escape_like(q.lower())}%", escape="\\"))
     col = _sort_column(sort)
     size = size_expr()
-    order = [col.is_(None), col.desc() if desc else col.asc(), Home.id.desc() if desc else Home.id]
+    nullable = sort in NULLABLE
+    order = [col.desc() if desc else col.asc(), Home.id.desc() if desc else Home.id]
+    if nullable:
+        order.insert(0, col.is_(None))
     stmt = select(Home, size).where(*where).order_by(*order).limit(limit + 1)
     if cursor:
         value, ident = _decode_cursor(cursor)
-        stmt = stmt.where(_after(col, value, ident, desc))
+        stmt = stmt.where(_after(col, value, ident, desc, nullable))
     elif offset:
         stmt = stmt.offset(offset)
     with _tx(target, write=False) as s:
@@ -264,36 +274,55 @@ def save_rebuilt_days(target: Target, days: list[TierDay]) -> None:
         s.execute(insert(TierDay).values(rows).on_conflict_do_nothing(index_elements=["day"]))
 
 
+def _window(target: Target, first: dt.date, today: dt.date) -> dt.date:
+    """``first``, or the day of the first event if later."""
+    with _tx(target, write=False) as s:
+        oldest = s.scalar(select(func.min(Event.at)))
+    return max(first, oldest.astimezone(dt.UTC).date()) if oldest is not None else today
+
+
+def missing_tier_days(target: Target, first: dt.date, now: dt.datetime) -> list[dt.date]:
+    """Past days from ``first`` (or the first event) that ``tier_days`` has no row for."""
+    today = now.astimezone(dt.UTC).date()
+    first = _window(target, first, today)
+    have = {r.day for r in stored_tier_days(target, first, today)}
+    days = (first + dt.timedelta(days=i) for i in range((today - first).days))
+    return [d for d in days if d not in have]
+
+
+def rebuild_missing_days(target: Target, missing: list[dt.date], now: dt.datetime) -> int:
+    """Rebuild ``missing`` days from the event log (one sweep) and keep them; how many."""
+    if not missing:
+        return 0
+    with _tx(target, write=False) as s:
+        rebuilt = rebuild_tier_days(s, min(missing), max(missing), now)
+    wanted = set(missing)
+    kept = [r for r in rebuilt if r.day in wanted]
+    save_rebuilt_days(target, kept)
+    return len(kept)
+
+
 def tier_days(
-    target: Target, first: dt.date, totals: TierTotals, now: dt.datetime
+    target: Target,
+    first: dt.date,
+    totals: TierTotals,
+    now: dt.datetime,
+    *,
+    rebuild: bool = True,
 ) -> list[TierDay]:
     """One row per day from ``first`` (or the first event, if later) to today.
 
-    Today's row is ``totals`` (recorded); a past day nobody recorded is rebuilt from the
-    event log once, in one sweep, and kept. Reads only the window's rows afterwards.
+    Today's row is ``totals`` (recorded). With ``rebuild``, a past day nobody recorded is
+    rebuilt from the event log (one sweep, seconds at 50,000 homes) and kept; without it,
+    such days are simply absent (a caller rebuilds them in the background:
+    ``missing_tier_days``, ``rebuild_missing_days``).
     """
     today = now.astimezone(dt.UTC).date()
     record_tier_day(target, totals, now)
-    with _tx(target, write=False) as s:
-        oldest = s.scalar(select(func.min(Event.at)))
-    if oldest is not None:
-        first = max(first, oldest.astimezone(dt.UTC).date())
-    else:
-        first = today
-    rows = stored_tier_days(target, first, today)
-    have = {r.day for r in rows}
-    missing = [
-        first + dt.timedelta(days=i)
-        for i in range((today - first).days)
-        if first + dt.timedelta(days=i) not in have
-    ]
-    if missing:
-        with _tx(target, write=False) as s:
-            rebuilt = rebuild_tier_days(s, missing[0], missing[-1], now)
-        wanted = set(missing)
-        save_rebuilt_days(target, [r for r in rebuilt if r.day in wanted])
-        rows = stored_tier_days(target, first, today)
-    return rows
+    first = _window(target, first, today)
+    if rebuild:
+        rebuild_missing_days(target, missing_tier_days(target, first, now), now)
+    return stored_tier_days(target, first, today)
 
 
 __all__ = [
@@ -309,6 +338,8 @@ __all__ = [
     "save_rebuilt_days",
     "size_expr",
     "size_of",
+    "missing_tier_days",
+    "rebuild_missing_days",
     "stored_tier_days",
     "tier_days",
     "tier_totals",

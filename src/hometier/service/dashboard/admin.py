@@ -10,6 +10,8 @@ string is the page's state (``q``, ``state``, ``sort`` with ``-`` for descending
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import threading
 from typing import Any
 
 from tornado import web
@@ -27,7 +29,25 @@ from hometier.service.dashboard.summary import (
 )
 from hometier.state import HOME_STATES, listing, queries
 
+log = logging.getLogger(__name__)
+
 PAGE = 50
+_rebuilding = threading.Lock()
+"""Held while this process rebuilds the chart's past days in the background."""
+
+
+def _rebuild(db: Any, first: dt.date, now: dt.datetime) -> None:
+    """Rebuild the rollup's missing past days (seconds at 50,000 homes), once at a time."""
+    try:
+        missing = listing.missing_tier_days(db, first, now)
+        n = listing.rebuild_missing_days(db, missing, now)
+        log.info("rebuilt %d day(s) of the tier history from the event log", n)
+    except Exception:  # noqa: BLE001 - the chart shows what it has; the next page tries again
+        log.exception("rebuilding the tier history failed")
+    finally:
+        _rebuilding.release()
+
+
 COLUMNS = (
     ("user", "User"),
     ("state", "State"),
@@ -61,13 +81,18 @@ class AdminPage(PageHandler):
         def load() -> dict[str, Any]:
             page = listing.page_homes(lc.db, **args)
             tier = listing.tier_totals(lc.db)
-            rows = listing.tier_days(lc.db, first, tier, now)
+            rows = listing.tier_days(lc.db, first, tier, now, rebuild=False)
+            missing = listing.missing_tier_days(lc.db, first, now)
+            if missing and _rebuilding.acquire(blocking=False):
+                threading.Thread(
+                    target=_rebuild, args=(lc.db, first, now), name="tier-history", daemon=True
+                ).start()
             failed, n_failed = listing.failed_homes(lc.db, limit=20)
             errors = queries.events(lc.db, kind="error", limit=20, newest_first=True)
             leases = queries.active_lease_counts(lc.db, now)
             return dict(
                 page=page, tier=tier, rows=rows, failed=failed, n_failed=n_failed,
-                errors=errors, leases=leases,
+                errors=errors, leases=leases, rebuilding=bool(missing),
             )  # fmt: skip
 
         data = await self.blocking(load)
@@ -77,6 +102,8 @@ class AdminPage(PageHandler):
 
         def link(**change: Any) -> str:
             query = {"q": args["q"], "state": args["state"] or "", "sort": sort, "days": days}
+            if args["limit"] != PAGE:
+                query["limit"] = args["limit"]
             query.update(change)
             return self.url("admin", **{k: str(v) for k, v in query.items() if v not in ("", None)})
 
@@ -107,6 +134,7 @@ class AdminPage(PageHandler):
             columns=COLUMNS,
             link=link,
             health=health,
+            rebuilding=data["rebuilding"],
         )
 
 
