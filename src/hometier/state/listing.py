@@ -233,6 +233,21 @@ def failed_homes(target: Target, limit: int = 20) -> tuple[list[Home], int]:
     return rows, n
 
 
+def last_errors(target: Target, users: list[str]) -> dict[str, dict[str, Any]]:
+    """The detail of each user's newest ``error`` event (reason, reference, ...), for a
+    page's worth of ``users``: one statement."""
+    if not users:
+        return {}
+    newest = (
+        select(func.max(Event.id))
+        .where(Event.kind == "error", Event.user.in_(users))
+        .group_by(Event.user)
+    )
+    with _tx(target, write=False) as s:
+        rows = s.execute(select(Event.user, Event.detail).where(Event.id.in_(newest))).all()
+    return {user: dict(detail or {}) for user, detail in rows}
+
+
 # --- the daily rollup --------------------------------------------------------------
 
 
@@ -333,6 +348,7 @@ __all__ = [
     "TierTotals",
     "cold_expr",
     "failed_homes",
+    "last_errors",
     "page_homes",
     "record_tier_day",
     "save_rebuilt_days",

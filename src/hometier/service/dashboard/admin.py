@@ -90,9 +90,11 @@ class AdminPage(PageHandler):
             failed, n_failed = listing.failed_homes(lc.db, limit=20)
             errors = queries.events(lc.db, kind="error", limit=20, newest_first=True)
             leases = queries.active_lease_counts(lc.db, now)
+            erred = [h.user for h in failed] + [r.home.user for r in page.rows if r.home.error]
+            recorded = listing.last_errors(lc.db, sorted(set(erred)))
             return dict(
                 page=page, tier=tier, rows=rows, failed=failed, n_failed=n_failed,
-                errors=errors, leases=leases, rebuilding=bool(missing),
+                errors=errors, leases=leases, rebuilding=bool(missing), recorded=recorded,
             )  # fmt: skip
 
         data = await self.blocking(load)
@@ -108,6 +110,7 @@ class AdminPage(PageHandler):
             return self.url("admin", **{k: str(v) for k, v in query.items() if v not in ("", None)})
 
         page = data["page"]
+        recorded = data["recorded"]
         offset = args["offset"]
         self.take_flash()
         self.render(
@@ -118,9 +121,12 @@ class AdminPage(PageHandler):
             ranges=RANGES,
             days=days,
             errors=[(e, explain((e.detail or {}).get("error"), e.detail)) for e in data["errors"]],
-            failed=[(h, explain(h.error, None)) for h in data["failed"]],
+            failed=[(h, explain(h.error, recorded.get(h.user))) for h in data["failed"]],
             n_failed=data["n_failed"],
-            rows=[(r, explain(r.home.error, None) if r.home.error else None) for r in page.rows],
+            rows=[
+                (r, explain(r.home.error, recorded.get(r.home.user)) if r.home.error else None)
+                for r in page.rows
+            ],
             total=page.total,
             first_row=offset + 1 if page.rows else 0,
             next_url=link(cursor=page.next_cursor) if page.next_cursor else None,

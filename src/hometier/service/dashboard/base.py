@@ -40,6 +40,7 @@ STATIC = HERE / "static"
 FLASH = "hometier-flash"
 CSP = (
     "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 TITLES = {
@@ -150,6 +151,7 @@ class PageHandler(BaseHandler):
             tidy=tidy,
             ago=lambda when: ago(when, now),
             hub_logo=hub + "logo",
+            xsrf_token=self.xsrf_token.decode(),
             hub_logout=hub + "logout",
             health=None,
             me=me,

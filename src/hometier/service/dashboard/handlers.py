@@ -23,7 +23,7 @@ from hometier.service.dashboard.base import (
 )
 from hometier.service.dashboard.explain import event_detail, explain
 from hometier.service.outages import stand_in
-from hometier.state import queries
+from hometier.state import listing, queries
 
 NOT_NOTIFIED = (
     "your administrator has been notified",
@@ -70,7 +70,11 @@ class HomePageBase(PageHandler):
                 home_error = failed.user_message()
                 if not notified:
                     home_error = home_error.replace(*NOT_NOTIFIED)
+            recorded = None
+            if admin and home is not None and home.error:
+                recorded = listing.last_errors(lc.db, [user]).get(user)
             return dict(
+                recorded=recorded,
                 home=home,
                 leases=leases,
                 events=events,
@@ -92,7 +96,7 @@ class HomePageBase(PageHandler):
         )
         why = None
         if admin and home is not None and home.error:
-            why = explain(home.error, None)
+            why = explain(home.error, data["recorded"])
         self.take_flash()
         self.render(
             "home.html",

@@ -29,9 +29,22 @@ function searchAsYouType(form) {
   let timer = null;
   let seq = 0;
   const run = async () => {
+    try {
+      await swap();
+    } catch (e) {
+      form.submit(); // whatever went wrong, the server-side search still works
+    }
+  };
+  const swap = async () => {
     const url = form.action + "?" + new URLSearchParams(new FormData(form)).toString();
     const mine = ++seq;
-    const resp = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
+    // The Hub's cookie counts for a script's GET only with the XSRF token (JupyterHub
+    // >= 4.1), which the page carries.
+    const resp = await fetch(url, {
+      credentials: "same-origin",
+      redirect: "error",
+      headers: { Accept: "text/html", "X-XSRFToken": form.dataset.xsrf || "" },
+    });
     if (!resp.ok || mine !== seq) return;
     const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
     const fresh = doc.getElementById("homes-section");
