@@ -174,10 +174,11 @@ class Dash:
         return str(doc["state"])
 
 
-def shot(page: Any, name: str) -> Path:
+def shot(page: Any, name: str, full_page: bool = True) -> Path:
+    """A screenshot of the whole page (or of what the viewport shows)."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     return path
 
 

@@ -248,6 +248,8 @@ def test_admin_pages_fit_a_phone(dash: Dash, ops_phone: Any) -> None:
     assert heights["carol"] <= MAX_ROW, heights  # the failed row, error folded
     print(f"row heights at 390 px: {sorted(heights.values())}")
     shot(page, "admin-overview-390")
+    page.locator("#homes tr[data-user=carol]").scroll_into_view_if_needed()
+    shot(page, "admin-table-390-viewport", full_page=False)
     page.goto(f"{dash.base}/homes/carol")
     _assert_fits(page, "carol's home at 390")
     shot(page, "home-failed-admin-view-390")
