@@ -78,8 +78,8 @@ def rebuild_tier_days(session: Any, first: date, last: date, now: datetime) -> l
     ).all()
     current = dict(session.execute(select(Home.user, Home.hot_bytes)).all())
     first_snap: dict[str, int] = {}
-    for _t, user, size, _s in snaps:
-        first_snap.setdefault(user, size)
+    for _t, user, nbytes, _s in snaps:
+        first_snap.setdefault(user, nbytes)
     # A merged stream: (time, 0 = snapshot first on ties, row).
     stream = sorted(
         [(t, 0, ("snap", u, b, sb)) for t, u, b, sb in snaps]

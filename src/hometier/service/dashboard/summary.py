@@ -179,11 +179,11 @@ def nice_step(top: float, count: int = 4) -> float:
     if top <= 0:
         return 1.0
     raw = top / count
-    mag = 10 ** math.floor(math.log10(raw))
-    for m in (1, 2, 2.5, 5, 10):
+    mag = 10.0 ** math.floor(math.log10(raw))
+    for m in (1.0, 2.0, 2.5, 5.0, 10.0):
         if m * mag >= raw:
             return m * mag
-    return 10 * mag
+    return 10.0 * mag
 
 
 def byte_ticks(top: int, count: int = 4) -> tuple[list[int], int]:
