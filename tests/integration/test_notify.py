@@ -226,3 +226,21 @@ def test_no_channel_means_not_enabled_and_nothing_sent() -> None:
     assert not users_only.enabled  # admins hear nothing: the user page must not say so
     n.close()
     users_only.close()
+
+
+def test_a_loop_without_the_api_notifies_too(hook: Hook) -> None:
+    from types import SimpleNamespace
+
+    from traitlets.config import Config
+
+    from hometier.service.notices import install_notifier
+
+    seen: list[str] = []
+    lc = SimpleNamespace(on_archive=lambda result, seconds: seen.append(result.outcome))
+    config = Config()
+    config.Notifier.webhook_url = f"http://127.0.0.1:{hook.port}/x"
+    n = install_notifier(lc, config)
+    lc.on_archive(_Result("una", "archived"), 3.0)
+    n.close()
+    assert seen == ["archived"]  # the callback that was there still runs
+    assert [d["user"] for d in hook.bodies] == ["una"]

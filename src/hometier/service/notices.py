@@ -85,4 +85,15 @@ def chain(*callbacks: Callable[..., None] | None) -> Callable[..., None]:
     return call
 
 
-__all__ = ["archive_notice", "chain", "restore_notice"]
+def install_notifier(lc: Any, config: Any = None) -> Notifier:
+    """For a process that runs the archiver loop without the API (``serve --no-api``):
+    a ``Notifier`` from ``config`` whose archive notices ride on ``lc.on_archive``,
+    keeping whatever callback was there."""
+    notifier = Notifier(config=config)
+    lc.on_archive = chain(
+        lc.on_archive, lambda result, seconds=None: archive_notice(notifier, result, seconds)
+    )
+    return notifier
+
+
+__all__ = ["archive_notice", "chain", "install_notifier", "restore_notice"]
