@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from hometier.lifecycle.context import Lifecycle
 from hometier.state import HOME_STATES, Home, listing
@@ -61,6 +61,10 @@ class _StateCollector:
         with self._lock:
             now = time.monotonic()
             if self._cached is not None and now - self._cached[0] < CACHE_SECONDS:
+                # Cached numbers, but never over an outage: a scrape while the database
+                # is down must fail (503), not repeat the last figures.
+                with self.lc.db.transaction(write=False) as s:
+                    s.execute(text("SELECT 1"))
                 return cast("tuple[list[Any], listing.TierTotals]", self._cached[1])
             value = self._read()
             self._cached = (time.monotonic(), value)

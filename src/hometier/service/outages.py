@@ -149,7 +149,10 @@ def stand_in(exc: BaseException) -> StandIn | None:
 HEALTH_TIMEOUT = 3.0
 """Seconds a health probe waits for the database or the store before calling it down."""
 HEALTH_TTL = 5.0
-"""Seconds a probe's answer is reused: a storm of health checks costs one probe."""
+"""Seconds a healthy answer is reused: a storm of health checks costs one probe."""
+HEALTH_TTL_DOWN = 1.0
+"""Seconds an answer naming a part down is reused: "back" shows within a second or so
+(and a hung part is never probed twice at once: callers share the probe in flight)."""
 
 
 @dataclass(frozen=True)
@@ -177,8 +180,9 @@ class Health:
 
 class HealthCheck:
     """Probes the state database (``SELECT 1``) and the store (a ``head`` of the
-    repository's config object), each bounded by ``timeout``; answers are cached for
-    ``ttl`` seconds and concurrent callers share one probe in flight."""
+    repository's config object), each bounded by ``timeout``; a healthy answer is
+    cached for ``ttl`` seconds, one naming a part down for ``ttl_down``, and concurrent
+    callers share one probe in flight."""
 
     def __init__(
         self,
@@ -186,11 +190,13 @@ class HealthCheck:
         *,
         timeout: float = HEALTH_TIMEOUT,
         ttl: float = HEALTH_TTL,
+        ttl_down: float = HEALTH_TTL_DOWN,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.probes = probes
         self.timeout = timeout
         self.ttl = ttl
+        self.ttl_down = ttl_down
         self.clock = clock
         self.probe_count = 0
         """Probes run so far (a test counts them)."""
@@ -208,8 +214,10 @@ class HealthCheck:
         """The health now (cached for ``ttl``); blocks at most about ``timeout``."""
         with self._lock:
             last = self._last
-            if last is not None and self.clock() - last.checked < self.ttl:
-                return last
+            if last is not None:
+                ttl = self.ttl if last.ok else self.ttl_down
+                if self.clock() - last.checked < ttl:
+                    return last
             parts = []
             futures = {}
             for name, probe in self.probes.items():
