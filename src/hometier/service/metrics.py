@@ -154,6 +154,11 @@ class Metrics:
             registry=self.registry,
         )
 
+    def totals(self) -> listing.TierTotals:
+        """The homes' totals, shared with the gauges: at most ``CACHE_SECONDS`` old, and
+        fresh after an archive or restore of this process."""
+        return self.state.read()[1]
+
     def archived(self, result: Any, seconds: float | None = None) -> None:
         self.state.invalidate()
         self.outcomes.labels("archive", result.outcome).inc()

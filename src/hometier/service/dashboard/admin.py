@@ -80,7 +80,7 @@ class AdminPage(PageHandler):
 
         def load() -> dict[str, Any]:
             page = listing.page_homes(lc.db, **args)
-            tier = listing.tier_totals(lc.db)
+            tier = self.ctx.metrics.totals()  # aggregates, shared with /metrics
             rows = listing.tier_days(lc.db, first, tier, now, rebuild=False)
             missing = listing.missing_tier_days(lc.db, first, now)
             if missing and _rebuilding.acquire(blocking=False):
