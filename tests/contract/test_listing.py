@@ -165,3 +165,26 @@ def test_tier_days_are_rebuilt_once_and_today_is_the_totals(db):
     assert [(r.day, r.hot_bytes, r.source) for r in again] == [
         (r.day, r.hot_bytes, r.source) for r in rows
     ]
+
+
+def test_a_page_view_with_unchanged_totals_writes_nothing(db):
+    from sqlalchemy import event
+
+    _populate(db, n=5)
+    totals = listing.tier_totals(db)
+    writes: list[str] = []
+
+    @event.listens_for(db.engine, "before_cursor_execute")
+    def _record(conn, cursor, statement, params, context, executemany):
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE")):
+            writes.append(statement)
+
+    now = T0 + timedelta(days=1)
+    listing.record_tier_day(db, totals, now)
+    assert len(writes) == 1
+    for _ in range(5):
+        listing.record_tier_day(db, totals, now + timedelta(minutes=1))
+    assert len(writes) == 1
+    q.set_sizes(db, "user000", 12345, 1)
+    listing.record_tier_day(db, listing.tier_totals(db), now + timedelta(minutes=2))
+    assert len(writes) == 3  # the size, then today's row again

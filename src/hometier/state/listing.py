@@ -252,7 +252,22 @@ def last_errors(target: Target, users: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def record_tier_day(target: Target, totals: TierTotals, now: dt.datetime) -> None:
-    """Write ``totals`` as today's row of ``tier_days`` (replacing what today had)."""
+    """Write ``totals`` as today's row of ``tier_days`` (replacing what today had); no
+    write at all when today's row already says the same (a page view is not a write)."""
+    day = now.astimezone(dt.UTC).date()
+    numbers = (
+        totals.hot_bytes,
+        totals.archived_bytes,
+        totals.stored_bytes,
+        totals.hot_homes,
+        totals.cold_homes,
+    )
+    with _tx(target, write=False) as s:
+        row = s.get(TierDay, day)
+        if row is not None and row.source == "seen":
+            have = (row.hot_bytes, row.archived_bytes, row.stored_bytes)
+            if have + (row.hot_homes, row.cold_homes) == numbers:
+                return
     values = dict(
         day=now.astimezone(dt.UTC).date(),
         hot_bytes=totals.hot_bytes,
