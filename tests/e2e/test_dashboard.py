@@ -23,6 +23,7 @@ import re
 import time
 import urllib.request
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -488,6 +489,18 @@ def _health(dash: Dash) -> tuple[int, dict[str, Any]]:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         return exc.code, json.loads(exc.read())
+
+
+def test_a_storm_of_health_probes_costs_one_probe_of_the_store(dash: Dash) -> None:
+    before = dash.proxy.requests()
+    began = time.monotonic()
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        answers = list(pool.map(lambda _: _health(dash), range(300)))
+    took = time.monotonic() - began
+    probes = dash.proxy.requests() - before
+    print(f"300 health checks in {took:.1f}s reached the store {probes} time(s)")
+    assert all(a == (200, {"status": "ok", "database": "ok", "store": "ok"}) for a in answers)
+    assert probes <= took // 5 + 2, probes  # one probe per 5 s at most, whatever the storm
 
 
 def test_an_s3_outage_is_visible_told_and_heals(dash: Dash, ops: Any, bob: Any) -> None:

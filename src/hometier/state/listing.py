@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, case, false, func, or_, select, true
+from sqlalchemy import ColumnElement, and_, case, false, func, or_, select, text, true
 from sqlalchemy.dialects import postgresql, sqlite
 
 from hometier.errors import UsageError
@@ -65,6 +65,15 @@ def cold_expr() -> ColumnElement[bool]:
         (Home.restored_at < Home.archived_at, true()),
         else_=false(),
     )
+
+
+def _no_jit(s: Any) -> None:
+    """PostgreSQL JIT-compiles a statement whose estimated cost is high, and the size's
+    correlated subquery makes every listing look expensive: compiling took 0.3 s of a
+    0.35 s page at 50,000 homes, for a plan that runs in 50 ms. Off for this
+    transaction."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SET LOCAL jit = off"))
 
 
 def _sort_column(key: str) -> Any:
@@ -167,6 +176,7 @@ def page_homes(
     elif offset:
         stmt = stmt.offset(offset)
     with _tx(target, write=False) as s:
+        _no_jit(s)
         total = int(s.scalar(select(func.count()).select_from(Home).where(*where)) or 0)
         found = s.execute(stmt).all()
     rows = [HomeRow(home, int(n or 0)) for home, n in found[:limit]]
@@ -207,6 +217,7 @@ def tier_totals(target: Target) -> TierTotals:
         Home.state, cold_col
     )
     with _tx(target, write=False) as s:
+        _no_jit(s)
         rows = s.execute(stmt).all()
         stored = int(s.scalar(select(func.sum(Snapshot.stored_bytes))) or 0)
     for state, is_cold, n, total in rows:
