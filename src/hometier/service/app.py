@@ -10,14 +10,18 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from sqlalchemy import text
 from tornado import web
 from tornado.httpserver import HTTPServer
 
 from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.loop import run_forever
+from hometier.notify import Notifier
+from hometier.repo.config import CONFIG_KEY
 from hometier.service.api import spaces as spaces_api
 from hometier.service.api.base import BaseHandler
 from hometier.service.api.homes import ArchiveHandler, ExemptHandler, HomeHandler, HomesHandler
@@ -29,9 +33,15 @@ from hometier.service.api.snapshots import DownloadHandler, SnapshotsHandler, Tr
 from hometier.service.auth import hub_auth_defaults
 from hometier.service.dashboard import handlers as dash
 from hometier.service.dashboard import jobs_pages, spaces_pages
+from hometier.service.dashboard.archives import BackgroundArchives
+from hometier.service.dashboard.preview import PreviewImage, PreviewPage
 from hometier.service.dashboard.summary import Dashboard
 from hometier.service.metrics import Metrics
+from hometier.service.notices import archive_notice, chain, restore_notice
+from hometier.service.outages import HealthCheck
 from hometier.service.tracker import Tracker
+from hometier.store import open_store
+from hometier.store.base import Retry
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +69,12 @@ class ServiceContext:
     jobs: Any = None
     """``hometier.jobs.context.JobsContext``, or None when jobs are disabled."""
     scheduler: Any = None
+    health: HealthCheck | None = None
+    """The database and the store, probed with a timeout, cached (``/health``, banner)."""
+    archives: Any = None
+    """Archives started from the dashboard, running in the background."""
+    notifier: Any = None
+    """Tells admins and users what happened (``hometier.notify``)."""
 
 
 class NotFoundHandler(BaseHandler):
@@ -96,6 +112,8 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"{p}/homes/{USER}/(?P<action>archive|restore|exempt|unexempt)", dash.HomeAction),
         (rf"{p}/homes/{USER}/snapshots/{SNAP}/browse", dash.BrowsePage),
         *jobs_pages.routes(p),
+        (rf"{p}/homes/{USER}/snapshots/{SNAP}/preview", PreviewPage),
+        (rf"{p}/homes/{USER}/snapshots/{SNAP}/image", PreviewImage),
         (rf"{p}/static/(?P<path>.+)", dash.StaticHandler),
         *spaces_pages.routes(p),
     ]
@@ -109,6 +127,8 @@ def make_context(
     metrics_public: bool = False,
     service_name: str = "hometier",
     restore_concurrency: int = 8,
+    config: Any = None,
+    notifier: Notifier | None = None,
 ) -> ServiceContext:
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api")
     downloads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="download")
@@ -118,11 +138,37 @@ def make_context(
         max_workers=max(1, restore_concurrency), thread_name_prefix="restore"
     )
     metrics = Metrics(lc)
-    lc.on_archive = metrics.archived  # the loop's archives and the API's alike
-    tracker = Tracker(lc, restores, on_finish=metrics.restored)
-    return ServiceContext(
+    notifier = notifier or Notifier(config=config)
+    # The loop's archives, the API's and the dashboard's alike.
+    lc.on_archive = chain(metrics.archived, partial(archive_notice, notifier))
+    tracker = Tracker(
+        lc, restores, on_finish=chain(metrics.restored, partial(restore_notice, notifier))
+    )
+    ctx = ServiceContext(
         lc, executor, downloads, tracker, metrics, prefix, service_name, metrics_public
     )
+    ctx.health = make_health(lc)
+    ctx.notifier = notifier
+    ctx.archives = BackgroundArchives(lc)
+    return ctx
+
+
+def make_health(lc: Lifecycle) -> HealthCheck:
+    def database() -> None:
+        with lc.db.transaction(write=False) as s:
+            s.execute(text("SELECT 1"))
+
+    # The probe's own store, without hometier's retries: a health check must say "down"
+    # within its timeout and be ready to say "up" again soon after the store is back.
+    try:
+        probe = open_store(lc.repo.store.url, retry=Retry(attempts=1))
+    except Exception:  # noqa: BLE001 - the repository's store works as a probe too
+        probe = lc.repo.store
+
+    def store() -> None:
+        probe.head(CONFIG_KEY)
+
+    return HealthCheck({"database": database, "store": store})
 
 
 def make_app(
@@ -165,7 +211,11 @@ def run_service(
     loop in a thread beside it; with ``spaces``, their reconcile loop every
     ``spaces_interval`` seconds too. Returns on SIGTERM/SIGINT after all have stopped."""
     ctx = make_context(
-        lc, prefix=prefix, metrics_public=metrics_public, restore_concurrency=restore_concurrency
+        lc,
+        prefix=prefix,
+        metrics_public=metrics_public,
+        restore_concurrency=restore_concurrency,
+        config=config,
     )
     ctx.spaces = spaces
     scheduler = _start_jobs(ctx, config)
@@ -213,6 +263,10 @@ def run_service(
             spaces_thread.join(timeout=60)
         for pool in (ctx.executor, ctx.downloads, ctx.tracker.executor):
             pool.shutdown(wait=False, cancel_futures=True)
+        ctx.archives.close()
+        if ctx.health is not None:
+            ctx.health.close()
+        ctx.notifier.close(wait=False)
 
 
 def _start_jobs(ctx: ServiceContext, config: Any) -> Any:

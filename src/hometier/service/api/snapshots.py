@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import datetime as dt
 import logging
 import os
 import threading
@@ -176,7 +177,10 @@ class DownloadHandler(SnapshotBase):
             self.set_header(
                 "Content-Type", "application/x-tar" if fmt == "tar" else "application/zip"
             )
-            name = f"{base}.{fmt}"
+            # Named by whose and when, so that several downloads do not collide.
+            day = snap.time.astimezone(dt.UTC).strftime("%Y-%m-%d")
+            folder = "" if base == snap.user else f"-{base}"
+            name = f"{snap.user}-{day}{folder}.{fmt}"
 
             def produce() -> None:
                 (write_tar if fmt == "tar" else write_zip)(repo, snap, path, pipe)  # type: ignore[arg-type]
