@@ -53,6 +53,17 @@ class Hometier(Configurable):
 
     pack_size_mb = Integer(32, help="Target size of a pack object, in MiB.").tag(config=True)
 
+    secret_key = Unicode(
+        help=(
+            "Key(s) that seal secrets kept in the database (bucket credentials), newest "
+            "first, comma-separated; see hometier.crypto. Env: HOMETIER_SECRET_KEY."
+        ),
+    ).tag(config=True)
+
+    secret_key_file = Unicode(
+        "", help="A file (mode 600) holding secret_key, used when secret_key is empty."
+    ).tag(config=True)
+
     @default("homes")
     def _homes_default(self) -> str:
         return os.environ.get("HOMETIER_HOMES", "/home")
@@ -64,6 +75,10 @@ class Hometier(Configurable):
     @default("db")
     def _db_default(self) -> str:
         return os.environ.get("HOMETIER_DB", f"sqlite:///{DEFAULT_DIR}/state.db")
+
+    @default("secret_key")
+    def _secret_key_default(self) -> str:
+        return os.environ.get("HOMETIER_SECRET_KEY", "")
 
 
 class Archiver(Configurable):
@@ -164,6 +179,47 @@ class Retention(Configurable):
     prune_interval = Unicode(
         "1d", help="How often the archiver loop applies retention and prunes (0: never)."
     ).tag(config=True)
+
+
+class Mounts(Configurable):
+    """Bucket folders on this host: FUSE mounts shared by servers (``c.Mounts.*``)."""
+
+    enabled = Bool(
+        True,
+        help=(
+            "Mount bucket folders on this host and run their check loop in `hometier "
+            "serve` (needs root and /dev/fuse). Off: only the API, browsing and the "
+            "Kubernetes manifests work."
+        ),
+    ).tag(config=True)
+    root = Unicode(
+        "/var/lib/hometier/mounts",
+        help="Root-owned folder holding the FUSE mounts, their shared anchors and logs.",
+    ).tag(config=True)
+    host = Unicode(
+        help="Name of this host in the database (default: the host name). Env: HOMETIER_HOST."
+    ).tag(config=True)
+    s3fs = Unicode("s3fs", help="The s3fs-fuse program (Debian: apt-get install s3fs).").tag(
+        config=True
+    )
+    unmount_after = Unicode(
+        "5m", help="Keep a mount this long after its last server released it (0: at once)."
+    ).tag(config=True)
+    check_interval = Unicode(
+        "15s", help="How often mounts are checked, recovered and reconciled with the kernel."
+    ).tag(config=True)
+    probe_timeout = Integer(
+        5, help="Seconds a mount may take to answer statfs before its daemon is called hung."
+    ).tag(config=True)
+    mount_timeout = Integer(
+        30, help="Seconds a FUSE daemon may take to mount before the attempt fails."
+    ).tag(config=True)
+
+    @default("host")
+    def _host_default(self) -> str:
+        import socket
+
+        return os.environ.get("HOMETIER_HOST") or socket.gethostname()
 
 
 def load_config(path: str | None) -> Config:

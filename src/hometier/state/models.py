@@ -200,3 +200,7 @@ class Event(Base):
     def __repr__(self) -> str:
         move = f" {self.from_state}->{self.to_state}" if self.to_state else ""
         return f"<Event {self.id} {self.user} {self.kind}{move} by {self.actor}>"
+
+
+# The bucket folders' tables live in their own module; importing it registers them here.
+from hometier.state import mounts as _mounts  # noqa: E402, F401
