@@ -10,7 +10,7 @@ Several keys may be given, newest first, separated by commas or whitespace: the 
 seals, every one of them unseals (``MultiFernet``), so a key can be rotated by putting a
 new one in front, re-sealing (``rotate``), then dropping the old one.
 
-Make a key with ``hometier secret-key`` or
+Make a key with ``hometier mounts keygen`` or
 ``python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"``.
 """
 
@@ -28,7 +28,7 @@ from hometier.errors import Error, UsageError
 class SecretKeyMissing(UsageError):
     """No secret key to seal credentials with: set c.Hometier.secret_key, the
     HOMETIER_SECRET_KEY variable or c.Hometier.secret_key_file (make one with
-    `hometier secret-key`)."""
+    `hometier mounts keygen`)."""
 
 
 class BadSecretKey(UsageError):

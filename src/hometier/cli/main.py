@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from hometier import __version__
-from hometier.cli import client_cmds, lifecycle_cmds, plan_cmds, repo_cmds
+from hometier.cli import client_cmds, lifecycle_cmds, mounts_cmds, plan_cmds, repo_cmds
 from hometier.cli.output import err
 from hometier.config import Hometier, load_config
 from hometier.errors import Error
@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     lifecycle_cmds.register(sub)
     client_cmds.register(sub)
     plan_cmds.register(sub)
+    mounts_cmds.register(sub)
     for parser in sub.choices.values():
         repo_cmds.add_common(parser)
     return p

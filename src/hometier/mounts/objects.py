@@ -64,12 +64,12 @@ class FolderObjects(Store):
 
     def __init__(self, spec: FolderSpec, credentials: Credentials | None, attempts: int = 3):
         endpoint = endpoint_of(spec)
-        config: dict[str, Any] = {
+        config: Any = {
             "endpoint": endpoint,
             "region": spec.region,
             "virtual_hosted_style_request": False,
         }
-        client: dict[str, Any] = {"connect_timeout": "5s", "timeout": "60s"}
+        client: Any = {"connect_timeout": "5s", "timeout": "60s"}
         if urlparse(endpoint).scheme == "http":
             client["allow_http"] = True  # FolderSpec admits http on loopback only
         kwargs: dict[str, Any] = {}

@@ -57,9 +57,14 @@ class CheckReport:
 
 def check(mgr: MountManager) -> CheckReport:
     report = CheckReport()
-    mgr.layout.prepare()
     with mgr.db.transaction(write=False) as s:
         keys = [hm.key for hm in q.host_mounts(s, mgr.host)]
+    below = [
+        e for e in MountTable.read().under(mgr.layout.root) if e.mount_point != str(mgr.layout.root)
+    ]
+    if not keys and not below:
+        return report  # bucket folders are not used on this host: touch nothing
+    mgr.layout.prepare()
     for key in keys:
         try:
             _check_one(mgr, key, report)

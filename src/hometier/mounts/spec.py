@@ -25,7 +25,9 @@ from urllib.parse import urlparse
 from hometier.errors import UsageError
 
 Mode = Literal["ro", "rw"]
-NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+# A DNS label of at most 40 characters: a file name, a Kubernetes object name and a
+# volume name ("hometier-bucket-NAME") alike.
+NAME = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 # S3 bucket names (the strict rules of new buckets, plus `_` that older ones may hold).
 BUCKET = re.compile(r"^[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]$")
 REGION = re.compile(r"^[a-z0-9-]{1,64}$")
@@ -210,8 +212,8 @@ class FolderSpec:
         name = str(doc.get("name", ""))
         if not NAME.match(name):
             raise InvalidFolder(
-                f"name {name!r} must be 1-63 of a-z, 0-9, '.', '_', '-', starting with a "
-                "letter or digit"
+                f"name {name!r} must be 1-40 of a-z, 0-9 and '-', starting and ending with "
+                "a letter or digit"
             )
         bucket = str(doc.get("bucket", ""))
         if not BUCKET.match(bucket) or ".." in bucket:

@@ -22,9 +22,11 @@ from hometier.service.api.base import BaseHandler
 from hometier.service.api.homes import ArchiveHandler, ExemptHandler, HomeHandler, HomesHandler
 from hometier.service.api.leases import LeaseHandler, LeasesHandler
 from hometier.service.api.meta import HealthHandler, MetricsHandler, OpenAPIHandler
+from hometier.service.api.mounts import mount_routes
 from hometier.service.api.restores import RestoredHandler, RestoreEventsHandler, RestoreHandler
 from hometier.service.api.snapshots import DownloadHandler, SnapshotsHandler, TreeHandler
 from hometier.service.dashboard import handlers as dash
+from hometier.service.dashboard.mounts_pages import mount_pages
 from hometier.service.dashboard.summary import Dashboard
 from hometier.service.metrics import Metrics
 from hometier.service.tracker import Tracker
@@ -50,6 +52,10 @@ class ServiceContext:
     prefix: str
     service_name: str = "hometier"
     metrics_public: bool = False
+    mounts: Any = None
+    """The bucket folders' ``MountManager`` (None: this service mounts nothing)."""
+    sealer: Any = None
+    """Seals bucket credentials when ``mounts`` is None (it holds its own otherwise)."""
 
 
 class NotFoundHandler(BaseHandler):
@@ -85,6 +91,8 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"{p}/homes/{USER}/(?P<action>archive|restore|exempt|unexempt)", dash.HomeAction),
         (rf"{p}/homes/{USER}/snapshots/{SNAP}/browse", dash.BrowsePage),
         (rf"{p}/static/(?P<path>.+)", dash.StaticHandler),
+        *mount_routes(p),
+        *mount_pages(p),
     ]
 
 
@@ -147,6 +155,7 @@ def run_service(
         lc, prefix=prefix, metrics_public=metrics_public, restore_concurrency=restore_concurrency
     )
     stop = threading.Event()
+    mounts_thread = _start_mounts(ctx, lc, config, stop)
     loop_thread = None
     if interval is not None:
         loop_thread = threading.Thread(
@@ -173,8 +182,32 @@ def run_service(
         stop.set()
         if loop_thread is not None:
             loop_thread.join(timeout=60)
+        if mounts_thread is not None:
+            mounts_thread.join(timeout=60)
         for pool in (ctx.executor, ctx.downloads, ctx.tracker.executor):
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _start_mounts(
+    ctx: ServiceContext, lc: Lifecycle, config: Any, stop: threading.Event
+) -> threading.Thread | None:
+    """Bucket folders: the manager for the API, and its check loop (adopting at once
+    what an earlier run left mounted). Without root nothing is mounted here."""
+    if config is None:
+        return None
+    from hometier.mounts.setup import make_manager, run_checks
+
+    mgr, settings = make_manager(config, lc.db)
+    if not settings.enabled or os.geteuid() != 0:
+        ctx.mounts = None
+        ctx.sealer = mgr.sealer
+        return None
+    ctx.mounts = mgr
+    thread = threading.Thread(
+        target=run_checks, args=(mgr, settings.check_interval, stop), name="mounts", daemon=True
+    )
+    thread.start()
+    return thread
 
 
 __all__ = ["ServiceContext", "make_app", "make_context", "routes", "run_service"]
