@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import stat
 from collections.abc import Iterator
@@ -85,15 +86,25 @@ class HostLayout:
         """Create the folders and make the root a private mount (idempotent)."""
         if os.geteuid() != 0:
             raise NotRoot(os.geteuid())
-        for d in (self.root, self.fs, self.anchors, self.servers, self.run):
-            d.mkdir(mode=0o700, parents=True, exist_ok=True)
-            st = d.lstat()
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
-                raise TargetRefused(d, "not a root-owned folder")
-            os.chmod(d, 0o700)
-        if not MountTable.read().stack(self.root):
-            sc.bind(self.root, self.root)
-        sc.make(self.root, sc.MS_PRIVATE)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Two processes preparing at once would stack two binds of the root, one hiding
+        # the other's mounts: a lock on a file in it (the same inode before and after).
+        fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            for d in (self.root, self.fs, self.anchors, self.servers, self.run):
+                d.mkdir(mode=0o700, parents=True, exist_ok=True)
+                st = d.lstat()
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != 0:
+                    raise TargetRefused(d, "not a root-owned folder")
+                os.chmod(d, 0o700)
+            if not MountTable.read().stack(self.root):
+                sc.bind(self.root, self.root)
+            top = MountTable.read().top(self.root)
+            if top is not None and (top.shared or top.slave):
+                sc.make(self.root, sc.MS_PRIVATE)
+        finally:
+            os.close(fd)
 
     # --- names ---------------------------------------------------------------------
 
@@ -147,35 +158,48 @@ class HostLayout:
         finally:
             os.close(fd)
 
+    @contextlib.contextmanager
+    def _open_target(self, target: Target, owner: tuple[int, int]) -> Iterator[tuple[int, int]]:
+        """``(parent, folder)`` descriptors of an empty folder where nothing is mounted,
+        made as ``owner`` if missing; ``TargetRefused`` otherwise."""
+        try:
+            with self._parent(target, owner) as parent:
+                fd = sc.open_dir(parent, [target.parts[-1]], create_as=owner)
+                try:
+                    if sc.fd_mount_id(fd) != sc.fd_mount_id(parent):
+                        raise TargetRefused(target.path, "something is already mounted there")
+                    self._refuse_files(parent, target.parts[-1], target)
+                    yield parent, fd
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            # A symlink on the way (ELOOP, ENOTDIR), a file in the place of a folder...
+            raise TargetRefused(target.path, exc.strerror or str(exc)) from exc
+
+    def check_target(self, target: Target, owner: tuple[int, int]) -> None:
+        """Refuse a target before anything is mounted for it (see ``attach``)."""
+        with self._open_target(target, owner):
+            pass
+
     def attach(self, key: str, target: Target, *, read_only: bool, owner: tuple[int, int]) -> int:
         """Bind the anchor at ``target`` as a slave (read-only if asked); the folders on
         the way are made as ``owner``. Returns the consumer's mount id."""
         anchor = self.anchor(key)
         name = target.parts[-1]
-        with self._parent(target, owner) as parent:
-            try:
-                fd = sc.open_dir(parent, [name], create_as=owner)
-            except OSError as exc:
-                raise TargetRefused(target.path, exc.strerror or str(exc)) from exc
-            try:
-                under = sc.fd_mount_id(fd)
-                if under != sc.fd_mount_id(parent):
-                    raise TargetRefused(target.path, "something is already mounted there")
-                self._refuse_files(parent, name, target)
-                sc.bind(anchor, sc.fd_path(fd))
-            finally:
-                os.close(fd)
+        with self._open_target(target, owner) as (parent, fd):
+            under = sc.fd_mount_id(fd)
+            sc.bind(anchor, sc.fd_path(fd))
             # Reached again by name: the lookup now lands on the new mount's root.
             cfd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
             try:
                 mount_id = sc.fd_mount_id(cfd)
-                entry = MountTable.read().get(mount_id)
-                anchor_top = MountTable.read().top(anchor)
+                table = MountTable.read()
+                entry, anchor_top = table.get(mount_id), table.top(anchor)
                 if (
                     mount_id == under
                     or entry is None
                     or anchor_top is None
-                    or (entry.dev != anchor_top.dev)
+                    or entry.dev != anchor_top.dev
                 ):
                     raise TargetRefused(target.path, "it changed while being mounted")
                 sc.make(sc.fd_path(cfd), sc.MS_SLAVE)

@@ -159,6 +159,8 @@ class MountManager:
             done = self._already(s, use.row.id, user, server, kind, target, now)
             if done is not None:
                 return done
+            owner = (uid, gid) if kind == "local" else (0, 0)
+            self.layout.check_target(target, owner)  # before any daemon starts for it
             creds = folders.credentials_of(use.row, self.sealer)
             key = mount_key(spec, creds, read_only=read_only, uid=uid, gid=gid)
             hm = q.upsert_host_mount(
@@ -173,7 +175,6 @@ class MountManager:
                 now=now,
             )
             started = self.ensure_mounted(s, hm, spec, creds)
-            owner = (uid, gid) if kind == "local" else (0, 0)
             try:
                 mount_id = self.layout.attach(key, target, read_only=read_only, owner=owner)
             except Error as exc:

@@ -57,6 +57,9 @@ class CheckReport:
 
 def check(mgr: MountManager) -> CheckReport:
     report = CheckReport()
+    for pid, proc in list(mgr.procs.items()):
+        if proc.poll() is not None:  # reap daemons that ended (unmounted elsewhere too)
+            mgr.procs.pop(pid, None)
     with mgr.db.transaction(write=False) as s:
         keys = [hm.key for hm in q.host_mounts(s, mgr.host)]
     below = [
