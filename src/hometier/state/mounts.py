@@ -207,15 +207,16 @@ def create_folder(s: Session, actor: str, now: datetime, **fields: Any) -> Bucke
 
 
 def update_folder(s: Session, name: str, actor: str, now: datetime, **fields: Any) -> BucketFolder:
-    """Change a folder; its revision grows, so new attachments get a mount of their own."""
+    """Change a folder's fields that differ; its revision grows (new attachments get a
+    mount of their own) unless nothing changed. The event names the changed fields."""
     folder = get_folder(s, name, lock=True)
-    for k, v in fields.items():
-        setattr(folder, k, v)
+    changed = sorted(k for k, v in fields.items() if getattr(folder, k) != v)
+    if not changed:
+        return folder
+    for k in changed:
+        setattr(folder, k, fields[k])
     folder.revision += 1
     folder.updated_at = now
-    changed = sorted(k for k in fields if k != "credentials") + (
-        ["credentials"] if "credentials" in fields else []
-    )
     log_event(s, "mount.folder", actor, now, action="update", folder=name, changed=changed)
     s.flush()
     return folder
