@@ -193,8 +193,10 @@ class Mounts(Configurable):
         ),
     ).tag(config=True)
     root = Unicode(
-        "/var/lib/hometier/mounts",
-        help="Root-owned folder holding the FUSE mounts, their shared anchors and logs.",
+        help=(
+            "Root-owned folder holding the FUSE mounts, their shared anchors and logs "
+            "(default /var/lib/hometier/mounts). Env: HOMETIER_MOUNTS_ROOT."
+        ),
     ).tag(config=True)
     host = Unicode(
         help="Name of this host in the database (default: the host name). Env: HOMETIER_HOST."
@@ -214,6 +216,10 @@ class Mounts(Configurable):
     mount_timeout = Integer(
         30, help="Seconds a FUSE daemon may take to mount before the attempt fails."
     ).tag(config=True)
+
+    @default("root")
+    def _root_default(self) -> str:
+        return os.environ.get("HOMETIER_MOUNTS_ROOT", "/var/lib/hometier/mounts")
 
     @default("host")
     def _host_default(self) -> str:
