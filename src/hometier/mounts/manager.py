@@ -37,7 +37,15 @@ from hometier.crypto import Sealer
 from hometier.errors import Error, UsageError
 from hometier.mounts import folders
 from hometier.mounts import syscalls as sc
-from hometier.mounts.client import Daemon, MountFailed, S3fs, pid_alive, stop_pid, wait_mounted
+from hometier.mounts.client import (
+    Daemon,
+    MountFailed,
+    S3fs,
+    cmdline,
+    pid_alive,
+    stop_pid,
+    wait_mounted,
+)
 from hometier.mounts.host import Busy, HostLayout, Target
 from hometier.mounts.mountinfo import MountTable
 from hometier.mounts.objects import FolderObjects
@@ -119,9 +127,11 @@ class MountManager:
             raise UsageError(f"kind must be one of {', '.join(KINDS)}")
         if kind == "local" and home is None:
             raise UsageError("a local server needs its home folder")
-        self.layout.prepare()
         with self.db.transaction(write=False) as s:
             chosen = folders.usable(s, user, groups, only)
+        if not chosen:
+            return []  # touch nothing on a host where no folder is for this user
+        self.layout.prepare()
         out = []
         for use in chosen:
             try:
@@ -222,6 +232,8 @@ class MountManager:
             alive = table.get(att.mount_id) is not None
             if att.server == server:
                 if alive:
+                    if att.state == q.RELEASING:  # the server is back before its bind went
+                        att.state, att.error, att.updated_at = q.ATTACHED, None, now
                     return Outcome(_name(s, folder_id), att.state, att.target, att.read_only)
                 locked = q.lock_host_mount(s, hm.host, hm.key)
                 assert locked is not None
@@ -248,6 +260,26 @@ class MountManager:
 
     # --- the daemon --------------------------------------------------------------------
 
+    def daemon_alive(self, hm: q.HostMount, pid: int | None = None) -> bool:
+        """True while the daemon recorded for ``hm`` runs: our child, or (after a
+        restart) a process whose command line mounts this host mount's point (a PID the
+        kernel gave to something else since is not it)."""
+        pid = hm.pid if pid is None else pid
+        proc = self.procs.get(pid or -1)
+        if proc is not None:
+            return pid_alive(pid, proc)
+        prefix = str(self.layout.point(hm.key, 0))[:-1]  # ".../fs/<key>."
+        return pid_alive(pid) and any(a.startswith(prefix) for a in cmdline(pid or -1))
+
+    def stop_daemon(self, hm: q.HostMount, pid: int | None, grace: float) -> None:
+        """Stop the daemon ``pid`` of ``hm`` by its PID, if it is still that daemon."""
+        if pid and self.daemon_alive(hm, pid):
+            stop_pid(pid, self.procs.get(pid), grace=grace)
+        if pid:
+            proc = self.procs.pop(pid, None)
+            if proc is not None:
+                proc.poll()
+
     def healthy(self, hm: q.HostMount) -> tuple[Health, str]:
         if hm.boot_id != sc.boot_id():
             return Health.MISSING, "mounted before the host restarted"
@@ -255,7 +287,7 @@ class MountManager:
         top = MountTable.read().top(point)
         if top is None or not top.is_fuse:
             return Health.MISSING, "not mounted"
-        if not pid_alive(hm.pid, self.procs.get(hm.pid or -1)):
+        if not self.daemon_alive(hm):
             return Health.DEAD, "its daemon is gone"
         return probe(point, self.probe_timeout)
 
@@ -288,7 +320,7 @@ class MountManager:
         old_pid, old_point = hm.pid, self.layout.point(hm.key, hm.generation)
         if hm.generation and old_point != point:
             if old_pid and old_pid != daemon.pid:
-                stop_pid(old_pid, self.procs.pop(old_pid, None), grace=1.0)
+                self.stop_daemon(hm, old_pid, grace=1.0)
             self.layout.drop_dead(old_point)
         now = self.clock()
         hm.generation, hm.pid, hm.state, hm.error = gen, daemon.pid, q.MOUNTED, None
@@ -356,9 +388,8 @@ class MountManager:
                 point.rmdir()
         with contextlib.suppress(OSError):
             self.layout.anchor(hm.key).rmdir()
-        if hm.pid:
-            # s3fs exits once its mount is gone; a daemon that does not is stopped.
-            stop_pid(hm.pid, self.procs.pop(hm.pid, None), grace=5.0)
+        # s3fs exits once its mount is gone; a daemon that does not is stopped.
+        self.stop_daemon(hm, hm.pid, grace=5.0)
         q.log_event(
             s, "mount.unmount", self.actor, now, host=hm.host, mount=hm.key[:12], reason=reason
         )

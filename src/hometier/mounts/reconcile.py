@@ -30,7 +30,6 @@ from sqlalchemy.orm import Session
 from hometier.errors import Error
 from hometier.mounts import folders
 from hometier.mounts import syscalls as sc
-from hometier.mounts.client import stop_pid
 from hometier.mounts.host import KEY_LEN, Busy, Target
 from hometier.mounts.manager import MountManager
 from hometier.mounts.mountinfo import MountTable
@@ -133,8 +132,7 @@ def _check_one(mgr: MountManager, key: str, report: CheckReport) -> None:
 
 
 def _stop_dead(mgr: MountManager, hm: q.HostMount) -> None:
-    if hm.pid:
-        stop_pid(hm.pid, mgr.procs.pop(hm.pid, None), grace=1.0)
+    mgr.stop_daemon(hm, hm.pid, grace=1.0)
     for point in mgr.layout.points(hm.key):
         mgr.layout.drop_dead(point)
 
@@ -162,8 +160,8 @@ def _recover(
                 target=att.target,
                 reason=detail,
             )
-    if health is Health.HUNG and hm.pid:
-        stop_pid(hm.pid, mgr.procs.pop(hm.pid, None), grace=1.0)  # then it is dead
+    if health is Health.HUNG:
+        mgr.stop_daemon(hm, hm.pid, grace=1.0)  # then it is dead
     row = q.folder_by_id(s, hm.folder_id)
     try:
         creds = folders.credentials_of(row, mgr.sealer)
