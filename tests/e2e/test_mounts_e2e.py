@@ -20,13 +20,15 @@ import sqlite3
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from e2e.conftest_service import start_service, wait_ready
+from e2e.dashboard_fixtures import browser_fixture  # noqa: F401 - the `browser` fixture
 from fixtures.servers import S3Server
-from fixtures.service import Service
+from fixtures.service import PREFIX, Service
 from hometier.crypto import Sealer
 from hometier.mounts.client import stop_pid
 from hometier.mounts.mountinfo import MountTable
@@ -207,3 +209,65 @@ def _wait(pred: Any, timeout: float = 30.0) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+def test_an_admin_registers_a_folder_in_the_browser_and_a_user_browses_it(
+    svc: Service, s3_server: S3Server, browser: Any
+) -> None:
+    """The dashboard page in headless Chromium: the admin's form (with the Hub's XSRF
+    token) registers a folder whose secret never shows again; a user browses it and
+    downloads a file."""
+    from hometier.mounts.objects import FolderObjects
+    from hometier.mounts.spec import Credentials, FolderSpec
+
+    svc.hub.create_users("ops", "alice")
+    base = f"{svc.hub.url.rstrip('/')}{PREFIX}"
+    secret = s3_server.secret_key
+
+    def login(user: str) -> Any:
+        context = browser.new_context(accept_downloads=True)
+        context.set_default_timeout(30_000)
+        page = context.new_page()
+        page.goto(f"{base}/")
+        page.wait_for_selector("#username_input")
+        page.fill("#username_input", user)
+        page.fill("#password_input", "any password")
+        page.click("#login_submit")
+        page.wait_for_url(f"{base}/")
+        return page
+
+    page = login("ops")
+    page.click("text=Bucket folders")
+    page.wait_for_selector("#register-folder")
+    form = {
+        "name": "shared",
+        "endpoint": s3_server.endpoint,
+        "bucket": s3_server.bucket,
+        "prefix": "e2e-shared",
+        "access_key_id": s3_server.access_key,
+        "secret_access_key": secret,
+        "access": "group:staff:ro",
+    }
+    for name, value in form.items():
+        page.fill(f"#register-folder [name={name}]", value)
+    page.click("#register-folder button[type=submit]")
+    page.wait_for_selector(".flash")
+    assert "Bucket folder shared registered." in page.inner_text(".flash")
+    assert page.locator("#folders tr[data-name=shared]").count() == 1
+    assert secret not in page.content()
+
+    FolderObjects(
+        FolderSpec(
+            name="shared", bucket=s3_server.bucket, endpoint=s3_server.endpoint, prefix="e2e-shared"
+        ),
+        Credentials(s3_server.access_key, secret),
+    ).put("readme.md", b"# shared\n")
+    user = login("alice")
+    user.goto(f"{base}/bucket-folders")
+    user.click("#folders tr[data-name=shared] a")
+    user.wait_for_selector("#entries")
+    assert user.locator("#entries tr[data-name='readme.md']").count() == 1
+    assert user.locator("#register-folder").count() == 0, "the form is for admins"
+    with user.expect_download() as download:
+        user.click("#entries a.file")
+    assert Path(download.value.path()).read_bytes() == b"# shared\n"
