@@ -658,3 +658,85 @@ def test_a_symlink_or_files_in_the_way_are_refused_and_nothing_is_mounted_there(
     assert o.state == "failed" and "holds files" in o.error
     assert (home / "buckets" / "data" / "mine.txt").read_text() == "hidden?"
     assert world.rows() == [] and world.fuse_points() == []
+
+
+ATTACKER = textwrap.dedent(
+    """
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    home, stop = sys.argv[1], sys.argv[2]
+    a, b = os.path.join(home, "buckets").encode(), os.path.join(home, "buckets.alt").encode()
+    swaps = 0
+    while not os.path.exists(stop):
+        # RENAME_EXCHANGE: the real folder and a symlink to the canary trade places.
+        if libc.renameat2(-100, a, -100, b, 2) == 0:
+            swaps += 1
+    print(swaps)
+    """
+)
+
+
+def test_a_user_swapping_the_mount_path_with_a_symlink_never_gets_a_mount_outside(world):
+    """THREATS.md rule 1, raced for real: while alice's own process swaps her
+    ``buckets`` folder with a symlink to a folder outside her home (RENAME_EXCHANGE, in a
+    tight loop), servers attach and release again and again. Every bind lands inside
+    her home or is refused; nothing is ever mounted on the canary."""
+    world.folder("data", ["user:alice:rw"])
+    home = world.home("alice", ALICE)
+    canary = world.tmp / "canary"
+    (canary / "data").mkdir(parents=True)
+    (canary / "data" / "keep").write_text("untouched")
+    (home / "buckets").mkdir()
+    os.chown(home / "buckets", ALICE, ALICE)
+    os.symlink(canary, home / "buckets.alt")
+    os.lchown(home / "buckets.alt", ALICE, ALICE)
+    mgr = world.manager(unmount_after=dt.timedelta(hours=1))  # binds only, after the first
+    stop = world.homes / "stop"  # where alice's process can see it
+    attacker = subprocess.Popen(
+        [
+            "setpriv",
+            f"--reuid={ALICE}",
+            f"--regid={ALICE}",
+            "--clear-groups",
+            sys.executable,
+            "-c",
+            ATTACKER,
+            str(home),
+            str(stop),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    outcomes: dict[str, int] = {"attached": 0, "refused": 0, "moved": 0, "releasing": 0}
+    try:
+        for _ in range(150):
+            [o] = mgr.attach_server("alice", "", kind="local", home=home, uid=ALICE, gid=ALICE)
+            assert MountTable.read().under(canary) == [], "a mount landed outside the home"
+            if o.state == "attached":
+                outcomes["attached"] += 1
+                [att] = world.attachments()
+                where = MountTable.read().get(att.mount_id)
+                assert where is not None and Path(where.mount_point).is_relative_to(home)
+                outcomes["moved"] += "buckets.alt" in where.mount_point
+            else:
+                assert "cannot be used" in o.error, o.error
+                outcomes["refused"] += 1
+            for r in mgr.release_server("alice", None):
+                outcomes["releasing"] += r.state == "releasing"
+    finally:
+        stop.touch()
+        try:
+            swaps = int(attacker.communicate(timeout=30)[0] or 0)
+        finally:
+            if attacker.poll() is None:
+                attacker.kill()
+                attacker.communicate()
+    report = check(mgr)  # with the attacker gone, what was left releasing goes now
+    assert world.attachments() == [], report.to_doc()
+    print(f"attacker swaps: {swaps}; outcomes: {outcomes}")
+    assert swaps > 0 and outcomes["refused"] > 0 and outcomes["attached"] > 0, (
+        "the race never happened both ways: the test proved nothing"
+    )
+    assert MountTable.read().under(canary) == []
+    assert sorted(os.listdir(canary / "data")) == ["keep"]
+    assert [e.mount_point for e in MountTable.read().under(home)] == []

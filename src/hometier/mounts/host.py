@@ -220,40 +220,56 @@ class HostLayout:
             os.close(fd)
 
     def detach(self, target: Target, mount_id: int, *, devs: set[tuple[int, int]]) -> bool:
-        """Unmount the consumer ``mount_id`` at ``target`` and whatever recoveries stacked
-        on it, top first. False if it was already gone; ``Busy`` (nothing changed above
-        the busy layer) if a process uses it."""
-        ours = self._consumer_layers(mount_id)
-        if not ours:
+        """Unmount the consumer ``mount_id`` and whatever recoveries stacked on it, top
+        first. False if it was already gone; ``Busy`` (nothing changed above the busy
+        layer) if a process uses it or its path cannot be reached safely.
+
+        The kernel says where the mount is now (its owner may have renamed a folder on
+        the way); that place is reached from ``target.base`` one component at a time
+        without following symlinks, checked to be the mount by its id, and unmounted by
+        the parent's descriptor and the name (not followed): a mount point cannot be
+        renamed or replaced while it is mounted.
+        """
+        if not self._consumer_layers(mount_id):
             return False
-        name = target.parts[-1]
-        try:
-            with self._parent(target, None) as parent:
-                while True:
-                    try:
-                        cfd = os.open(
-                            name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent
-                        )
-                    except FileNotFoundError:
-                        return True
+        for _ in range(20):
+            layers = self._consumer_layers(mount_id)
+            if not layers:
+                return True
+            table = MountTable.read()
+            base = table.get(mount_id)
+            assert base is not None
+            top = ([base, *table.above(base)])[-1]
+            try:
+                rel = Path(top.mount_point).relative_to(target.base)
+            except ValueError:
+                raise Busy(target.path, f"it was moved out of {target.base}") from None
+            if not rel.parts:
+                raise Busy(target.path, "it is mounted on its base folder itself")
+            here = Target(target.base, rel.parts)
+            try:
+                with self._parent(here, None) as parent:
+                    name = here.parts[-1]
+                    cfd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
                     try:
                         current = sc.fd_mount_id(cfd)
                     finally:
                         os.close(cfd)  # a descriptor on the mount would make it busy
-                    if current not in ours:
-                        return True
-                    # The parent by descriptor, the name without following it: a mount
-                    # point cannot be renamed or replaced while it is mounted.
+                    if current != top.mount_id:
+                        continue  # moved meanwhile: ask the kernel again
                     try:
                         sc.umount(f"{sc.fd_path(parent)}/{name}", nofollow=True)
                     except OSError as exc:
                         if exc.errno != errno.EBUSY:
                             raise
-                        users = users_of(ours, devs, [str(target.path)])
+                        users = users_of(layers, devs, [str(here.path)])
                         shown = ", ".join(map(str, users[:5])) or "a process"
-                        raise Busy(target.path, shown) from exc
-        except FileNotFoundError:
-            return True
+                        raise Busy(here.path, shown) from exc
+            except Busy:
+                raise
+            except OSError:
+                continue  # a symlink or a missing folder on the way, for now: look again
+        raise Busy(target.path, "its path kept changing while it was being unmounted")
 
     def _consumer_layers(self, mount_id: int) -> set[int]:
         table = MountTable.read()
