@@ -34,6 +34,8 @@ PASSED = (
     "HOMETIER_STORE",
     "HOMETIER_DB",
     "HOMETIER_INACTIVE_AFTER",
+    "HOMETIER_SECRET_KEY",  # seals bucket folders' credentials
+    "HOMETIER_MOUNTS_ROOT",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
