@@ -129,9 +129,6 @@ class MountManager:
             raise UsageError("a local server needs its home folder")
         with self.db.transaction(write=False) as s:
             chosen = folders.usable(s, user, groups, only)
-        if not chosen:
-            return []  # touch nothing on a host where no folder is for this user
-        self.layout.prepare()
         out = []
         for use in chosen:
             try:
@@ -170,7 +167,6 @@ class MountManager:
             if done is not None:
                 return done
             owner = (uid, gid) if kind == "local" else (0, 0)
-            self.layout.check_target(target, owner)  # before any daemon starts for it
             creds = folders.credentials_of(use.row, self.sealer)
             key = mount_key(spec, creds, read_only=read_only, uid=uid, gid=gid)
             hm = q.upsert_host_mount(
@@ -184,7 +180,15 @@ class MountManager:
                 boot_id=sc.boot_id(),
                 now=now,
             )
-            started = self.ensure_mounted(s, hm, spec, creds)
+            # The bucket is asked first, then the host is touched, then the daemon starts:
+            # a wrong key, a missing bucket, an outage or a refused path leave nothing.
+            started = not (hm.state == q.MOUNTED and self.healthy(hm)[0] is Health.OK)
+            if started and self.preflight:
+                FolderObjects(spec, creds, attempts=2).preflight()
+            self.layout.prepare()
+            self.layout.check_target(target, owner)
+            if started:
+                self.start_generation(s, hm, spec, creds, preflight=False)
             try:
                 mount_id = self.layout.attach(key, target, read_only=read_only, owner=owner)
             except Error as exc:
@@ -291,24 +295,21 @@ class MountManager:
             return Health.DEAD, "its daemon is gone"
         return probe(point, self.probe_timeout)
 
-    def ensure_mounted(
-        self, s: Session, hm: q.HostMount, spec: FolderSpec, creds: Credentials | None
-    ) -> bool:
-        """Mount ``hm`` unless it is mounted and answers; ``hm`` is locked by the caller.
-        True if a new daemon generation was started."""
-        if hm.state == q.MOUNTED and self.healthy(hm)[0] is Health.OK:
-            return False
-        self.start_generation(s, hm, spec, creds)
-        return True
-
     def start_generation(
-        self, s: Session, hm: q.HostMount, spec: FolderSpec, creds: Credentials | None
+        self,
+        s: Session,
+        hm: q.HostMount,
+        spec: FolderSpec,
+        creds: Credentials | None,
+        *,
+        preflight: bool = True,
     ) -> None:
         """Start daemon generation ``hm.generation + 1`` and bind it on the anchor; drop
         the previous one (dead, or hung and killed here). ``MountFailed`` or
         ``FolderUnreachable`` leave the previous state of the kernel as it was."""
-        if self.preflight:
+        if preflight and self.preflight:
             FolderObjects(spec, creds, attempts=2).preflight()
+        self.layout.prepare()
         gen = hm.generation + 1
         point = self.layout.point(hm.key, gen)
         daemon = self._start_daemon(hm, spec, creds, point, gen)
