@@ -11,5 +11,9 @@ CUSTOM_SCOPES: dict[str, dict[str, str]] = {
     RESTORE: {"description": "Request and follow the restore of a home."},
     LEASE: {"description": "Hold a home hot with leases (jobs, extra servers)."},
     READ: {"description": "See a home's state and browse and download its snapshots."},
+}
+
+# Registered by the bucket folders' Hub integration (hub.mounts, hub.k8s_mounts) only.
+MOUNT_SCOPES: dict[str, dict[str, str]] = {
     ATTACH: {"description": "Attach and release the bucket folders of a user's servers."},
 }

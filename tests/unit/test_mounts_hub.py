@@ -26,6 +26,7 @@ def test_configure_mounts_grants_the_attach_scope_and_reading_groups_only():
         "read:users:groups",
     ]
     assert "custom:hometier:attach" in c.JupyterHub.custom_scopes
+    assert "custom:hometier:admin" in c.JupyterHub.custom_scopes, "configure_hub's are kept"
     with pytest.raises(ValueError):
         configure_mounts(c, service_url="x", kind="kubernetes")
 

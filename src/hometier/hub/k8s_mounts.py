@@ -223,9 +223,11 @@ def configure_kubespawner_mounts(
     c: Any, *, service_url: str, home: str = "/home/jovyan", token_ttl: int = 120
 ) -> None:
     """Give each pod the claims of the folders its user may use (call after
-    ``configure_kubespawner``; chains any hook set before)."""
-    from hometier.hub.mounts import mint_attach_token
+    ``configure_kubespawner``; chains any hook set before). Declares and grants the
+    scope its tokens carry, as ``hub.mounts.configure_mounts`` does."""
+    from hometier.hub.mounts import mint_attach_token, register_scopes
 
+    register_scopes(c)
     section = c.KubeSpawner
     previous = section["pre_spawn_hook"] if "pre_spawn_hook" in section else None
 

@@ -29,7 +29,7 @@ from urllib.parse import quote, urlencode
 
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 
-from hometier.scopes import ATTACH, CUSTOM_SCOPES
+from hometier.scopes import ATTACH, MOUNT_SCOPES
 
 log = logging.getLogger(__name__)
 Hook = Callable[[Any], Awaitable[None]]
@@ -192,14 +192,7 @@ def configure_mounts(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}")
     section = c[spawner_section]
-    jh = c.JupyterHub
-    scopes = dict(jh.custom_scopes) if "custom_scopes" in jh else {}
-    scopes.update(CUSTOM_SCOPES)
-    jh.custom_scopes = scopes
-    roles = list(jh.load_roles) if "load_roles" in jh else []
-    _grant(roles, "user", f"{ATTACH}!user", create=True)
-    _grant(roles, "hometier-service", "read:users:groups", create=False)
-    jh.load_roles = roles
+    register_scopes(c)
 
     async def attach(spawner: Any) -> None:
         await attach_for_spawn(
@@ -215,6 +208,19 @@ def configure_mounts(
     section.post_stop_hook = _chain(release, post)
 
 
+def register_scopes(c: Any) -> None:
+    """Declare the attach scope, grant it to every user for themselves (what the hooks'
+    tokens carry) and let the service read users' groups (who may use what)."""
+    jh = c.JupyterHub
+    scopes = dict(jh.custom_scopes) if "custom_scopes" in jh else {}
+    scopes.update(MOUNT_SCOPES)
+    jh.custom_scopes = scopes
+    roles = list(jh.load_roles) if "load_roles" in jh else []
+    _grant(roles, "user", f"{ATTACH}!user", create=True)
+    _grant(roles, "hometier-service", "read:users:groups", create=False)
+    jh.load_roles = roles
+
+
 def _grant(roles: list[dict[str, Any]], name: str, scope: str, *, create: bool) -> None:
     for role in roles:
         if role.get("name") == name:
@@ -227,6 +233,7 @@ def _grant(roles: list[dict[str, Any]], name: str, scope: str, *, create: bool) 
 
 __all__ = [
     "attach_for_spawn",
+    "register_scopes",
     "configure_mounts",
     "container_path",
     "make_volumes",
