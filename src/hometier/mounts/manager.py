@@ -25,7 +25,6 @@ import logging
 import os
 import socket
 import subprocess
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,7 +94,6 @@ class MountManager:
     clock: Callable[[], dt.datetime] = utcnow
     preflight: bool = True
     procs: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def actor(self) -> str:
