@@ -55,13 +55,16 @@ class Hometier(Configurable):
 
     secret_key = Unicode(
         help=(
-            "Key(s) that seal secrets kept in the database (bucket credentials), newest "
-            "first, comma-separated; see hometier.crypto. Env: HOMETIER_SECRET_KEY."
+            "Fernet key(s) that seal secrets stored in the database (job secrets); several, "
+            "comma separated, rotate: the first seals, all unseal. Env: HOMETIER_SECRET_KEY."
         ),
     ).tag(config=True)
 
     secret_key_file = Unicode(
-        "", help="A file (mode 600) holding secret_key, used when secret_key is empty."
+        help=(
+            "File holding the Fernet key(s), readable by its owner only (instead of "
+            "secret_key). Env: HOMETIER_SECRET_KEY_FILE."
+        ),
     ).tag(config=True)
 
     @default("homes")
@@ -79,6 +82,10 @@ class Hometier(Configurable):
     @default("secret_key")
     def _secret_key_default(self) -> str:
         return os.environ.get("HOMETIER_SECRET_KEY", "")
+
+    @default("secret_key_file")
+    def _secret_key_file_default(self) -> str:
+        return os.environ.get("HOMETIER_SECRET_KEY_FILE", "")
 
 
 class Archiver(Configurable):

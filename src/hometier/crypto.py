@@ -1,136 +1,116 @@
-"""Sealing secrets kept in the state database (bucket credentials, job secrets).
+"""Sealing small secrets at rest with a key the operator holds (Fernet, from ``cryptography``).
 
-A ``Sealer`` encrypts with Fernet (AES-128-CBC with HMAC-SHA256, from ``cryptography``):
-a sealed value is an opaque, authenticated text token, useless without the key, and any
-change to it is detected. The key never lives in the database: it comes from
-``c.Hometier.secret_key``, the ``HOMETIER_SECRET_KEY`` environment variable or a key file
-(``c.Hometier.secret_key_file``, readable by its owner only).
+A *sealed* value is a Fernet token (AES-128-CBC + HMAC-SHA256, with its time): what the
+database stores instead of the plaintext. The key never enters the database; it comes
+from ``c.Hometier.secret_key`` (env ``HOMETIER_SECRET_KEY``) or the file named by
+``c.Hometier.secret_key_file`` (env ``HOMETIER_SECRET_KEY_FILE``). Several keys,
+separated by commas or whitespace, rotate: the first seals, every one unseals
+(``MultiFernet``), and ``Sealer.rotate`` re-seals a token under the first.
 
-Several keys may be given, newest first, separated by commas or whitespace: the first
-seals, every one of them unseals (``MultiFernet``), so a key can be rotated by putting a
-new one in front, re-sealing (``rotate``), then dropping the old one.
-
-Make a key with ``hometier mounts keygen`` or
-``python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"``.
+Make a key with ``python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
-from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from hometier.errors import Error, UsageError
 
+if TYPE_CHECKING:
+    from hometier.config import Hometier
 
-class SecretKeyMissing(UsageError):
-    """No secret key to seal credentials with: set c.Hometier.secret_key, the
-    HOMETIER_SECRET_KEY variable or c.Hometier.secret_key_file (make one with
-    `hometier mounts keygen`)."""
+
+class NoSecretKey(UsageError):
+    """No secret key is configured: set c.Hometier.secret_key (or HOMETIER_SECRET_KEY), or
+    c.Hometier.secret_key_file, to a Fernet key; secrets are never stored in plain text."""
 
 
 class BadSecretKey(UsageError):
-    """The secret key is not usable: {}"""
+    """The configured secret key is not a Fernet key ({}): make one with
+    Fernet.generate_key()."""
 
 
-class UnsealError(Error):
-    """A sealed secret could not be opened: it was sealed with another key or altered.
-    {}"""
+class SecretKeyFileUnsafe(UsageError):
+    """The secret key file {} {}: it must be a regular file that only its owner can read."""
+
+
+class CannotUnseal(Error):
+    """A sealed secret could not be opened: it was sealed with a key that is no longer
+    configured, or it was altered."""
 
     exit_code = 5
     http_status = 500
 
 
-def _split(material: str) -> list[str]:
-    return [k for k in material.replace(",", " ").split() if k]
+def parse_keys(text: str) -> list[bytes]:
+    """The keys in ``text`` (comma or whitespace separated), first one first."""
+    return [k.encode() for k in re.split(r"[\s,]+", text.strip()) if k]
 
 
-def read_key_file(path: str | os.PathLike[str]) -> str:
-    """The keys in ``path``; refused if anyone but its owner may read or write it."""
-    p = Path(path)
-    try:
-        fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise BadSecretKey(f"key file {p}: {exc.strerror}") from exc
+def read_key_file(path: str) -> str:
+    """Read a key file, refusing one that other users could read or replace."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise BadSecretKey(f"key file {p} is not a regular file")
+            raise SecretKeyFileUnsafe(path, "is not a regular file")
         if st.st_mode & 0o077:
-            raise BadSecretKey(
-                f"key file {p} may be read or written by others (mode {st.st_mode & 0o777:o}); "
-                "chmod 600 it"
-            )
+            raise SecretKeyFileUnsafe(path, f"has mode {stat.S_IMODE(st.st_mode):o}")
         return os.read(fd, 64 * 1024).decode("ascii", "replace")
     finally:
         os.close(fd)
 
 
 class Sealer:
-    """Seals and unseals secrets with the configured key(s); thread-safe."""
+    """Seal and unseal small secrets; see the module docstring."""
 
-    def __init__(self, keys: Sequence[str | bytes]) -> None:
+    def __init__(self, keys: list[bytes]) -> None:
         from cryptography.fernet import Fernet, MultiFernet
 
         if not keys:
-            raise SecretKeyMissing()
+            raise NoSecretKey()
         try:
             fernets = [Fernet(k) for k in keys]
         except (ValueError, TypeError) as exc:
-            raise BadSecretKey(
-                "each key must be 32 bytes in url-safe base64 (Fernet.generate_key())"
-            ) from exc
+            raise BadSecretKey(str(exc)) from None
         self._multi = MultiFernet(fernets)
 
     @classmethod
-    def from_material(cls, material: str) -> Sealer:
-        """From text holding one or more keys, newest first."""
-        return cls(_split(material))
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> Sealer:
-        """From a ``Hometier`` configurable: ``secret_key`` (or ``HOMETIER_SECRET_KEY``,
-        its default), else ``secret_key_file``. Raises ``SecretKeyMissing``."""
-        material = str(getattr(cfg, "secret_key", "") or "")
-        path = str(getattr(cfg, "secret_key_file", "") or "")
-        if not material.strip() and path:
-            material = read_key_file(path)
-        if not material.strip():
-            raise SecretKeyMissing()
-        return cls.from_material(material)
-
-    @staticmethod
-    def generate_key() -> str:
-        from cryptography.fernet import Fernet
-
-        return Fernet.generate_key().decode("ascii")
+    def from_config(cls, cfg: Hometier) -> Sealer:
+        """The sealer of ``c.Hometier.secret_key`` or ``secret_key_file``;
+        ``NoSecretKey`` if neither is set."""
+        text = cfg.secret_key
+        if not text.strip() and cfg.secret_key_file:
+            try:
+                text = read_key_file(cfg.secret_key_file)
+            except OSError as exc:
+                raise SecretKeyFileUnsafe(cfg.secret_key_file, f"cannot be read ({exc})") from None
+        return cls(parse_keys(text))
 
     def seal(self, plaintext: bytes) -> str:
-        """An authenticated, encrypted token of ``plaintext`` (ASCII text)."""
-        return self._multi.encrypt(bytes(plaintext)).decode("ascii")
+        """A token that only a holder of one of the keys can open."""
+        return self._multi.encrypt(plaintext).decode("ascii")
 
     def unseal(self, token: str) -> bytes:
-        """The plaintext of ``token``; ``UnsealError`` if no key opens it or it was altered."""
+        """The plaintext of ``token``; ``CannotUnseal`` if no key opens it."""
         from cryptography.fernet import InvalidToken
 
         try:
             return self._multi.decrypt(token.encode("ascii"))
-        except (InvalidToken, UnicodeEncodeError, ValueError) as exc:
-            raise UnsealError("") from exc
+        except (InvalidToken, UnicodeEncodeError, ValueError):
+            raise CannotUnseal() from None
 
     def rotate(self, token: str) -> str:
-        """``token`` sealed again with the newest key (for key rotation)."""
+        """``token`` sealed again under the first key (after a key was added in front)."""
         from cryptography.fernet import InvalidToken
 
         try:
             return self._multi.rotate(token.encode("ascii")).decode("ascii")
-        except (InvalidToken, UnicodeEncodeError, ValueError) as exc:
-            raise UnsealError("") from exc
-
-    def __repr__(self) -> str:
-        return "<Sealer>"  # never the key
+        except (InvalidToken, UnicodeEncodeError, ValueError):
+            raise CannotUnseal() from None
 
 
-__all__ = ["BadSecretKey", "Sealer", "SecretKeyMissing", "UnsealError", "read_key_file"]
+__all__ = ["BadSecretKey", "CannotUnseal", "NoSecretKey", "Sealer", "parse_keys"]

@@ -9,6 +9,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import select, text
 
 from hometier.crypto import Sealer
@@ -18,7 +19,7 @@ from hometier.state.db import open_database
 from hometier.state.models import Event
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
-KEY = Sealer.generate_key()
+KEY = Fernet.generate_key().decode()
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def db(db_url):
 def register(db, name="data", **kw):
     doc = {"name": name, "bucket": "lab", "access": ["group:staff:rw"]}
     doc.update(kw)
-    return folders.register(db, Sealer([KEY]), doc, "test", T0)
+    return folders.register(db, Sealer([KEY.encode()]), doc, "test", T0)
 
 
 def host_mount(s, folder, key="k" * 64, host="h1"):
@@ -69,7 +70,7 @@ def test_credentials_are_stored_sealed_and_never_shown(db):
     with db.engine.connect() as conn:
         raw = conn.execute(text("SELECT credentials FROM bucket_folders")).scalar_one()
     assert "hunter2" not in raw and "AKIA1" not in raw
-    assert folders.credentials_of(row, Sealer([KEY])).secret_access_key == "hunter2"
+    assert folders.credentials_of(row, Sealer([KEY.encode()])).secret_access_key == "hunter2"
     doc = folders.folder_doc(row, admin=True)
     assert doc["credentials"] == "sealed" and "hunter2" not in str(doc)
     assert "credentials" not in folders.folder_doc(row, admin=False, mode="ro")
@@ -99,7 +100,7 @@ def test_changes_grow_the_revision_and_are_logged_without_secrets(db):
     register(db)
     row = folders.change(
         db,
-        Sealer([KEY]),
+        Sealer([KEY.encode()]),
         "data",
         {"prefix": "p", "credentials": {"access_key_id": "A", "secret_access_key": "s3cret"}},
         "ops",

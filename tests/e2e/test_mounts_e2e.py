@@ -24,12 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
 from e2e.conftest_service import start_service, wait_ready
 from e2e.dashboard_fixtures import browser_fixture  # noqa: F401 - the `browser` fixture
 from fixtures.servers import S3Server
 from fixtures.service import PREFIX, Service
-from hometier.crypto import Sealer
 from hometier.mounts.client import stop_pid
 from hometier.mounts.mountinfo import MountTable
 from hometier.mounts.syscalls import umount
@@ -50,7 +50,10 @@ def svc(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     if not os.path.exists("/dev/fuse") or shutil.which("s3fs") is None:
         pytest.skip("needs /dev/fuse and s3fs (apt-get install s3fs; scripts/test does)")
     root = tmp_path_factory.mktemp("mounts-e2e")
-    env = {"HOMETIER_SECRET_KEY": Sealer.generate_key(), "HOMETIER_MOUNTS_ROOT": str(root / "mnt")}
+    env = {
+        "HOMETIER_SECRET_KEY": Fernet.generate_key().decode(),
+        "HOMETIER_MOUNTS_ROOT": str(root / "mnt"),
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
 from fixtures.servers import S3Server
 from hometier.crypto import Sealer
@@ -50,7 +51,7 @@ from hometier.state.db import Database, open_database
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 ALICE, BOB = 1000, 1001  # uids of the homes' owners
-KEY = Sealer.generate_key()
+KEY = Fernet.generate_key().decode()
 
 
 def _need_fuse() -> None:
@@ -82,7 +83,7 @@ class World:
     s3: S3Server
     db_url: str
     db: Database
-    sealer: Sealer = field(default_factory=lambda: Sealer([KEY]))
+    sealer: Sealer = field(default_factory=lambda: Sealer([KEY.encode()]))
     managers: list[MountManager] = field(default_factory=list)
     seq: int = 0
     homes: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hometier-homes-")))
@@ -475,7 +476,7 @@ FIRST_RUN = textwrap.dedent(
     from hometier.mounts.manager import MountManager
     from hometier.state.db import open_database
     db_url, root, key = sys.argv[1:4]
-    mgr = MountManager(open_database(db_url), HostLayout(root), Sealer([key]), host="h1",
+    mgr = MountManager(open_database(db_url), HostLayout(root), Sealer([key.encode()]), host="h1",
                        unmount_after=dt.timedelta(0))
     for server in ("a", "b"):
         out = mgr.attach_server("alice", server, kind="host", uid=1000, gid=1000)
@@ -538,7 +539,7 @@ REPLICA = textwrap.dedent(
     from hometier.mounts.manager import MountManager
     from hometier.state.db import open_database
     db_url, root, key, server = sys.argv[1:5]
-    mgr = MountManager(open_database(db_url, migrate=False), HostLayout(root), Sealer([key]),
+    mgr = MountManager(open_database(db_url, migrate=False), HostLayout(root), Sealer([key.encode()]),
                        host="h1", unmount_after=dt.timedelta(0))
     print("ready", flush=True)
     while sys.stdin.readline().strip() == "go":

@@ -347,18 +347,18 @@ def cmd_k8s(args: argparse.Namespace, cfg: Hometier) -> int:
 
 
 def cmd_keygen(args: argparse.Namespace, cfg: Hometier) -> int:
-    from hometier.crypto import Sealer
+    from cryptography.fernet import Fernet
 
-    out.print(Sealer.generate_key())
+    out.print(Fernet.generate_key().decode())
     return 0
 
 
 def cmd_rotate(args: argparse.Namespace, cfg: Hometier) -> int:
-    from hometier.crypto import SecretKeyMissing
+    from hometier.crypto import NoSecretKey
     from hometier.mounts import folders
 
     sealer = _sealer(cfg)
     if sealer is None:
-        raise SecretKeyMissing()
+        raise NoSecretKey()
     n = folders.rotate_credentials(_db(cfg), sealer)
     return _show({"resealed": n}, args)

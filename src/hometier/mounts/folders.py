@@ -52,9 +52,9 @@ def credentials_of(row: q.BucketFolder, sealer: Sealer | None) -> Credentials | 
     if row.credentials is None:
         return None
     if sealer is None:
-        from hometier.crypto import SecretKeyMissing
+        from hometier.crypto import NoSecretKey
 
-        raise SecretKeyMissing()
+        raise NoSecretKey()
     return Credentials.from_json(sealer.unseal(row.credentials))
 
 
@@ -97,9 +97,9 @@ def _seal(raw: Any, sealer: Sealer | None) -> str | None:
     if creds is None:
         return None
     if sealer is None:
-        from hometier.crypto import SecretKeyMissing
+        from hometier.crypto import NoSecretKey
 
-        raise SecretKeyMissing()
+        raise NoSecretKey()
     return sealer.seal(creds.to_json())
 
 

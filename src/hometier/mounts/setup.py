@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from hometier.config import Hometier, Mounts
-from hometier.crypto import Sealer, SecretKeyMissing
+from hometier.crypto import NoSecretKey, Sealer
 from hometier.errors import Error, UsageError
 from hometier.mounts.client import S3fs
 from hometier.mounts.host import HostLayout
@@ -42,7 +42,7 @@ def make_sealer(cfg: Hometier) -> Sealer | None:
     then cannot be registered or mounted, and say so)."""
     try:
         return Sealer.from_config(cfg)
-    except SecretKeyMissing:
+    except NoSecretKey:
         return None
 
 
