@@ -359,6 +359,53 @@ class Jobs(Configurable):
         return os.environ.get("HOMETIER_PROXY_URL", "")
 
 
+class Mounts(Configurable):
+    """Bucket folders on this host: FUSE mounts shared by servers (``c.Mounts.*``)."""
+
+    enabled = Bool(
+        True,
+        help=(
+            "Mount bucket folders on this host and run their check loop in `hometier "
+            "serve` (needs root and /dev/fuse). Off: only the API, browsing and the "
+            "Kubernetes manifests work."
+        ),
+    ).tag(config=True)
+    root = Unicode(
+        help=(
+            "Root-owned folder holding the FUSE mounts, their shared anchors and logs "
+            "(default /var/lib/hometier/mounts). Env: HOMETIER_MOUNTS_ROOT."
+        ),
+    ).tag(config=True)
+    host = Unicode(
+        help="Name of this host in the database (default: the host name). Env: HOMETIER_HOST."
+    ).tag(config=True)
+    s3fs = Unicode("s3fs", help="The s3fs-fuse program (Debian: apt-get install s3fs).").tag(
+        config=True
+    )
+    unmount_after = Unicode(
+        "5m", help="Keep a mount this long after its last server released it (0: at once)."
+    ).tag(config=True)
+    check_interval = Unicode(
+        "15s", help="How often mounts are checked, recovered and reconciled with the kernel."
+    ).tag(config=True)
+    probe_timeout = Integer(
+        5, help="Seconds a mount may take to answer statfs before its daemon is called hung."
+    ).tag(config=True)
+    mount_timeout = Integer(
+        30, help="Seconds a FUSE daemon may take to mount before the attempt fails."
+    ).tag(config=True)
+
+    @default("root")
+    def _root_default(self) -> str:
+        return os.environ.get("HOMETIER_MOUNTS_ROOT", "/var/lib/hometier/mounts")
+
+    @default("host")
+    def _host_default(self) -> str:
+        import socket
+
+        return os.environ.get("HOMETIER_HOST") or socket.gethostname()
+
+
 def load_config(path: str | None) -> Config:
     """Read a Python or JSON config file; ``UsageError`` if it is missing or broken."""
     if not path:

@@ -21,6 +21,7 @@ from hometier.cli import (
     home_cmds,
     jobs_cmds,
     lifecycle_cmds,
+    mounts_cmds,
     plan_cmds,
     repo_cmds,
     snapshot_cmds,
@@ -109,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan_cmds.register(sub)
     spaces_cmds.register(sub)
     jobs_cmds.register(sub)
+    mounts_cmds.register(sub)
     for parser in sub.choices.values():
         repo_cmds.add_common(parser)
     return p

@@ -28,12 +28,14 @@ from hometier.service.api.homes import ArchiveHandler, ExemptHandler, HomeHandle
 from hometier.service.api.jobs import job_routes
 from hometier.service.api.leases import LeaseHandler, LeasesHandler
 from hometier.service.api.meta import HealthHandler, MetricsHandler, OpenAPIHandler
+from hometier.service.api.mounts import mount_routes
 from hometier.service.api.restores import RestoredHandler, RestoreEventsHandler, RestoreHandler
 from hometier.service.api.snapshots import DownloadHandler, SnapshotsHandler, TreeHandler
 from hometier.service.auth import hub_auth_defaults
 from hometier.service.dashboard import handlers as dash
 from hometier.service.dashboard import jobs_pages, spaces_pages
 from hometier.service.dashboard.archives import BackgroundArchives
+from hometier.service.dashboard.mounts_pages import mount_pages
 from hometier.service.dashboard.preview import PreviewImage, PreviewPage
 from hometier.service.dashboard.summary import Dashboard
 from hometier.service.metrics import Metrics
@@ -75,6 +77,10 @@ class ServiceContext:
     """Archives started from the dashboard, running in the background."""
     notifier: Any = None
     """Tells admins and users what happened (``hometier.notify``)."""
+    mounts: Any = None
+    """The bucket folders' ``MountManager`` (None: this service mounts nothing)."""
+    sealer: Any = None
+    """Seals bucket credentials when ``mounts`` is None (it holds its own otherwise)."""
 
 
 class NotFoundHandler(BaseHandler):
@@ -116,6 +122,8 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"{p}/homes/{USER}/snapshots/{SNAP}/image", PreviewImage),
         (rf"{p}/static/(?P<path>.+)", dash.StaticHandler),
         *spaces_pages.routes(p),
+        *mount_routes(p),
+        *mount_pages(p),
     ]
 
 
@@ -220,6 +228,7 @@ def run_service(
     ctx.spaces = spaces
     scheduler = _start_jobs(ctx, config)
     stop = threading.Event()
+    mounts_thread = _start_mounts(ctx, lc, config, stop)
     loop_thread = None
     if interval is not None:
         loop_thread = threading.Thread(
@@ -261,6 +270,8 @@ def run_service(
             loop_thread.join(timeout=60)
         if spaces_thread is not None:
             spaces_thread.join(timeout=60)
+        if mounts_thread is not None:
+            mounts_thread.join(timeout=60)
         for pool in (ctx.executor, ctx.downloads, ctx.tracker.executor):
             pool.shutdown(wait=False, cancel_futures=True)
         ctx.archives.close()
@@ -283,6 +294,28 @@ def _start_jobs(ctx: ServiceContext, config: Any) -> Any:
     ctx.scheduler = Scheduler(ctx.jobs)
     ctx.scheduler.start()
     return ctx.scheduler
+
+
+def _start_mounts(
+    ctx: ServiceContext, lc: Lifecycle, config: Any, stop: threading.Event
+) -> threading.Thread | None:
+    """Bucket folders: the manager for the API, and its check loop (adopting at once
+    what an earlier run left mounted). Without root nothing is mounted here."""
+    if config is None:
+        return None
+    from hometier.mounts.setup import make_manager, run_checks
+
+    mgr, settings = make_manager(config, lc.db)
+    if not settings.enabled or os.geteuid() != 0:
+        ctx.mounts = None
+        ctx.sealer = mgr.sealer
+        return None
+    ctx.mounts = mgr
+    thread = threading.Thread(
+        target=run_checks, args=(mgr, settings.check_interval, stop), name="mounts", daemon=True
+    )
+    thread.start()
+    return thread
 
 
 __all__ = ["ServiceContext", "make_app", "make_context", "routes", "run_service"]

@@ -216,6 +216,7 @@ class Event(Base):
 # Tables of other topics live in their own modules; importing them here registers them
 # on ``Base.metadata`` (what Alembic and the contract tests compare against).
 from hometier.state import jobs as _jobs  # noqa: E402,F401
+from hometier.state import mounts as _mounts  # noqa: E402,F401
 from hometier.state import settings as _settings  # noqa: E402,F401
 from hometier.state import spaces as _spaces  # noqa: E402,F401
 from hometier.state import tierdays as _tierdays  # noqa: E402,F401
