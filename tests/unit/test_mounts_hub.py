@@ -19,12 +19,10 @@ def test_configure_mounts_grants_the_attach_scope_and_reading_groups_only():
     roles = {r["name"]: r for r in c.JupyterHub.load_roles}
     assert "custom:hometier:attach!user" in roles["user"]["scopes"]
     assert "self" in roles["user"]["scopes"], "the Hub's own user role is kept"
-    assert roles["hometier-service"]["scopes"] == [
-        "list:users",
-        "read:users:activity",
-        "read:servers",
-        "read:users:groups",
-    ]
+    from hometier.hub.config import SERVICE_SCOPES
+
+    # configure_hub's scopes are kept, and reading users' groups is added once.
+    assert roles["hometier-service"]["scopes"] == [*SERVICE_SCOPES, "read:users:groups"]
     assert "custom:hometier:attach" in c.JupyterHub.custom_scopes
     assert "custom:hometier:admin" in c.JupyterHub.custom_scopes, "configure_hub's are kept"
     with pytest.raises(ValueError):
