@@ -247,7 +247,7 @@ def _move_to_quarantine(
 
 
 def _finish_move(lc: Lifecycle, user: str, path: Path, quarantine: Path, snap: Snapshot) -> bool:
-    trees = TreeCache(lc.repo, [snap.tree], workers=lc.workers)
+    trees = TreeCache(lc.repo.for_snapshot(snap), [snap.tree], workers=lc.workers)
     cmp = compare_tree(trees, snap, quarantine, moved_top=True)
     if not cmp.same:
         details = [f"{d.path}: {d.what}" for d in cmp.differences]

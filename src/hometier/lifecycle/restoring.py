@@ -332,7 +332,7 @@ def _from_volume(
     so nothing on the volume is overwritten).
     """
     try:
-        trees = TreeCache(lc.repo, [snap.tree], workers=lc.workers)
+        trees = TreeCache(lc.repo.for_snapshot(snap), [snap.tree], workers=lc.workers)
     except Error as exc:
         log.warning("%s: cannot load the snapshot's trees: %s", path, exc)
         return None
