@@ -44,6 +44,8 @@ def make_retention(ret: RetentionConfig) -> Retention:
         keep_within=within,
         grace=parse_duration(ret.grace),
         every=every if every.total_seconds() > 0 else None,
+        repack_waste=ret.repack_waste if ret.repack_waste < 1 else None,
+        repack_max=parse_size(ret.repack_max),
     )
 
 
@@ -71,7 +73,12 @@ def open_db(cfg: Hometier) -> Database:
 def make_lifecycle(cfg: Hometier, arch: Archiver, *, create_repo: bool = True) -> Lifecycle:
     """Open the database (migrating it) and the repository (creating it if allowed)."""
     store = open_store(cfg.store)
-    repo = Repository.open_or_create(store)[0] if create_repo else Repository.open(store)
+    cache = cfg.cache_dir
+    repo = (
+        Repository.open_or_create(store, cache_dir=cache)[0]
+        if create_repo
+        else Repository.open(store, cache_dir=cache)
+    )
     hub = HubClient(arch.hub_api_url, arch.hub_api_token) if arch.hub_api_url else None
     if hub is not None and not arch.hub_api_token:
         raise UsageError("hub_api_url is set but no token: set HOMETIER_HUB_TOKEN")

@@ -83,11 +83,11 @@ def check(
 
     locator_keys: dict[str, list[str]] = {}
     for obj in repo.store.list(LOCATOR_PREFIX):
-        parsed = parse_key(obj.key)
-        if parsed is None:
+        lk = parse_key(obj.key)
+        if lk is None:
             report.warnings.append(f"unexpected object {obj.key}")
             continue
-        locator_keys.setdefault(parsed[0], []).append(obj.key)
+        locator_keys.setdefault(lk[0], []).append(obj.key)
 
     snaps = repo.list_snapshots(errors=report.errors)
     report.snapshots = len(snaps)

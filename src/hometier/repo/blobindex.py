@@ -123,7 +123,8 @@ class BlobIndex:
             runs: list[Run] = []
             for name in names:
                 path = os.path.join(self.folder, name)
-                runs.append(have.pop(path, None) or Run(path))
+                old = have.pop(path, None)
+                runs.append(old if old is not None else Run(path))
             # Runs merged away may still be in use by a lookup on another thread: close
             # them one reload later.
             for r in self._retired:
@@ -164,7 +165,9 @@ class BlobIndex:
         size = self._sizes.get(pid)
         if size is None:
             with self._lock:
-                row = self._db.execute("SELECT size FROM packs WHERE id=?", (bytes(pid),)).fetchone()
+                row = self._db.execute(
+                    "SELECT size FROM packs WHERE id=?", (bytes(pid),)
+                ).fetchone()
             size = -1 if row is None else int(row[0])
         return size
 
@@ -207,6 +210,18 @@ class BlobIndex:
     def known(self, bid: BlobId) -> bool:
         """Indexed in a pack no mark names: what a writer may deduplicate against."""
         return self.get(bid, unmarked=True) is not None
+
+    def locate_except(self, bid: BlobId, exclude: set[bytes]) -> Location | None:
+        """A location in a pack not in ``exclude``, preferably an unmarked one."""
+        best = None
+        for rec in self._records(bid):
+            loc = self._location(rec)
+            if loc.pack in exclude:
+                continue
+            if NO.unpack_from(rec, 32)[0] not in self.marked:
+                return loc
+            best = best or loc
+        return best
 
     def locations(self, bid: BlobId) -> list[Location]:
         """Every indexed copy of a blob (marked packs included)."""
@@ -263,7 +278,9 @@ class BlobIndex:
 
     def _pack_row(self, rec: RawPack) -> tuple[int, bool]:
         """The pack's number, and whether its entries must be added (new or dead)."""
-        row = self._db.execute("SELECT no, alive FROM packs WHERE id=?", (bytes(rec.id),)).fetchone()
+        row = self._db.execute(
+            "SELECT no, alive FROM packs WHERE id=?", (bytes(rec.id),)
+        ).fetchone()
         nbytes = max(0, rec.size - trailer_size(rec.count))
         if row is None:
             cur = self._db.execute(
@@ -295,7 +312,12 @@ class BlobIndex:
 
     def add(self, key: str, packs: list[PackRecord]) -> None:
         """Record an index object this process wrote (so its blobs are known at once)."""
-        raw = [RawPack(p.id, p.size, encode_entries(p.entries), len(p.entries)) for p in packs]
+        self.add_raw(
+            key, [RawPack(p.id, p.size, encode_entries(p.entries), len(p.entries)) for p in packs]
+        )
+
+    def add_raw(self, key: str, raw: list[RawPack]) -> None:
+        """``add`` for records whose entry tables are still packed."""
         with self._lock, self._flock(), RunBuilder(self.folder) as builder:
             if self._db.execute("SELECT 1 FROM objects WHERE key=?", (key,)).fetchone():
                 return

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Protocol, TypeVar
 
@@ -42,7 +42,7 @@ class Where(Protocol):
 Job = tuple[bytes, list[bytes], int, int]
 
 
-def plan_jobs(ids: list[bytes], locate: Callable[[BlobId], Location]) -> list[Job]:
+def plan_jobs(ids: Sequence[bytes], locate: Callable[[BlobId], Location]) -> list[Job]:
     """Group blobs by pack, in offset order, into range requests of at most ``SEGMENT``
     bytes with gaps of at most ``GAP``: (pack, members, start, end) each."""
     # Only (offset, end, id) per blob while grouping: a restore may ask for millions.

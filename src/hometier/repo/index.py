@@ -16,6 +16,7 @@ import struct
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import zstandard
 
@@ -23,6 +24,7 @@ from hometier.errors import IntegrityError
 from hometier.repo.ids import BlobId, BlobType, Compression, PackId, plain_hash
 from hometier.repo.pack import CHECKSUM_LEN, ENTRY, Entry, decode_entries, encode_entries
 
+P = TypeVar("P", "PackRecord", "RawPack")  # noqa: UP040
 MAGIC = b"HTINDEX\x01"
 HEAD = struct.Struct("<8sI")
 PACK = struct.Struct("<32sQI")
@@ -65,24 +67,37 @@ def encode_index(packs: Iterable[PackRecord], *, head: bytes | None = None) -> b
     return zstandard.ZstdCompressor(level=3).compress(body)
 
 
+def encode_raw(packs: Iterable[RawPack]) -> bytes:
+    """An index object from pack records whose entry tables are still packed."""
+    packs = list(packs)
+    parts = [HEAD.pack(MAGIC, len(packs))]
+    for p in packs:
+        parts.append(PACK.pack(p.id, p.size, p.count))
+        parts.append(p.table)
+    body = b"".join(parts)
+    body += plain_hash(body)[:CHECKSUM_LEN]
+    return zstandard.ZstdCompressor(level=3).compress(body)
+
+
 def record_size(count: int) -> int:
     """Bytes a pack record of ``count`` entries adds to a body."""
     return PACK.size + count * ENTRY.size
 
 
 def split_packs(
-    packs: Iterable[PackRecord], target: int | None = None, *, head: int = HEAD.size
-) -> Iterator[list[PackRecord]]:
+    packs: Iterable[P], target: int | None = None, *, head: int = HEAD.size
+) -> Iterator[list[P]]:
     """Group pack records so that each group's body stays within ``target`` (default
     ``INDEX_TARGET``); a record too large for the target goes alone. Raises
     ``ValueError`` for a record no object may hold (above ``MAX_INDEX_RAW``)."""
     target = INDEX_TARGET if target is None else target
-    group: list[PackRecord] = []
+    group: list[P] = []
     size = head + CHECKSUM_LEN
     for p in packs:
-        n = record_size(len(p.entries))
+        count = p.count if isinstance(p, RawPack) else len(p.entries)
+        n = record_size(count)
         if head + CHECKSUM_LEN + n > MAX_INDEX_RAW:
-            raise ValueError(f"a pack of {len(p.entries)} entries does not fit an index object")
+            raise ValueError(f"a pack of {count} entries does not fit an index object")
         if group and size + n > target:
             yield group
             group, size = [], head + CHECKSUM_LEN
@@ -138,7 +153,9 @@ def decode_index_raw(data: bytes) -> list[RawPack]:
     return decode_records(body, HEAD.size, npacks)
 
 
-def decode_records(body: bytearray, pos: int, npacks: int, what: str = "index object") -> list[RawPack]:
+def decode_records(
+    body: bytearray, pos: int, npacks: int, what: str = "index object"
+) -> list[RawPack]:
     """The ``npacks`` pack records from ``pos`` up to the checksum, which must end them."""
     view = memoryview(body)
     end = len(body) - CHECKSUM_LEN

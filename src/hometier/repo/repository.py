@@ -35,7 +35,15 @@ from hometier.repo.config import (
 )
 from hometier.repo.fetch import FETCH_SLOTS, Where, plan_jobs, read_twice, run_bounded
 from hometier.repo.ids import BlobId, PackId, SnapshotId, blob_id, pack_key, plain_hash
-from hometier.repo.index import Location, PackRecord, RawPack, decode_index_raw, encode_index, split_packs
+from hometier.repo.index import (
+    Location,
+    PackRecord,
+    RawPack,
+    decode_index_raw,
+    encode_index,
+    encode_raw,
+    split_packs,
+)
 from hometier.repo.locator import (
     PREFIX as LOCATOR_PREFIX,
 )
@@ -46,9 +54,10 @@ from hometier.repo.locator import (
     encode_locator,
     newest,
 )
+from hometier.repo.pack import FOOTER, Entry, parse_trailer
 from hometier.repo.snapshot import Snapshot, user_key
 from hometier.repo.tree import Node, decode_tree
-from hometier.repo.writer import SharedWriter, BlobWriter
+from hometier.repo.writer import BlobWriter, SharedWriter
 from hometier.store import ObjectExists, ObjectNotFound, Store
 
 log = logging.getLogger(__name__)
@@ -138,7 +147,9 @@ class Repository:
         return cls(store, config, cache_dir=cache_dir)
 
     @classmethod
-    def open_or_create(cls, store: Store, *, cache_dir: str | None = None) -> tuple[Repository, bool]:
+    def open_or_create(
+        cls, store: Store, *, cache_dir: str | None = None
+    ) -> tuple[Repository, bool]:
         """Open, or create in an empty location; returns (repository, created)."""
         try:
             return cls.open(store, cache_dir=cache_dir), False
@@ -189,17 +200,7 @@ class Repository:
         """
         present = {o.key for o in self.store.list("index/")}
         self.doomed = tombstoned_packs(self.store)
-
-        def read(key: str) -> list[RawPack]:
-            def once() -> list[RawPack]:
-                data = self.store.get(key)
-                if plain_hash(data).hex() != key.rsplit("/", 1)[-1]:
-                    raise IntegrityError(f"index object {key} does not match its name")
-                return decode_index_raw(data)
-
-            return read_twice(f"index object {key}", once)
-
-        self.blobs.sync(present, read, workers=workers, errors=errors)
+        self.blobs.sync(present, self.read_index_object, workers=workers, errors=errors)
         self.blobs.set_marked(self.doomed)
         return len(self.blobs)
 
@@ -218,6 +219,42 @@ class Repository:
             self.blobs.add(key, group)
             keys.append(key)
         return keys
+
+    def write_index_raw(self, packs: list[RawPack], *, target: int | None = None) -> list[str]:
+        """``write_index`` for records whose entry tables are still packed."""
+        keys = []
+        for group in split_packs(packs, target):
+            data = encode_raw(group)
+            key = f"index/{plain_hash(data).hex()}"
+            try:
+                self.store.put(key, data, if_absent=True)
+            except ObjectExists:
+                pass
+            self.blobs.add_raw(key, group)
+            keys.append(key)
+        return keys
+
+    def read_index_object(self, key: str) -> list[RawPack]:
+        """One index object, verified against its name; ``IntegrityError``."""
+
+        def once() -> list[RawPack]:
+            data = self.store.get(key)
+            if plain_hash(data).hex() != key.rsplit("/", 1)[-1]:
+                raise IntegrityError(f"index object {key} does not match its name")
+            return decode_index_raw(data)
+
+        return read_twice(f"index object {key}", once)
+
+    def read_trailer(self, pid: bytes, size: int) -> list[Entry]:
+        """A pack's entries from its trailer (two range requests); ``IntegrityError``."""
+        key = pack_key(PackId(pid))
+        if size < FOOTER.size:
+            raise IntegrityError(f"pack {pid.hex()[:16]} is too short to hold a trailer")
+        (foot,) = self.store.get_ranges(key, [(size - FOOTER.size, size)])
+        tlen, _magic = FOOTER.unpack(foot)
+        start = max(0, size - FOOTER.size - tlen)
+        (tail,) = self.store.get_ranges(key, [(start, size)])
+        return parse_trailer(tail, size)
 
     def writer(self, *, pack_size: int = 32 * 1024 * 1024, uploads: int = 2) -> BlobWriter:
         """A session on this process's shared writer (one per repository): concurrent
@@ -301,7 +338,10 @@ class Repository:
             return None
         with self._lock:
             self._locators[sid] = loc
-            while sum(len(x) for x in self._locators.values()) > LOCATOR_CACHE and len(self._locators) > 1:
+            while (
+                sum(len(x) for x in self._locators.values()) > LOCATOR_CACHE
+                and len(self._locators) > 1
+            ):
                 self._locators.popitem(last=False)
         return loc
 
@@ -507,7 +547,7 @@ class SnapshotView(Repository):
 
     def __init__(self, repo: Repository, where: SnapshotWhere) -> None:  # noqa: D107
         self.__dict__.update(repo.__dict__)
-        self.parent = repo.parent if isinstance(repo, SnapshotView) else repo
+        self.parent: Repository = repo.parent if isinstance(repo, SnapshotView) else repo
         self.where = where
 
     @property

@@ -96,7 +96,9 @@ class Run:
             head = os.pread(self.fd, HEAD.size, 0)
             if len(head) != HEAD.size:
                 raise CacheDamaged(path, "short run header")
-            magic, self.count, self.bits = HEAD.unpack(head)
+            magic, count, bits = HEAD.unpack(head)
+            self.count: int = count
+            self.bits: int = bits
             if magic != MAGIC or self.bits > 24:
                 raise CacheDamaged(path, "bad run header")
             n = (1 << self.bits) + 1
@@ -244,7 +246,7 @@ class RunBuilder:
     def finish(self, path: str) -> int:
         """Write the sorted run; returns its record count."""
         write_run(path, self._sorted(), self.count)
-        return self.count
+        return int(self.count)
 
     def close(self) -> None:
         if self.parts is not None:

@@ -81,15 +81,16 @@ class SharedWriter:
             return bid in self._pending
 
     def add(
-        self, session: BlobWriter, typ: BlobType, data: bytes, bid: BlobId
+        self, session: BlobWriter, typ: BlobType, data: bytes, bid: BlobId, *, force: bool = False
     ) -> bool:
-        """Store ``data`` unless known or pending; returns whether it was new."""
+        """Store ``data`` unless pending or (without ``force``) known; returns whether it
+        was new."""
         if self.error is not None:
             raise self.error
         with self._lock:
             if bid in self._pending:
                 return False
-            if self.repo.known(bid):
+            if not force and self.repo.known(bid):
                 return False
             self._pending.add(bid)
         comp, stored = codec.encode(data)
@@ -243,15 +244,18 @@ class BlobWriter:
             return True
         return self._located(bid)
 
-    def add(self, typ: BlobType, data: bytes, bid: BlobId | None = None) -> tuple[BlobId, bool]:
-        """Store ``data`` unless it is already present; returns (id, whether it was new)."""
+    def add(
+        self, typ: BlobType, data: bytes, bid: BlobId | None = None, *, force: bool = False
+    ) -> tuple[BlobId, bool]:
+        """Store ``data`` unless it is already present; returns (id, whether it was new).
+        ``force`` stores it again even if indexed elsewhere (prune's repacking)."""
         if bid is None:
             bid = self.repo.blob_id(data)
-        if self.has(bid):
+        if not force and self.has(bid):
             return bid, False
         with self._lock:
             self._waiting.add(bid)
-        if self.shared.add(self, typ, data, bid):
+        if self.shared.add(self, typ, data, bid, force=force):
             return bid, True
         # Indexed or pending meanwhile (another session): wait for it like any other.
         return bid, False
