@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from hometier import faults
 from hometier.engine.prune import lock, unlock
 from hometier.engine.trees import TreeCache
 from hometier.errors import Error, IntegrityError
@@ -203,6 +204,7 @@ def repair_locators(
                 for key in mine:
                     repo.store.delete(key)  # damaged or incomplete generations
                 report.locators_written += 1
+                faults.point("after_upgrade_locator")
             if progress:
                 progress("snapshots", i, len(snaps))
     finally:

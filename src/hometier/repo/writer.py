@@ -9,7 +9,7 @@ locations of every blob its snapshot reaches, for the snapshot's locator.
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -69,16 +69,31 @@ class SharedWriter:
         self._sealed = 0
         self._room = threading.Condition(self._lock)
         self._pool = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="upload")
-        self._futures: list[Future[PackRecord]] = []
+        # Every sealed pack has a number; ``_state`` holds those not indexed yet: 0 while
+        # it uploads, 1 once durable (and in ``_unindexed``). A flush waits for the
+        # numbers up to the last pack it sealed, whoever uploads and indexes them.
+        self._next = 0
+        self._state: dict[int, int] = {}
+        self._seq_of: dict[bytes, int] = {}
         self._unindexed: list[PackRecord] = []
         self._index_lock = threading.Lock()
         self.error: BaseException | None = None
         self.closed = False
         self.users = 0
+        self.joined = 0
+        """Blobs a session found in flight (pending) instead of storing them again."""
 
     def pending(self, bid: bytes) -> bool:
         with self._lock:
             return bid in self._pending
+
+    def _number(self) -> int:
+        """Count a sealed pack (the caller holds the lock)."""
+        seq = self._next
+        self._next += 1
+        self._state[seq] = 0
+        self._sealed += 1
+        return seq
 
     def add(
         self, session: BlobWriter, typ: BlobType, data: bytes, bid: BlobId, *, force: bool = False
@@ -94,7 +109,7 @@ class SharedWriter:
                 return False
             self._pending.add(bid)
         comp, stored = codec.encode(data)
-        sealed: _Builder | None = None
+        sealed: tuple[_Builder, int] | None = None
         with self._room:
             while self._sealed >= self._max_sealed and self.error is None:
                 self._room.wait()
@@ -103,23 +118,22 @@ class SharedWriter:
             builder.sessions.add(session)
             session.count_new(len(data), len(stored))
             if builder.size >= self.pack_size:
-                sealed, self._builders[typ] = builder, _Builder()
-                self._sealed += 1
+                self._builders[typ] = _Builder()
+                sealed = builder, self._number()
         if sealed is not None:
-            self._upload(sealed)
+            self._upload(*sealed)
         return True
 
-    def _upload(self, builder: _Builder) -> None:
-        """Seal and queue one pack; the caller counted it in ``_sealed``."""
+    def _upload(self, builder: _Builder, seq: int) -> None:
+        """Seal and queue one pack numbered ``seq``."""
         try:
             pid, data, entries = builder.seal()
             sessions = list(builder.sessions)
-            fut = self._pool.submit(self._put, pid, data, entries, sessions)
-        except BaseException:
+            self._pool.submit(self._put, seq, pid, data, entries, sessions)
+        except BaseException as exc:
+            self._fail(exc)
             self._done_one()
             raise
-        with self._lock:
-            self._futures.append(fut)
         for s in sessions:
             s.stats.packs += 1
 
@@ -128,62 +142,82 @@ class SharedWriter:
             self._sealed -= 1
             self._room.notify_all()
 
+    def _fail(self, exc: BaseException) -> None:
+        with self._room:
+            if self.error is None:
+                self.error = exc
+            self._room.notify_all()
+
     def _put(
-        self, pid: PackId, data: bytearray, entries: list[Entry], sessions: list[BlobWriter]
-    ) -> PackRecord:
+        self,
+        seq: int,
+        pid: PackId,
+        data: bytearray,
+        entries: list[Entry],
+        sessions: list[BlobWriter],
+    ) -> None:
         try:
             self.repo.store.put(pack_key(pid), data)
             faults.point("after_pack")
             rec = PackRecord(pid, len(data), entries)
             for s in sessions:
                 s.packed(rec)
-            flush_now: list[PackRecord] = []
-            with self._lock:
+            with self._room:
+                self._state[seq] = 1
+                self._seq_of[pid] = seq
                 self._unindexed.append(rec)
-                if len(self._unindexed) >= INDEX_EVERY:
-                    flush_now, self._unindexed = self._unindexed, []
-            if flush_now:
-                self._index(flush_now)
-            return rec
-        except BaseException as exc:
-            self.error = exc
-            raise
+                full = len(self._unindexed) >= INDEX_EVERY
+                self._room.notify_all()
+            if full:
+                self._index_unindexed()
+        except BaseException as exc:  # noqa: BLE001 - every waiter sees it
+            self._fail(exc)
         finally:
             self._done_one()
 
-    def _index(self, recs: list[PackRecord]) -> None:
-        """Index uploaded packs; their blobs stop being pending once indexed."""
+    def _index_unindexed(self) -> None:
+        """Index every durable pack not indexed yet; their blobs stop being pending."""
         with self._index_lock:
+            with self._lock:
+                recs, self._unindexed = self._unindexed, []
+            if not recs:
+                return
             self.repo.write_index(recs)
-        with self._lock:
-            for rec in recs:
-                for e in rec.entries:
-                    self._pending.discard(e.id)
+            with self._room:
+                for rec in recs:
+                    self._state.pop(self._seq_of.pop(rec.id, -1), None)
+                    for e in rec.entries:
+                        self._pending.discard(e.id)
+                self._room.notify_all()
+
+    def _wait(self, until: int, state: int) -> None:
+        """Wait until no pack numbered up to ``until`` is below ``state`` + 1."""
+        with self._room:
+            while self.error is None and any(
+                s <= until and st <= state for s, st in self._state.items()
+            ):
+                self._room.wait()
+            if self.error is not None:
+                raise self.error
 
     def flush(self) -> None:
         """Upload the open packs, wait for every upload, write the index; raise any error.
 
         After ``flush`` returns every blob added so far, by any session, is durable and
-        indexed.
+        indexed (concurrent flushes and uploads of other sessions included).
         """
+        sealed: list[tuple[_Builder, int]] = []
         with self._lock:
-            open_builders = list(self._builders.values())
-            self._builders = {BlobType.DATA: _Builder(), BlobType.TREE: _Builder()}
-        for builder in open_builders:
-            if len(builder):
-                with self._lock:
-                    self._sealed += 1
-                self._upload(builder)
-        with self._lock:
-            futures, self._futures = self._futures, []
-        for f in futures:
-            f.result()
-        if self.error is not None:
-            raise self.error
-        with self._lock:
-            rest, self._unindexed = self._unindexed, []
-        if rest:
-            self._index(rest)
+            for typ, builder in list(self._builders.items()):
+                if len(builder):
+                    self._builders[typ] = _Builder()
+                    sealed.append((builder, self._number()))
+            until = self._next - 1
+        for builder, seq in sealed:
+            self._upload(builder, seq)
+        self._wait(until, 0)  # every pack up to ours is durable
+        self._index_unindexed()
+        self._wait(until, 1)  # and indexed, by us or by whoever took it
 
     def close(self) -> None:
         """Stop the upload threads (after ``flush``, or to abandon the work)."""
@@ -241,6 +275,7 @@ class BlobWriter:
         if self.shared.pending(bid):
             with self._lock:
                 self._waiting.add(bid)
+            self.shared.joined += 1
             return True
         return self._located(bid)
 
