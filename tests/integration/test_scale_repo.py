@@ -374,3 +374,44 @@ def test_upgrade_killed_midway_resumes_and_runs_beside_a_backup(tmp_path: Path) 
     assert not fresh.store.exists("locks/prune")
     restore(fresh, result[0], tmp_path / "out")
     assert snapshot_of_tree(tmp_path / "out") == snapshot_of_tree(tmp_path / "late")
+
+
+def test_golden_v2_restores_through_its_locator_alone(tmp_path: Path) -> None:
+    copy = tmp_path / "repo"
+    shutil.copytree(GOLDEN / "repo-v2", copy)
+    shutil.rmtree(copy / "index")  # the locator is all a restore needs
+    repo = Repository.open(open_store(f"file://{copy}"))
+    assert repo.config.version == 2
+    (snap,) = repo.list_snapshots()
+    restore(repo, snap, tmp_path / "out")
+    copy_v1 = tmp_path / "v1"
+    shutil.copytree(GOLDEN / "repo-v1", copy_v1)
+    (old,) = Repository.open(open_store(f"file://{copy_v1}")).list_snapshots()
+    restore(Repository.open(open_store(f"file://{copy_v1}")), old, tmp_path / "out-v1")
+    # The same home in both versions (the README names the version it was written for).
+    a, b = snapshot_of_tree(tmp_path / "out"), snapshot_of_tree(tmp_path / "out-v1")
+    assert {k for k in a} == {k for k in b}
+
+
+def test_the_reader_of_format_md_appendix_a_reads_the_golden_v2_repository(
+    tmp_path: Path,
+) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "format.md").read_text()
+    appendix = doc[doc.index("## Appendix A") :]
+    code = appendix[appendix.index("```python") + len("```python") : appendix.index("\n```\n")]
+    script = tmp_path / "reader.py"
+    script.write_text(code)
+    copy = tmp_path / "repo"
+    shutil.copytree(GOLDEN / "repo-v2", copy)
+    out = tmp_path / "out"
+    out.mkdir()
+    done = subprocess.run(
+        [sys.executable, str(script), str(copy), "golden", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    (restored,) = list(out.iterdir())
+    assert (restored / "README.txt").read_bytes().startswith(b"This is the hometier golden")
