@@ -49,7 +49,7 @@ def repack(
     copied = 0
     leaving: set[bytes] = {p for p, _ in packs}
     lock = threading.Lock()
-    with repo.writer() as writer:
+    with repo.writer(locate=False) as writer:
         for pid, size in packs:
             try:
                 entries = repo.read_trailer(pid, size)

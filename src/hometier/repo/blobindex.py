@@ -333,26 +333,27 @@ class BlobIndex:
 
     def sync(
         self,
-        present: set[str],
+        present: dict[str, int],
         read: ReadObject,
         *,
         workers: int = 8,
         errors: list[str] | None = None,
     ) -> int:
-        """Load the index objects of ``present`` not loaded yet, and forget the packs of
-        loaded objects that are no longer present (unless a present object names them).
-        ``read(key)`` fetches and verifies one object. Returns how many were read."""
+        """Load the index objects of ``present`` (key -> stored size) not loaded yet, and
+        forget the packs of loaded objects that are no longer present (unless a present
+        object names them). ``read(key)`` fetches and verifies one object. Returns how
+        many were read."""
         with self._lock, self._flock(), RunBuilder(self.folder) as builder:
             loaded = {r[0] for r in self._db.execute("SELECT key FROM objects")}
-            new = sorted(present - loaded)
-            gone = loaded - present
+            new = sorted(present.keys() - loaded)
+            gone = loaded - present.keys()
             if not new and not gone:
                 self._reload()
                 self._merge_if_needed()
                 return 0
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for key, packs in _fetch(new, read, workers, errors):
+                for key, packs in _fetch(new, present, read, workers, errors):
                     if packs is not None:
                         self._take(key, packs, builder)
                 for key in gone:
@@ -405,10 +406,19 @@ class BlobIndex:
         self._reload()
 
 
+WINDOW_BYTES = 48 * 1024 * 1024
+"""Stored bytes of index objects fetched at once by a sync (each decodes to about as much)."""
+
+
 def _fetch(
-    keys: list[str], read: ReadObject, workers: int, errors: list[str] | None
+    keys: list[str],
+    sizes: dict[str, int],
+    read: ReadObject,
+    workers: int,
+    errors: list[str] | None,
 ) -> Iterator[tuple[str, list[RawPack] | None]]:
-    """Read objects ``workers`` at a time, in order, never holding more than a window."""
+    """Read objects in order, up to ``workers`` at a time and ``WINDOW_BYTES`` in all (one
+    at least): a first sync of a big repository stays small in memory."""
     if not keys:
         return
 
@@ -425,8 +435,15 @@ def _fetch(
 
     workers = max(1, min(workers, len(keys)))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for start in range(0, len(keys), workers):
-            yield from pool.map(one, keys[start : start + workers])
+        window: list[str] = []
+        size = 0
+        for key in keys:
+            if window and (len(window) >= workers or size + sizes.get(key, 0) > WINDOW_BYTES):
+                yield from pool.map(one, window)
+                window, size = [], 0
+            window.append(key)
+            size += sizes.get(key, 0)
+        yield from pool.map(one, window)
 
 
 class _FileLock:

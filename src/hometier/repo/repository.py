@@ -198,7 +198,7 @@ class Repository:
         Idempotent and cheap to call again. A damaged object raises ``IntegrityError``,
         or, when ``errors`` is given, is recorded there and skipped.
         """
-        present = {o.key for o in self.store.list("index/")}
+        present = {o.key: o.size for o in self.store.list("index/")}
         self.doomed = tombstoned_packs(self.store)
         self.blobs.sync(present, self.read_index_object, workers=workers, errors=errors)
         self.blobs.set_marked(self.doomed)
@@ -256,15 +256,18 @@ class Repository:
         (tail,) = self.store.get_ranges(key, [(start, size)])
         return parse_trailer(tail, size)
 
-    def writer(self, *, pack_size: int = 32 * 1024 * 1024, uploads: int = 2) -> BlobWriter:
+    def writer(
+        self, *, pack_size: int = 32 * 1024 * 1024, uploads: int = 2, locate: bool = True
+    ) -> BlobWriter:
         """A session on this process's shared writer (one per repository): concurrent
-        backups never upload the same content twice."""
+        backups never upload the same content twice. ``locate``: collect the location
+        of every blob (for a snapshot's locator; prune's repacking does not need them)."""
         with self._lock:
             w = self._writer
             if w is None or w.error is not None or w.closed:
                 w = self._writer = SharedWriter(self, pack_size=pack_size, uploads=uploads)
             w.users += 1
-        return BlobWriter(w)
+        return BlobWriter(w, locate=locate)
 
     def release_writer(self, w: SharedWriter) -> None:
         with self._lock:
@@ -557,8 +560,10 @@ class SnapshotView(Repository):
     def load_index(self, workers: int = 8, *, errors: list[str] | None = None) -> int:
         return self.parent.load_index(workers, errors=errors)
 
-    def writer(self, *, pack_size: int = 32 * 1024 * 1024, uploads: int = 2) -> BlobWriter:
-        return self.parent.writer(pack_size=pack_size, uploads=uploads)
+    def writer(
+        self, *, pack_size: int = 32 * 1024 * 1024, uploads: int = 2, locate: bool = True
+    ) -> BlobWriter:
+        return self.parent.writer(pack_size=pack_size, uploads=uploads, locate=locate)
 
     def pack_sizes(self) -> dict[bytes, int]:
         """Pack id -> size of the packs this snapshot's locator names."""

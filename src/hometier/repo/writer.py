@@ -231,8 +231,9 @@ class BlobWriter:
     and the location of every blob it added or found present (its snapshot's locator).
     """
 
-    def __init__(self, shared: SharedWriter) -> None:
+    def __init__(self, shared: SharedWriter, *, locate: bool = True) -> None:
         self.shared = shared
+        self.locate = locate
         self.repo = shared.repo
         self.stats = WriterStats()
         self.locations = LocatorBuilder()
@@ -261,6 +262,8 @@ class BlobWriter:
         loc = self.repo.blobs.get(bid, unmarked=True)
         if loc is None:
             return False
+        if not self.locate:
+            return True
         size = self.repo.blobs.size_of(loc.pack)
         with self._lock:
             self.locations.note_location(bid, loc, size)
@@ -273,8 +276,9 @@ class BlobWriter:
             if bid in self.locations or bid in self._waiting:
                 return True
         if self.shared.pending(bid):
-            with self._lock:
-                self._waiting.add(bid)
+            if self.locate:
+                with self._lock:
+                    self._waiting.add(bid)
             self.shared.joined += 1
             return True
         return self._located(bid)
@@ -288,8 +292,9 @@ class BlobWriter:
             bid = self.repo.blob_id(data)
         if not force and self.has(bid):
             return bid, False
-        with self._lock:
-            self._waiting.add(bid)
+        if self.locate:
+            with self._lock:
+                self._waiting.add(bid)
         if self.shared.add(self, typ, data, bid, force=force):
             return bid, True
         # Indexed or pending meanwhile (another session): wait for it like any other.
