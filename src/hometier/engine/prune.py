@@ -39,6 +39,7 @@ from hometier.engine.usage import pack_usage, used_blobs
 from hometier.errors import Conflict
 from hometier.repo import PackId, Repository
 from hometier.repo.ids import pack_key, parse_pack_key
+from hometier.repo.pack import ENTRY
 from hometier.repo.repository import PRUNE_PREFIX
 from hometier.repo.snapshot import Snapshot
 from hometier.store import ObjectExists, ObjectNotFound
@@ -242,7 +243,7 @@ def prune(
             # Phase 1: mark packs nothing uses, and repack wasteful ones.
             fresh: list[bytes] = []
             wasteful: list[tuple[float, int]] = []
-            for no, (pid, size, _n, nbytes) in table.items():
+            for no, (pid, size, n, nbytes) in table.items():
                 if pid in marked_now:
                     continue
                 n_used = usage.used.get(no, 0)
@@ -250,8 +251,10 @@ def prune(
                     fresh.append(pid)
                     report.bytes_marked += size
                     continue
-                waste = max(0, nbytes - usage.used_bytes.get(no, 0))
-                report.partly_used_bytes += waste
+                unused = max(0, nbytes - usage.used_bytes.get(no, 0))
+                report.partly_used_bytes += unused
+                # What repacking saves: the unused blobs and their trailer entries.
+                waste = unused + max(0, n - n_used) * ENTRY.size
                 if repack_waste is not None and size and waste / size >= repack_waste:
                     wasteful.append((waste / size, no))
             report.packs_marked = len(fresh)
