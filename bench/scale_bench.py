@@ -85,8 +85,8 @@ def make_home(root: Path, seed: str, files: int, avg: int) -> Path:
 
 def synth_fake(store: Any, n: int, seed: int) -> int:
     """Index objects naming ``n`` blobs in packs that do not exist; returns objects."""
-    from hometier.repo.index import RawPack, encode_raw, split_packs
     from hometier.repo.ids import plain_hash
+    from hometier.repo.index import RawPack, encode_raw, split_packs
     from hometier.repo.pack import trailer_size
 
     rng = random.Random(seed)
@@ -123,7 +123,7 @@ def synth_real(repo: Any, n: int, seed: int) -> dict[str, Any]:
     from hometier.repo.ids import BlobType, pack_key, plain_hash
     from hometier.repo.index import RawPack
     from hometier.repo.locator import LocatorBuilder
-    from hometier.repo.pack import COUNT, FOOTER, MAGIC, CHECKSUM_LEN, ENTRY, Entry
+    from hometier.repo.pack import CHECKSUM_LEN, COUNT, ENTRY, FOOTER, MAGIC, Entry
     from hometier.repo.snapshot import Snapshot, Stats
     from hometier.repo.tree import Node, encode_tree
 
