@@ -363,6 +363,74 @@ def _fetched(svc: Any, token: str) -> int:
     return total
 
 
+# --- one blob set per replica, or one shared through PostgreSQL? ---------------------------
+
+
+def lookups(work: Path, n: int, probes: int = 20_000) -> dict[str, Any]:
+    """Microseconds per blob lookup: the local cache (``BlobIndex``, ``n`` blobs, warm page
+    cache) and PostgreSQL on this host (a ``bytea`` primary key, one query per lookup,
+    as a shared blob set would be asked during a backup), half hits and half misses."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from hometier.repo.blobindex import BlobIndex
+    from hometier.repo.index import RawPack
+
+    rng = random.Random(4)
+    folder = work / "lookups"
+    bi = BlobIndex(str(folder))
+    objs: dict[str, list[RawPack]] = {}
+    hits: list[bytes] = []
+    left, i = n, 0
+    while left > 0:
+        k = min(200_000, left)
+        ids = rng.randbytes(32 * k)
+        table = b"".join(ids[j * 32 : j * 32 + 32] + bytes(14) for j in range(k))
+        objs[f"index/{i:064x}"] = [RawPack(rng.randbytes(32), 1, table, k)]  # type: ignore[arg-type]
+        hits += [ids[j * 32 : j * 32 + 32] for j in range(0, k, max(1, n // probes))]
+        left -= k
+        i += 1
+    bi.sync(dict.fromkeys(objs, 1), objs.__getitem__)
+    want = hits[: probes // 2] + [rng.randbytes(32) for _ in range(probes // 2)]
+    rng.shuffle(want)
+    t = time.perf_counter()
+    found = sum(1 for b in want if bi.get(b) is not None)  # type: ignore[arg-type]
+    out: dict[str, Any] = {
+        "blobs": n,
+        "local_us": round((time.perf_counter() - t) / len(want) * 1e6, 1),
+        "local_found": found,
+        "load": load(),
+    }
+    bi.close()
+    try:
+        import psycopg
+        from fixtures.servers import start_pg_server
+
+        pg = start_pg_server()
+    except Exception as exc:  # noqa: BLE001 - the report says why
+        out["postgres"] = f"not measured: {exc}"
+        return out
+    try:
+        pg.create_database("blobs")  # type: ignore[attr-defined]
+        with psycopg.connect(pg.url("blobs", driver="postgresql"), autocommit=True) as conn:
+            conn.execute("CREATE TABLE blobs (id bytea PRIMARY KEY, loc bytea NOT NULL)")
+            with conn.cursor().copy("COPY blobs (id, loc) FROM STDIN") as cp:
+                for recs in objs.values():
+                    t2 = recs[0].table
+                    for j in range(0, len(t2), 46):
+                        cp.write_row((t2[j : j + 32], t2[j + 32 : j + 46]))
+            conn.execute("ANALYZE blobs")
+            cur = conn.cursor()
+            t = time.perf_counter()
+            got = 0
+            for b in want:
+                cur.execute("SELECT loc FROM blobs WHERE id = %s", (b,))
+                got += cur.fetchone() is not None
+            out["postgres_us"] = round((time.perf_counter() - t) / len(want) * 1e6, 1)
+            out["postgres_found"] = got
+    finally:
+        pg.close()
+    return out
+
+
 # --- the run ----------------------------------------------------------------------------
 
 
@@ -452,6 +520,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
             log(f"  {ops['prune_dry']}")
         report["ops"][name] = ops
+    if args.lookups:
+        log(f"lookups: local cache vs PostgreSQL ({args.lookups:,} blobs)")
+        report["lookups"] = lookups(work, args.lookups)
+        log(f"  {report['lookups']}")
     for hook in ("state", "storm"):
         try:
             fn = getattr(importlib.import_module(f"scale_{hook}"), f"run_{hook}")
@@ -527,6 +599,14 @@ def render(report: dict[str, Any]) -> str:
         lines.append(
             f"- prune below 1 GB: peak {max(prunes)} MB: {'pass' if max(prunes) < 1000 else 'FAIL'}"
         )
+    if "lookups" in report:
+        lk = report["lookups"]
+        lines += [
+            "",
+            f"**Blob set lookups** ({lk['blobs']:,} blobs): local cache {lk['local_us']} µs, "
+            f"PostgreSQL on this host {lk.get('postgres_us', lk.get('postgres'))} µs per lookup "
+            f"(load {lk['load'].split()[0]})",
+        ]
     for hook in ("state", "storm"):
         if hook in report:
             lines += ["", f"**{hook}**", ""] + [
@@ -543,11 +623,27 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true", help="20k and 60k blobs (CI)")
     p.add_argument("--blobs", default=None, help="synthetic blobs of each big repository (10M,50M)")
     p.add_argument("--no-fetch-home", dest="fetch_home", action="store_false")
+    p.add_argument(
+        "--lookups",
+        type=parse_count,
+        default=None,
+        help="blobs for the local-cache vs PostgreSQL lookup timing (2M; 0: skip)",
+    )
+    p.add_argument("--lookups-only", action="store_true", help="only that timing")
     p.add_argument("--work-dir")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--out", default=str(HERE / "out"))
     args = p.parse_args()
     args.blobs = args.blobs or ("20k,60k" if args.smoke else "10M,50M")
+    if args.lookups is None:
+        args.lookups = 50_000 if args.smoke else 2_000_000
+    if args.lookups_only:
+        work = Path(tempfile.mkdtemp(prefix="scale-lookups-", dir="/var/tmp"))
+        try:
+            print(json.dumps(lookups(work, args.lookups)))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     if not os.access(benchlib.GNU_TIME, os.X_OK):
         print("needs GNU time (apt-get install time)", file=sys.stderr)
         return 2
