@@ -402,6 +402,7 @@ def lookups(work: Path, n: int, probes: int = 20_000) -> dict[str, Any]:
     bi.close()
     try:
         import psycopg
+
         from fixtures.servers import start_pg_server
 
         pg = start_pg_server()
