@@ -20,9 +20,9 @@ from typing import IO, Any
 
 from hometier.errors import NotFound
 from hometier.repo import Repository
-from hometier.repo.repository import SnapshotView
 from hometier.repo.snapshot import Snapshot
 from hometier.repo.tree import Node
+from hometier.repo.views import SnapshotView
 
 CHUNK = 1024 * 1024
 
