@@ -19,7 +19,7 @@ wrote. Lookups read about 3 KB per run with ``pread``; resident memory is the pa
 numbers of dead and marked packs and a cache of pack ids looked up.
 
 The cache is derived data: delete the folder and it is rebuilt from the bucket. Several
-processes on one host may share a folder (SQLite WAL plus a ``flock`` for writers);
+processes on one host may share a folder (SQLite plus a ``flock`` for writers);
 replicas on different hosts each keep their own (see docs/architecture.md, Memory).
 """
 
@@ -88,7 +88,9 @@ class BlobIndex:
             timeout=600,
         )
         with self._flock():
-            self._db.execute("PRAGMA journal_mode=WAL")
+            # A rollback journal, not WAL: closing a connection (or a process that exits
+            # without closing it) then changes no file; writers are serialised anyway.
+            self._db.execute("PRAGMA journal_mode=DELETE")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
             self._clean_orphans()
