@@ -145,3 +145,15 @@ def test_merges_keep_every_lookup_and_a_failed_sync_changes_nothing(tmp_path: Pa
         objs.sync(bi)
     assert sorted(os.listdir(tmp_path / "c")) == files
     assert BlobId(bad.table[:32]) not in bi
+
+
+def test_a_long_backup_adding_many_objects_keeps_few_runs(tmp_path: Path) -> None:
+    from hometier.repo.index import PackRecord
+    from hometier.repo.pack import decode_entries
+
+    bi = BlobIndex(str(tmp_path / "c"))
+    packs = [_pack(50) for _ in range(120)]
+    for i, p in enumerate(packs):  # what write_index does after every 16 packs
+        bi.add(f"index/{i:064x}", [PackRecord(p.id, p.size, decode_entries(p.table, p.count))])
+    assert len(bi._runs) <= 12, len(bi._runs)
+    assert all(bi.known(BlobId(p.table[:32])) for p in packs)

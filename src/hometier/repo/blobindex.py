@@ -46,7 +46,9 @@ log = logging.getLogger(__name__)
 
 NO = struct.Struct("<I")
 MAX_RUNS = 8
-"""More runs than this are merged at the next sync (lookups read every run)."""
+"""More runs than this are merged (lookups read every run)."""
+ADD_MERGE_LIMIT = 2_000_000
+"""The most records a merge started by ``add`` (a backup's upload thread) rewrites."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS packs(no INTEGER PRIMARY KEY, id BLOB NOT NULL UNIQUE,
@@ -332,6 +334,8 @@ class BlobIndex:
                 self._db.execute("ROLLBACK")
                 raise
             self._reload()
+            # A long backup adds a run per index object: keep lookups to a few runs.
+            self._merge_if_needed(limit=ADD_MERGE_LIMIT)
 
     def sync(
         self,
@@ -375,16 +379,18 @@ class BlobIndex:
             self._merge_if_needed()
             return len(new)
 
-    def _merge_if_needed(self) -> None:
+    def _merge_if_needed(self, limit: int | None = None) -> None:
         """Size-tiered merging: the newest run is merged with the one before while it is
-        at least half its size, and everything once there are more than ``MAX_RUNS``."""
+        at least half its size, or while there are more than ``MAX_RUNS``; so a record
+        is rewritten about log2(total / new) times and lookups read few runs. With
+        ``limit``, no merge writes more records than that (``add`` runs on an upload
+        thread: the big merges wait for the next ``sync``)."""
         while len(self._runs) >= 2:
             runs = self._runs
-            if len(runs) > MAX_RUNS:
-                take = runs
-            elif len(runs[-1]) * 2 >= len(runs[-2]):
-                take = runs[-2:]
-            else:
+            if not (len(runs) > MAX_RUNS or len(runs[-1]) * 2 >= len(runs[-2])):
+                return
+            take = runs[-2:]
+            if limit is not None and len(take[0]) + len(take[1]) > limit:
                 return
             self._merge(take)
 
@@ -408,7 +414,7 @@ class BlobIndex:
         self._reload()
 
 
-WINDOW_BYTES = 48 * 1024 * 1024
+WINDOW_BYTES = 24 * 1024 * 1024
 """Stored bytes of index objects fetched at once by a sync (each decodes to about as much)."""
 
 

@@ -33,7 +33,7 @@ HEAD = struct.Struct("<8sQI")
 REC = struct.Struct("<32sIBBIII")
 SIZE = REC.size
 ID = 32
-SPILL = 500_000
+SPILL = 200_000
 """Records a ``RunBuilder`` keeps in memory before it partitions them on disk."""
 
 
