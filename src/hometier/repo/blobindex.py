@@ -65,9 +65,10 @@ CREATE TABLE IF NOT EXISTS runs(seq INTEGER PRIMARY KEY, name TEXT NOT NULL,
 ReadObject = Callable[[str], list[RawPack]]
 
 
-def records_of(table: bytes, no: int) -> list[bytes]:
+def records_of(table: bytes | memoryview, no: int) -> list[bytes]:
     """Run records of a pack's packed entry table; ``IntegrityError`` for an entry of
     unknown type or compression."""
+    table = bytes(table)
     if table and (max(table[32 :: ENTRY.size]) > 1 or max(table[33 :: ENTRY.size]) > 1):
         raise IntegrityError("unknown blob type or compression in the index")
     pno = NO.pack(no)

@@ -70,7 +70,7 @@ def encode_index(packs: Iterable[PackRecord], *, head: bytes | None = None) -> b
 def encode_raw(packs: Iterable[RawPack]) -> bytes:
     """An index object from pack records whose entry tables are still packed."""
     packs = list(packs)
-    parts = [HEAD.pack(MAGIC, len(packs))]
+    parts: list[bytes | memoryview] = [HEAD.pack(MAGIC, len(packs))]
     for p in packs:
         parts.append(PACK.pack(p.id, p.size, p.count))
         parts.append(p.table)
@@ -113,7 +113,7 @@ class RawPack:
 
     id: PackId
     size: int
-    table: bytes
+    table: bytes | memoryview
     count: int
 
 
@@ -128,12 +128,29 @@ def read_body(data: bytes, magic: bytes, head_size: int, what: str = "index obje
         head = reader.read(head_size)
         if len(head) < head_size or head[:8] != magic:
             raise IntegrityError(f"not an {what} (bad magic or truncated)")
-        body = bytearray(head)
-        while len(body) <= MAX_INDEX_RAW:
-            part = reader.read(min(16 * 1024 * 1024, MAX_INDEX_RAW + 1 - len(body) + 1))
-            if not part:
-                break
-            body += part
+        declared = zstandard.frame_content_size(data)
+        if 0 <= declared <= MAX_INDEX_RAW:
+            # The size is in the frame header (hometier writes it): one allocation of
+            # exactly that size, not a buffer grown (and copied) as the frame is read.
+            body = bytearray(declared)
+            body[:head_size] = head
+            view = memoryview(body)
+            got = head_size
+            while got < declared:
+                n = reader.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            view.release()
+            if got != declared or reader.read(1):
+                raise IntegrityError(f"{what} does not decompress to its declared size")
+        else:
+            body = bytearray(head)
+            while len(body) <= MAX_INDEX_RAW:
+                part = reader.read(min(16 * 1024 * 1024, MAX_INDEX_RAW + 1 - len(body) + 1))
+                if not part:
+                    break
+                body += part
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"{what} does not decompress: {exc}") from exc
     if len(body) > MAX_INDEX_RAW:
@@ -168,11 +185,11 @@ def decode_records(
         n = count * ENTRY.size
         if pos + n > end:
             raise IntegrityError(f"{what} is truncated")
-        out.append(RawPack(PackId(pid), size, bytes(view[pos : pos + n]), count))
+        # A view, not a copy: the body is held once (consumers copy a pack at a time).
+        out.append(RawPack(PackId(pid), size, view[pos : pos + n], count))
         pos += n
     if pos != end:
         raise IntegrityError(f"{what} has trailing bytes")
-    view.release()
     return out
 
 
