@@ -261,6 +261,12 @@ def helper(argv: list[str]) -> int:
     return 0
 
 
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run of median time, with every run's seconds beside it."""
+    ordered = sorted(runs, key=lambda d: d["seconds"])
+    return ordered[len(ordered) // 2] | {"runs": [d["seconds"] for d in runs]}
+
+
 def measured(op: str, args: dict[str, Any], work: Path) -> dict[str, Any]:
     rss = Path(tempfile.mktemp(dir=work, prefix="rss-"))
     argv = [sys.executable, str(Path(__file__).resolve()), "_helper", op, json.dumps(args)]
