@@ -293,7 +293,7 @@ def measured(op: str, args: dict[str, Any], work: Path) -> dict[str, Any]:
 # --- fetch-home through a real service ------------------------------------------------
 
 
-def fetch_home(work: Path, name: str, info: dict[str, Any]) -> dict[str, Any]:
+def fetch_home(work: Path, name: str, info: dict[str, Any], repeat: int) -> dict[str, Any]:
     sys.path.insert(0, str(HERE.parent / "tests"))
     from fixtures.hub import check_python_parts, find_proxy
     from fixtures.service import start_hub_with_service
@@ -308,43 +308,37 @@ def fetch_home(work: Path, name: str, info: dict[str, Any]) -> dict[str, Any]:
         svc.hub.create_users("small")
         token = svc.user_token("small", ["custom:hometier:restore!user=small"], expires_in=600)
         admin = svc.user_token("ops")
-        before = _fetched(svc, admin)
-        target = work / f"fetched-{name}"
-        target.mkdir()
-        rss = work / f"rss-fetch-{name}"
-        env = {"PATH": os.environ["PATH"], "HOME": str(work), "HOMETIER_RESTORE_TOKEN": token}
-        env = benchlib.checkout_env(env)
-        argv = [
-            sys.executable,
-            "-m",
-            "hometier.cli.main",
-            "fetch-home",
-            "--user",
-            "small",
-            "--service-url",
-            svc.url,
-            "--unpack-into",
-            str(target),
-        ]
-        t = time.perf_counter()
-        r = subprocess.run(
-            benchlib.timed_argv(argv, rss), env=env, capture_output=True, text=True, timeout=600
-        )
-        secs = time.perf_counter() - t
-        if r.returncode != 0:
-            raise RuntimeError(f"fetch-home failed: {r.stderr[-2000:]}")
-        kb, _cpu = benchlib.read_timed(rss)
-        assert svc.proc is not None
-        hwm = _vm_hwm(svc.proc.pid)
-        fetched = _fetched(svc, admin) - before
-        return {
-            "seconds": round(secs, 2),
-            "rss_mb": round(kb / 1024, 1),
-            "service_hwm_mb": hwm,
-            "fetched": fetched,
-            "files": sum(1 for _ in target.rglob("*")),
-            "load": load(),
-        }
+        runs = []
+        for i in range(repeat):
+            before = _fetched(svc, admin)
+            target = work / f"fetched-{name}-{i}"
+            target.mkdir()
+            rss = work / f"rss-fetch-{name}-{i}"
+            env = {"PATH": os.environ["PATH"], "HOME": str(work), "HOMETIER_RESTORE_TOKEN": token}
+            env = benchlib.checkout_env(env)
+            argv = [sys.executable, "-m", "hometier.cli.main", "fetch-home", "--user", "small",
+                    "--service-url", svc.url, "--unpack-into", str(target)]  # fmt: skip
+            t = time.perf_counter()
+            r = subprocess.run(
+                benchlib.timed_argv(argv, rss), env=env, capture_output=True, text=True, timeout=600
+            )
+            secs = time.perf_counter() - t
+            if r.returncode != 0:
+                raise RuntimeError(f"fetch-home failed: {r.stderr[-2000:]}")
+            kb, cpu = benchlib.read_timed(rss)
+            assert svc.proc is not None
+            runs.append(
+                {
+                    "seconds": round(secs, 2),
+                    "rss_mb": round(kb / 1024, 1),
+                    "cpu": round(cpu, 1),
+                    "service_hwm_mb": _vm_hwm(svc.proc.pid),
+                    "fetched": _fetched(svc, admin) - before,
+                    "files": sum(1 for _ in target.rglob("*")),
+                    "load": load(),
+                }
+            )
+        return median_of(runs)
     finally:
         svc.close()
         os.environ.pop("HOMETIER_TEST_STORE", None)
@@ -470,11 +464,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name in names:
         info, ops = report["repos"][name], {}
         cache = str(work / f"cache-{name}")
-        log(f"{name}: restore of the small home")
-        ops["restore"] = measured(
-            "restore",
-            {"url": info["url"], "snap": info["small"], "target": str(work / f"restored-{name}")},
-            work,
+        log(f"{name}: restore of the small home ({args.repeat} times)")
+        ops["restore"] = median_of(
+            [
+                measured(
+                    "restore",
+                    {
+                        "url": info["url"],
+                        "snap": info["small"],
+                        "target": str(work / f"restored-{name}-{i}"),
+                    },
+                    work,
+                )
+                for i in range(args.repeat)
+            ]
         )
         log(f"  {ops['restore']}")
         log(f"{name}: backup of a new home, first start (empty index cache)")
@@ -494,7 +497,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.fetch_home and not (args.smoke and name not in (names[0], names[-1])):
             log(f"{name}: fetch-home through hometier serve and JupyterHub")
             try:
-                ops["fetch_home"] = fetch_home(work, name, info)
+                ops["fetch_home"] = fetch_home(work, name, info, args.repeat)
                 log(f"  {ops['fetch_home']}")
             except Exception as exc:  # noqa: BLE001 - reported, the rest still runs
                 report["notes"].append(f"fetch-home on {name}: {exc}")
@@ -564,7 +567,9 @@ def render(report: dict[str, Any]) -> str:
         if not d:
             return "–"
         extra = f", svc {d['service_hwm_mb']} MB" if "service_hwm_mb" in d else ""
-        return f"{d['seconds']} s, {d['rss_mb']} MB{extra}, {d['fetched'] / 1e6:.1f} MB got (load {d['load'].split()[0]})"
+        cpu = f" ({d['cpu']} CPU s)" if "cpu" in d else ""
+        got = d["fetched"] / 1e6
+        return f"{d['seconds']} s{cpu}, {d['rss_mb']} MB{extra}, {got:.1f} MB got (load {d['load'].split()[0]})"
 
     for op in (
         "restore",
@@ -637,6 +642,7 @@ def main() -> int:
         help="blobs for the local-cache vs PostgreSQL lookup timing (2M; 0: skip)",
     )
     p.add_argument("--lookups-only", action="store_true", help="only that timing")
+    p.add_argument("--repeat", type=int, default=3, help="restores and fetch-homes (median)")
     p.add_argument("--work-dir")
     p.add_argument("--keep", action="store_true")
     p.add_argument("--out", default=str(HERE / "out"))
