@@ -415,3 +415,32 @@ def test_the_reader_of_format_md_appendix_a_reads_the_golden_v2_repository(
     assert done.returncode == 0, done.stderr
     (restored,) = list(out.iterdir())
     assert (restored / "README.txt").read_bytes().startswith(b"This is the hometier golden")
+
+
+def test_browse_and_download_read_the_locator_alone(tmp_path: Path) -> None:
+    """What the service does for browsing, file downloads and the init container's tar
+    stream: never the whole index (here there is none left to read)."""
+    import io
+    import tarfile
+
+    from hometier.engine.export import find, iter_content, list_dir, write_tar, write_zip
+
+    url = f"file://{tmp_path}/repo"
+    repo = Repository.create(open_store(url))
+    home = _home(tmp_path / "home", seed=21)
+    snap = backup(repo, home, user="u")
+    for obj in list(repo.store.list("index/")):
+        repo.store.delete(obj.key)
+    svc = Repository.open(open_store(url), cache_dir=str(tmp_path / "svc-cache"))
+    assert {n.name for n in list_dir(svc, snap, "sub")} == {
+        p.name.encode() for p in (home / "sub").iterdir()
+    }
+    view = svc.for_snapshot(snap)
+    node = find(view, snap, "f000.bin")
+    assert b"".join(iter_content(view, node)) == (home / "f000.bin").read_bytes()
+    buf = io.BytesIO()
+    write_tar(svc, snap, "", buf)
+    with tarfile.open(fileobj=io.BytesIO(buf.getvalue())) as tar:
+        assert len(tar.getnames()) == len(list(home.rglob("*"))) + 1
+    write_zip(svc, snap, "sub", io.BytesIO())
+    assert not (tmp_path / "svc-cache").exists(), "browsing opened the index cache"
