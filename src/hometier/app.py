@@ -47,6 +47,8 @@ def make_retention(ret: RetentionConfig) -> Retention:
         keep_within=within,
         grace=parse_duration(ret.grace),
         every=every if every.total_seconds() > 0 else None,
+        repack_waste=ret.repack_waste if ret.repack_waste < 1 else None,
+        repack_max=parse_size(ret.repack_max),
     )
 
 
@@ -95,7 +97,12 @@ def make_lifecycle(
     db = open_bound_db(cfg, rebind=rebind)
     try:
         repo = open_bound_repository(
-            db, cfg.store, dt.datetime.now(dt.UTC), create=create_repo, rebind=rebind
+            db,
+            cfg.store,
+            dt.datetime.now(dt.UTC),
+            create=create_repo,
+            rebind=rebind,
+            cache_dir=cfg.cache_dir,
         )
     except BaseException:
         db.dispose()

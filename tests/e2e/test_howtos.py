@@ -50,7 +50,7 @@ from fixtures.servers import S3Server, ServerUnavailable, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs" / "howto"
-WHEEL = "hometier-0.1.0-py3-none-any.whl"
+WHEEL = "hometier-0.2.0-py3-none-any.whl"
 
 pytestmark = [pytest.mark.slow]
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from hometier.cli import repo_cmds
 from hometier.cli.output import Bar, emit_json, err, human, out, progress_bar
 from hometier.config import Archiver, Hometier, Service
 from hometier.errors import UsageError
@@ -36,9 +37,7 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, help="port of the HTTP service [c.Service.port]")
     p.set_defaults(handler=cmd_serve)
 
-    p = sub.add_parser("repair", help="rebuild what was lost from what is left")
-    what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
-    r = what.add_parser(
+    r = repo_cmds.repairs().add_parser(
         "state",
         help="rebuild the state database from the bucket and the homes volume (after "
         "the database was lost and no backup is left)",

@@ -1,5 +1,5 @@
-"""Verbs that work on the repository alone: init, backup, restore, check (and
-``snapshots``, in ``snapshot_cmds``)."""
+"""Verbs that work on the repository alone: init, backup, restore, check, repair,
+upgrade (and ``snapshots``, in ``snapshot_cmds``)."""
 
 from __future__ import annotations
 
@@ -76,13 +76,34 @@ def register(sub: Any) -> None:
     p.add_argument("--read-data", action="store_true", help="also download and hash every blob")
     p.set_defaults(handler=cmd_check)
 
+    p = sub.add_parser("repair", help="rebuild what was lost from what is left")
+    what = p.add_subparsers(dest="what", metavar="index|locators|state", required=True)
+    _REPAIRS.append(what)
+    q = what.add_parser("index", help="rebuild the index from the pack trailers alone")
+    q.set_defaults(handler=cmd_repair)
+    q = what.add_parser("locators", help="write a locator for every snapshot lacking one")
+    q.set_defaults(handler=cmd_repair)
+
+    p = sub.add_parser(
+        "upgrade", help="upgrade a repository to the newest format in place (resumable)"
+    )
+    p.set_defaults(handler=cmd_upgrade)
+
+
+_REPAIRS: list[Any] = []
+
+
+def repairs() -> Any:
+    """The ``repair`` verb's subcommands, for other verb groups to add theirs (``state``)."""
+    return _REPAIRS[-1]
+
 
 def _repo(cfg: Hometier, *, create: bool = False) -> tuple[Repository, bool]:
     """The repository; created (with its folder) only when ``create`` says so, so that a
     mistyped URL fails instead of leaving an empty repository or folder behind."""
     if create:
-        return Repository.open_or_create(open_store(cfg.store))
-    return Repository.open(open_store(cfg.store, create=False)), False
+        return Repository.open_or_create(open_store(cfg.store), cache_dir=cfg.cache_dir)
+    return Repository.open(open_store(cfg.store, create=False), cache_dir=cfg.cache_dir), False
 
 
 def cmd_init(args: argparse.Namespace, cfg: Hometier) -> int:
@@ -373,7 +394,8 @@ def cmd_check(args: argparse.Namespace, cfg: Hometier) -> int:
         emit_json(dataclasses.asdict(report) | {"ok": report.ok})
     else:
         out.print(
-            f"ok: {report.snapshots} snapshots, {report.trees} trees, {report.packs} packs"
+            f"ok: {report.snapshots} snapshots, {report.trees} trees, {report.packs} packs, "
+            f"{report.locators} locators"
             + (
                 f", {report.packs_read} packs read ({human(report.bytes_read)})"
                 if args.read_data
@@ -383,3 +405,59 @@ def cmd_check(args: argparse.Namespace, cfg: Hometier) -> int:
         for w in report.warnings:
             err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     return 0
+
+
+def _maintenance_progress(args: argparse.Namespace, what: str) -> Any:
+    return progress_bar(what, not args.json)
+
+
+def cmd_repair(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.engine.maintenance import repair_index, repair_locators
+
+    repo, _ = _repo(cfg)
+    now = dt.datetime.now(dt.UTC)
+    with _maintenance_progress(args, f"repairing the {args.what}") as bar:
+
+        def show(_kind: str, done: int, total: int) -> None:
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=done, total=total)
+
+        if args.what == "index":
+            report = repair_index(repo, now=now, workers=max(cfg.workers, 8), progress=show)
+        else:
+            report = repair_locators(repo, now=now, workers=cfg.workers, progress=show)
+    return _maintenance_done(args, report)
+
+
+def cmd_upgrade(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.engine.maintenance import upgrade
+
+    repo, _ = _repo(cfg)
+    with _maintenance_progress(args, "upgrading the repository") as bar:
+
+        def show(_kind: str, done: int, total: int) -> None:
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=done, total=total)
+
+        report = upgrade(repo, now=dt.datetime.now(dt.UTC), workers=cfg.workers, progress=show)
+    code = _maintenance_done(args, report)
+    if not args.json:
+        out.print(f"repository format version {repo.config.version}")
+    return code
+
+
+def _maintenance_done(args: argparse.Namespace, report: Any) -> int:
+    if args.json:
+        emit_json(dataclasses.asdict(report) | {"ok": not report.problems})
+    else:
+        if report.packs:
+            out.print(
+                f"{report.packs} packs, {report.entries} entries: "
+                f"{report.index_objects_written} index object(s) written, "
+                f"{report.index_objects_deleted} replaced"
+            )
+        if report.snapshots:
+            out.print(f"{report.snapshots} snapshots: {report.locators_written} locator(s) written")
+        for line in report.problems:
+            err.print(f"[yellow]problem:[/yellow] {line}", highlight=False)
+    return 1 if report.problems else 0

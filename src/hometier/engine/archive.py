@@ -550,7 +550,7 @@ def backup(
         arch = _Archiver(repo, writer, repo.config.chunking, st.st_dev, workers, progress)
         try:
             if parent is not None:
-                cache = TreeCache(repo, [parent.tree], workers=workers)
+                cache = TreeCache(repo.for_snapshot(parent), [parent.tree], workers=workers)
                 arch.parent_trees = cache
             top = arch.archive_dir(src, b"", parent.tree if parent else None, 0)
             arch._drain(until=0)
@@ -588,7 +588,7 @@ def backup(
         stats=stats,
         program=f"hometier {__version__}",
     )
-    repo.save_snapshot(snap)
+    repo.save_snapshot(snap, writer.locations)  # its locator first, then the snapshot
     log.info(
         "snapshot %s of %s: %d files, %d bytes, %d new bytes stored",
         snap.id[:12],

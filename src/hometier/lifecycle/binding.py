@@ -71,6 +71,7 @@ def open_bound_repository(
     *,
     create: bool,
     rebind: bool = False,
+    cache_dir: str | None = None,
 ) -> Repository:
     """The repository at ``url``, checked against the one ``db`` is bound to.
 
@@ -101,13 +102,13 @@ def open_bound_repository(
             raise
         store = open_store(url)
     try:
-        repo = Repository.open(store)
+        repo = Repository.open(store, cache_dir=cache_dir)
     except RepositoryNotFound:
         if bound_id is not None and not rebind:
             raise missing() from None
         if not may_create:
             raise
-        repo = Repository.open_or_create(store)[0]
+        repo = Repository.open_or_create(store, cache_dir=cache_dir)[0]
     rid = repo.config.id
     if rebind or bound_id is None:
         set_setting(db, REPOSITORY_ID, rid, now)

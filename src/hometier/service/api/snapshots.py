@@ -153,7 +153,7 @@ class DownloadHandler(SnapshotBase):
         whole = kind == "archive" and ref == "latest" and not path.strip(b"/")
         whole = whole and self.get_query_argument("format", "tar") == "tar"
         _user, snap = await self.snapshot(user, ref, restore_ok=whole)
-        repo = self.ctx.lc.repo
+        repo = self.ctx.lc.repo.for_snapshot(snap)  # reads go through its locator
         node = await self.blocking(find, repo, snap, path)
         base = os.fsdecode(path.rstrip(b"/").rsplit(b"/", 1)[-1]) or snap.user
         pipe = _Pipe(asyncio.get_running_loop())
