@@ -244,7 +244,7 @@ def test_broken_repository_fails_the_spawn_readably_and_a_repaired_one_restores(
     failed = events[-1]
     assert failed.get("failed") is True, events
     assert "could not be restored" in failed["message"], failed
-    assert "administrator has been notified" in failed["message"], failed
+    assert "quote the reference" in failed["message"], failed
     # Shown as is on the spawn page: one paragraph, not the message template's layout.
     assert "\n" not in failed["message"], repr(failed["message"])
 

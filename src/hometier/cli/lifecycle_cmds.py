@@ -265,5 +265,8 @@ def cmd_serve(args: argparse.Namespace, cfg: Hometier) -> int:
     err.print(
         f"hometier archiver running every {arch.interval}; homes {cfg.homes}, store {cfg.store}"
     )
+    from hometier.service.notices import install_notifier
+
+    install_notifier(lc, cfg.config)  # archive notices without the API, as with it
     run_forever(lc, parse_duration(arch.interval), stop)
     return 0

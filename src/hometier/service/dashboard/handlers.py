@@ -25,10 +25,17 @@ from hometier.service.dashboard.explain import event_detail, explain
 from hometier.service.outages import stand_in
 from hometier.state import listing, queries
 
-NOT_NOTIFIED = (
-    "your administrator has been notified",
-    "please tell your administrator (quote the reference)",
-)
+NOTIFIED = [
+    (
+        "Please tell your hub's administrators and quote the reference",
+        "Your hub's administrators have been told",
+    ),
+    (
+        "if it keeps failing, tell your hub's administrators and quote the reference",
+        "your hub's administrators have been told",
+    ),
+]
+"""With an admin channel configured (``hometier.notify``), the user's page says so."""
 
 STATE_TEXT = {
     "active": "The files are on the volume.",
@@ -68,8 +75,9 @@ class HomePageBase(PageHandler):
             if home is not None and failed is not None:
                 # The recorded error names paths and objects: only admins read its detail.
                 home_error = failed.user_message()
-                if not notified:
-                    home_error = home_error.replace(*NOT_NOTIFIED)
+                if notified:
+                    for plain, told in NOTIFIED:
+                        home_error = home_error.replace(plain, told)
             recorded = None
             if admin and home is not None and home.error:
                 recorded = listing.last_errors(lc.db, [user]).get(user)
