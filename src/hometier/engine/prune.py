@@ -31,6 +31,7 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -48,6 +49,10 @@ log = logging.getLogger(__name__)
 
 LOCK_KEY = "locks/prune"
 LOCK_STALE = dt.timedelta(hours=6)
+MARK_SLACK = dt.timedelta(minutes=5)
+"""An archive counts as begun after a mark only this long after it: covers the moment
+between taking the mark's time and the mark being durable, and clocks of replicas that
+disagree a little (``archives_since`` comes from their rows)."""
 REPACK_MAX = 4 * 1024 * 1024 * 1024
 """The most pack bytes one prune repacks (the rest waits for the next run)."""
 
@@ -204,6 +209,7 @@ def prune(
     ``dry_run`` reports what would happen and changes nothing. Raises ``PruneBusy``.
     """
     report = PruneReport()
+    started = time.monotonic()
     if not dry_run:
         lock(repo, now)
     try:
@@ -228,7 +234,9 @@ def prune(
             delete: set[bytes] = set()
             swept: list[Mark] = []
             for m in marks:
-                ripe = now - m.time >= grace and (archives_since is None or archives_since > m.time)
+                ripe = now - m.time >= grace and (
+                    archives_since is None or archives_since > m.time + MARK_SLACK
+                )
                 if not ripe:
                     report.marks_waiting += 1
                     continue
@@ -287,8 +295,12 @@ def prune(
                 report.packs_repacked = len(done)
                 fresh.extend(done)
             if fresh:
-                doc = {"time": now.isoformat(), "packs": sorted(p.hex() for p in fresh)}
-                key = f"{PRUNE_PREFIX}{now.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}"
+                # The mark's time is when it becomes visible, not when this prune began:
+                # an archive that started in between loaded the index without the mark,
+                # so it must count as older than the mark (``archives_since``).
+                visible = now + dt.timedelta(seconds=time.monotonic() - started)
+                doc = {"time": visible.isoformat(), "packs": sorted(p.hex() for p in fresh)}
+                key = f"{PRUNE_PREFIX}{visible.strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(4)}"
                 repo.store.put(key, json.dumps(doc, indent=1).encode(), if_absent=True)
         finally:
             used.close()
