@@ -56,7 +56,8 @@ def build(db_url: str, homes: int, events: int, days: int, seed: int = 12) -> di
     """Fill an empty state database (migrated) with ``homes`` homes; returns counts."""
     from sqlalchemy import insert
 
-    from hometier.state import open_database
+    from hometier.cli import home_cmds
+from hometier.state import open_database
     from hometier.state.models import Event, Home, Lease, Snapshot
 
     rnd = random.Random(seed)
@@ -307,6 +308,9 @@ def measure(db_url: str, root: Path, repeat: int) -> dict[str, Any]:
         }  # fmt: skip
         db = open_database(db_url)
         for name, fn in {
+            "hometier status (a table: the first 100 homes, paged in the database)": (
+                lambda: home_cmds._homes(db, None, "", home_cmds.TABLE_LIMIT)
+            ),
             "status query: every home (list_homes)": lambda: queries.list_homes(db),
             "status query: --state failed": lambda: queries.list_homes(db, "failed"),
             "status query: totals (tier_totals)": lambda: listing.tier_totals(db),

@@ -30,6 +30,13 @@ def register(sub: Any) -> None:
     p = sub.add_parser("status", help="state of one home or of all (reads only the database)")
     p.add_argument("user", nargs="?", help="only this user's home, with its leases")
     p.add_argument("--state", choices=HOME_STATES, help="only homes in this state")
+    p.add_argument("--search", default="", help="only homes whose user name contains this")
+    p.add_argument(
+        "--limit",
+        type=int,
+        help="at most this many homes (default: 100 in a table, all with --json)",
+    )
+    p.add_argument("--all", action="store_true", help="every home, however many")
     p.set_defaults(handler=cmd_status)
 
     p = sub.add_parser("exempt", help="never archive a user's home (or --remove that)")
@@ -102,16 +109,45 @@ def home_row(h: Any, quarantine_for: dt.timedelta) -> dict[str, Any]:
     }
 
 
+TABLE_LIMIT = 100
+"""Homes a table shows unless told otherwise: a hub of 50,000 homes is not one screen."""
+
+
+def _homes(db: Any, state: str | None, search: str, limit: int | None) -> tuple[list[Any], int]:
+    """Homes by user name, paged in the database (``state.listing``); (homes, total)."""
+    from hometier.state import listing
+
+    if limit is not None and limit < 1:
+        raise UsageError("--limit must be at least 1")
+    homes: list[Any] = []
+    cursor = None
+    total = 0
+    while limit is None or len(homes) < limit:
+        step = listing.MAX_LIMIT if limit is None else min(listing.MAX_LIMIT, limit - len(homes))
+        page = listing.page_homes(db, state=state, q=search, limit=step, cursor=cursor)
+        total = page.total
+        homes += [row.home for row in page.rows]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    return homes, total
+
+
 def cmd_status(args: argparse.Namespace, cfg: Hometier) -> int:
     from hometier.state import queries
 
     quarantine_for = parse_duration(Archiver(config=cfg.config).quarantine_for)
     db = _db(args, cfg)
     try:
+        more = 0
         if args.user:
             homes = [queries.get_home(db, check_username(args.user))]
         else:
-            homes = queries.list_homes(db, args.state)
+            limit = None if args.all else args.limit
+            if limit is None and not args.all and not args.json:
+                limit = TABLE_LIMIT
+            homes, total = _homes(db, args.state, args.search, limit)
+            more = total - len(homes)
         rows = [home_row(h, quarantine_for) for h in homes]
         if args.user:
             now = dt.datetime.now(dt.UTC)
@@ -149,6 +185,8 @@ def cmd_status(args: argparse.Namespace, cfg: Hometier) -> int:
             r["error"] or "",
         )
     out.print(table)
+    if more:
+        err.print(f"… and {more} more homes (--limit N, --all, --state, --search)")
     for r in rows:
         for le in r.get("leases", []):
             out.print(f"lease {le['id']} held by {le['holder']} until {when(le['expires_at'])}")
