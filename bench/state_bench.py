@@ -56,8 +56,7 @@ def build(db_url: str, homes: int, events: int, days: int, seed: int = 12) -> di
     """Fill an empty state database (migrated) with ``homes`` homes; returns counts."""
     from sqlalchemy import insert
 
-    from hometier.cli import home_cmds
-from hometier.state import open_database
+    from hometier.state import open_database
     from hometier.state.models import Event, Home, Lease, Snapshot
 
     rnd = random.Random(seed)
@@ -307,6 +306,8 @@ def measure(db_url: str, root: Path, repeat: int) -> dict[str, Any]:
             "median": round(per, 3), "worst": round(per, 3), "bytes": 0, "load": load()
         }  # fmt: skip
         db = open_database(db_url)
+        from hometier.cli import home_cmds
+
         for name, fn in {
             "hometier status (a table: the first 100 homes, paged in the database)": (
                 lambda: home_cmds._homes(db, None, "", home_cmds.TABLE_LIMIT)
