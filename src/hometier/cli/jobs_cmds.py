@@ -25,21 +25,45 @@ def register(sub: Any) -> None:
     verbs = p.add_subparsers(dest="jobs_verb", metavar="ACTION", required=True)
 
     v = verbs.add_parser("list", help="every job, or one user's")
-    v.add_argument("user", nargs="?")
+    v.add_argument(
+        "user", nargs="?", help="only this user's jobs (default: every job; admins only)"
+    )
     v.set_defaults(handler=cmd_list)
 
     v = verbs.add_parser("add", help="add a job to a user")
-    v.add_argument("user")
-    v.add_argument("name")
+    v.add_argument("user", help="whose job: it runs as this JupyterHub user, in their home")
+    v.add_argument("name", help="the job's name (unique per user)")
     v.add_argument("path", help="notebook or script, relative to the home")
     v.add_argument("--schedule", default="", help="cron, e.g. '30 2 * * *' or @daily")
-    v.add_argument("--timezone", default="UTC")
+    v.add_argument(
+        "--timezone",
+        default="UTC",
+        help="time zone of --schedule (an IANA name, e.g. Europe/Paris)",
+    )
     v.add_argument("--at", dest="run_at", help="run once at this ISO time instead")
-    v.add_argument("--param", action="append", default=[], metavar="NAME=JSON")
-    v.add_argument("--secret", action="append", default=[], metavar="NAME")
-    v.add_argument("--timeout", default="1h")
-    v.add_argument("--retries", type=int, default=0)
-    v.add_argument("--keep", type=int, default=5)
+    v.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=JSON",
+        help="a parameter for the notebook's parameters cell, its value in JSON; repeat for more",
+    )
+    v.add_argument(
+        "--secret",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a stored secret the run puts in the kernel's environment; repeat for more",
+    )
+    v.add_argument(
+        "--timeout", default="1h", help="stop a run after this long (90s, 30m, 2h; default 1h)"
+    )
+    v.add_argument(
+        "--retries", type=int, default=0, help="times a failed run is tried again (default 0)"
+    )
+    v.add_argument(
+        "--keep", type=int, default=5, help="executed copies kept next to the source (default 5)"
+    )
     v.add_argument("--server", default="", help="'' (reuse or start), 'new', or a name")
     v.set_defaults(handler=cmd_add)
 
@@ -51,22 +75,26 @@ def register(sub: Any) -> None:
         ("runs", "a job's latest runs"),
     ):
         v = verbs.add_parser(name, help=text)
-        v.add_argument("job", type=int)
+        v.add_argument("job", type=int, help="the job's id (hometier jobs list)")
         v.set_defaults(handler=cmd_job)
 
     v = verbs.add_parser("pause-all", help="pause every job (--resume: resume them)")
-    v.add_argument("--resume", action="store_true")
+    v.add_argument("--resume", action="store_true", help="let every job run again")
     v.set_defaults(handler=cmd_pause_all)
 
     v = verbs.add_parser("events", help="the jobs lines of the event log of a user")
-    v.add_argument("user")
-    v.add_argument("--limit", type=int, default=100)
+    v.add_argument("user", help="whose jobs' events")
+    v.add_argument("--limit", type=int, default=100, help="at most this many events (default 100)")
     v.set_defaults(handler=cmd_events)
 
     v = verbs.add_parser("secret", help="set (from stdin), delete or list a user's secrets")
-    v.add_argument("action", choices=["set", "delete", "list"])
-    v.add_argument("user")
-    v.add_argument("name", nargs="?")
+    v.add_argument(
+        "action",
+        choices=["set", "delete", "list"],
+        help="set (the value from stdin), delete, or list (names only)",
+    )
+    v.add_argument("user", help="whose secret")
+    v.add_argument("name", nargs="?", help="the secret's name (not for list)")
     v.set_defaults(handler=cmd_secret)
 
     v = verbs.add_parser("reseal", help="seal every secret again under the first key")

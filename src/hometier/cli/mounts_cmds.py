@@ -36,32 +36,59 @@ def register(sub: Any) -> None:
 
     verb("list", "registered bucket folders", cmd_list)
     v = verb("show", "one bucket folder (never its credentials)", cmd_show)
-    v.add_argument("name")
+    v.add_argument("name", help="the bucket folder's name")
     for name, handler in (("add", cmd_add), ("change", cmd_change)):
         v = verb(name, f"{name} a bucket folder", handler)
-        v.add_argument("name")
+        v.add_argument("name", help="the bucket folder's name")
         _folder_flags(v, required=name == "add")
     v = verb("remove", "remove a bucket folder (none of its mounts may be attached)", cmd_remove)
-    v.add_argument("name")
+    v.add_argument("name", help="the bucket folder's name")
     verb("status", "host mounts and the servers attached to them", cmd_status)
     v = verb("attach", "attach a user's folders to a server now (as its spawn would)", cmd_attach)
-    v.add_argument("user")
-    v.add_argument("--server", default="")
-    v.add_argument("--kind", choices=["local", "host"], default="local")
+    v.add_argument("user", help="the JupyterHub user whose server gets the folders")
+    v.add_argument("--server", default="", help="the server's name (empty: the default server)")
+    v.add_argument(
+        "--kind",
+        choices=["local", "host"],
+        default="local",
+        help=(
+            "local: the server runs on this host (each folder bound inside the home); "
+            "host: it runs in a container (folders bound where the spawner binds them in)"
+        ),
+    )
     v.add_argument("--home", help="the home of a local server [from c.Hometier.homes]")
-    v.add_argument("--uid", type=int)
-    v.add_argument("--gid", type=int)
+    v.add_argument(
+        "--uid", type=int, help="uid the files appear to belong to (default: the home's owner)"
+    )
+    v.add_argument(
+        "--gid", type=int, help="gid the files appear to belong to (default: the home's group)"
+    )
     v.add_argument("--group", action="append", default=[], help="a JupyterHub group of the user")
     v = verb("release", "release a server's folders (as its stop would)", cmd_release)
-    v.add_argument("user")
+    v.add_argument("user", help="the JupyterHub user whose server stopped")
     v.add_argument("--server", help="one server (default: all of the user's)")
     verb("check", "check, recover and clean up the mounts of this host once", cmd_check)
     v = verb("k8s", "PersistentVolumes and claims for a CSI driver", cmd_k8s)
     v.add_argument("names", nargs="*", help="folders (default: all)")
     v.add_argument("--namespace", default="jhub", help="the hub's namespace")
-    v.add_argument("--driver", choices=["csi-s3", "mountpoint-s3"], default="csi-s3")
-    v.add_argument("--uid", type=int, default=1000)
-    v.add_argument("--gid", type=int, default=100)
+    v.add_argument(
+        "--driver",
+        choices=["csi-s3", "mountpoint-s3"],
+        default="csi-s3",
+        help="the CSI driver installed in the cluster",
+    )
+    v.add_argument(
+        "--uid",
+        type=int,
+        default=1000,
+        help="uid the files appear to belong to in the pods (default 1000)",
+    )
+    v.add_argument(
+        "--gid",
+        type=int,
+        default=100,
+        help="gid the files appear to belong to in the pods (default 100)",
+    )
     v.add_argument(
         "--with-secrets",
         action="store_true",
@@ -72,20 +99,30 @@ def register(sub: Any) -> None:
 
 
 def _folder_flags(p: argparse.ArgumentParser, *, required: bool) -> None:
-    p.add_argument("--bucket", required=required)
+    p.add_argument("--bucket", required=required, help="the S3 bucket")
     p.add_argument("--endpoint", help="https://HOST[:PORT] of an S3 service (default: AWS)")
-    p.add_argument("--region")
-    p.add_argument("--prefix")
+    p.add_argument("--region", help="the bucket's region")
+    p.add_argument("--prefix", help="only this prefix of the bucket (a folder in it)")
     p.add_argument(
         "--access",
         action="append",
         help="who may use it: group:NAME:ro|rw or user:NAME:ro|rw (repeat)",
     )
     p.add_argument("--mount-path", help="path in servers, relative to the home (buckets/{name})")
-    p.add_argument("--read-only", action="store_true", default=None)
-    p.add_argument("--writable", dest="read_only", action="store_false")
+    p.add_argument(
+        "--read-only",
+        action="store_true",
+        default=None,
+        help="read-only for everyone, whatever --access grants",
+    )
+    p.add_argument(
+        "--writable",
+        dest="read_only",
+        action="store_false",
+        help="writable for those granted write access",
+    )
     p.add_argument("--option", action="append", help="s3fs option NAME=VALUE (repeat)")
-    p.add_argument("--description")
+    p.add_argument("--description", help="what it holds, shown to those who may use it")
     p.add_argument("--access-key-id", help=f"key id; its secret comes from {SECRET_ENV}")
     p.add_argument("--secret-file", help="file (mode 600) holding the secret access key")
     p.add_argument("--anonymous", action="store_true", help="a public bucket: no credentials")
