@@ -85,6 +85,8 @@ def scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         HOMETIER_STORE=f"file://{root / 'repo'}",
         HOMETIER_DB=f"sqlite:///{root / 'state.db'}",
         JUPYTERHUB_API_TOKEN=SECRET,
+        # No Hub here: archiving by hand must not wait for one (hometier asks by default).
+        HOMETIER_USE_HUB="0",
     )
     r = _cli(env, "archive", "bob")
     assert r.returncode == 0, r.stderr

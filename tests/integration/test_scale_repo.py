@@ -285,6 +285,55 @@ def test_two_backups_at_once_in_one_process_upload_shared_content_once(tmp_path:
         assert snapshot_of_tree(tmp_path / f"out-{u}") == snapshot_of_tree(h)
 
 
+def test_a_blob_reserved_by_another_backup_is_waited_for_not_reported_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Backup A has reserved a blob (it is pending) but not put it in a pack yet when
+    backup B, which found it pending, flushes. B must wait for it: it used to fail with
+    "written but is not indexed" (seen with 30 archives, 4 at a time, in one process)."""
+    from hometier.repo import writer as writer_mod
+
+    repo = Repository.create(open_store(f"file://{tmp_path}/repo"))
+    content = b"shared by two homes " * 1000
+    in_encode, release = threading.Event(), threading.Event()
+    real_encode = writer_mod.codec.encode
+
+    def slow_encode(data: bytes) -> Any:
+        if data == content:
+            in_encode.set()
+            assert release.wait(30)
+        return real_encode(data)
+
+    monkeypatch.setattr(writer_mod.codec, "encode", slow_encode)
+    a, b = repo.writer(), repo.writer()
+    errors: list[BaseException] = []
+
+    def run(fn: Any) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    adder = threading.Thread(target=run, args=(lambda: a.add(index.BlobType.DATA, content),))
+    adder.start()
+    assert in_encode.wait(30)
+    bid, new = b.add(index.BlobType.DATA, content)
+    assert not new  # pending in A: B does not store it again
+    flusher = threading.Thread(target=run, args=(b.flush,))
+    flusher.start()
+    flusher.join(0.5)
+    still_waiting = flusher.is_alive()
+    release.set()
+    adder.join(30)
+    flusher.join(30)
+    a.flush()
+    assert not errors, errors
+    assert still_waiting, "B's flush returned while the blob was not in any pack"
+    assert bid in b.locations
+    a.close()
+    b.close()
+
+
 def test_repair_index_rebuilds_from_pack_trailers(tmp_path: Path) -> None:
     url = f"file://{tmp_path}/repo"
     repo = Repository.create(open_store(url))

@@ -108,7 +108,14 @@ class SharedWriter:
             if not force and self.repo.known(bid):
                 return False
             self._pending.add(bid)
-        comp, stored = codec.encode(data)
+        try:
+            comp, stored = codec.encode(data)
+        except BaseException:
+            # Not reserved any more: a session waiting for it must not wait forever.
+            with self._room:
+                self._pending.discard(bid)
+                self._room.notify_all()
+            raise
         sealed: tuple[_Builder, int] | None = None
         with self._room:
             while self._sealed >= self._max_sealed and self.error is None:
@@ -219,6 +226,12 @@ class SharedWriter:
         self._index_unindexed()
         self._wait(until, 1)  # and indexed, by us or by whoever took it
 
+    def nap(self, seconds: float) -> None:
+        """Wait until something changes (a pack filled, uploaded, indexed), at most
+        ``seconds``."""
+        with self._room:
+            self._room.wait(seconds)
+
     def close(self) -> None:
         """Stop the upload threads (after ``flush``, or to abandon the work)."""
         if not self.closed:
@@ -301,18 +314,36 @@ class BlobWriter:
         return bid, False
 
     def flush(self) -> None:
-        """Make every blob of this session durable and indexed, and locate each."""
-        self.shared.flush()
-        with self._lock:
-            waiting, self._waiting = self._waiting, set()
-        for bid in waiting:
-            if bid in self.locations:
-                continue
-            loc = self.repo.blobs.get(BlobId(bid))
-            if loc is None:
-                raise IntegrityError(f"blob {bid.hex()[:16]} was written but is not indexed")
+        """Make every blob of this session durable and indexed, and locate each.
+
+        A blob this session found pending may belong to another session that reserved it
+        and had not put it in a pack yet when the open packs were sealed: such a blob is
+        waited for (the shared writer is flushed again once it is in a pack), never
+        reported missing while it is still in flight.
+        """
+        while True:
+            self.shared.flush()
             with self._lock:
-                self.locations.note_location(BlobId(bid), loc, self.repo.blobs.size_of(loc.pack))
+                waiting, self._waiting = self._waiting, set()
+            late: set[bytes] = set()
+            for bid in waiting:
+                if bid in self.locations:
+                    continue
+                loc = self.repo.blobs.get(BlobId(bid))
+                if loc is None:
+                    if self.shared.pending(bid):
+                        late.add(bid)
+                        continue
+                    raise IntegrityError(f"blob {bid.hex()[:16]} was written but is not indexed")
+                with self._lock:
+                    self.locations.note_location(
+                        BlobId(bid), loc, self.repo.blobs.size_of(loc.pack)
+                    )
+            if not late:
+                return
+            with self._lock:
+                self._waiting |= late
+            self.shared.nap(0.02)
 
     def close(self) -> None:
         if not self._closed:
