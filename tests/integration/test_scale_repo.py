@@ -348,6 +348,13 @@ def test_repair_index_rebuilds_from_pack_trailers(tmp_path: Path) -> None:
     assert report.packs == len(list(store.list("packs/"))) and not report.problems
     fresh = Repository.open(open_store(url), cache_dir=str(tmp_path / "c3"))
     check(fresh, read_data=True)
+    # The verbs an operator types, with and without a terminal's progress (--json).
+    env = dict(os.environ, HOMETIER_STORE=url, HOMETIER_CACHE_DIR=str(tmp_path / "c4"))
+    env.pop("HOMETIER_FAULTS", None)
+    for what in ("index", "locators"):
+        for extra in ([], ["--json"]):
+            done = _cli([*extra, "repair", what], env)
+            assert done.returncode == 0, done.stderr
     for i, snap in enumerate(snaps):
         for obj in list(store.list(f"locators/{snap.id}/")):
             store.delete(obj.key)  # make the restore depend on the rebuilt index

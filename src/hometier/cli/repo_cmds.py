@@ -419,8 +419,7 @@ def cmd_repair(args: argparse.Namespace, cfg: Hometier) -> int:
     with _maintenance_progress(args, f"repairing the {args.what}") as bar:
 
         def show(_kind: str, done: int, total: int) -> None:
-            if bar is not None:
-                bar.update(bar.task_ids[0], completed=done, total=total)
+            bar.update(done, total)
 
         if args.what == "index":
             report = repair_index(repo, now=now, workers=max(cfg.workers, 8), progress=show)
@@ -436,8 +435,7 @@ def cmd_upgrade(args: argparse.Namespace, cfg: Hometier) -> int:
     with _maintenance_progress(args, "upgrading the repository") as bar:
 
         def show(_kind: str, done: int, total: int) -> None:
-            if bar is not None:
-                bar.update(bar.task_ids[0], completed=done, total=total)
+            bar.update(done, total)
 
         report = upgrade(repo, now=dt.datetime.now(dt.UTC), workers=cfg.workers, progress=show)
     code = _maintenance_done(args, report)
