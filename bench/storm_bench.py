@@ -256,6 +256,9 @@ def run_storm(
     users = [f"s{i:04d}" for i in range(logins)]
     figures: dict[str, Any] = {"logins": logins, "load_before": loadavg()}
     s3 = start_s3_server()
+    # The archive below runs in this process and reads AWS_* from its environment; the
+    # caller's values (a test session's own S3 server) come back when the storm ends.
+    saved_env = {k: os.environ.get(k) for k in s3.env()}
     pg = start_pg_server()
     svc: Service | None = None
     stub: subprocess.Popen[bytes] | None = None
@@ -440,6 +443,11 @@ def run_storm(
             stub.wait(10)
         pg.close()
         s3.close()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
 

@@ -124,6 +124,10 @@ def pytest_collectreport(report: pytest.CollectReport) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _env_leaks:
+        terminalreporter.section("tests that leaked environment variables", red=True)
+        for line in _env_leaks:
+            terminalreporter.line(line, red=True)
     if _skipped_collections:
         terminalreporter.section("skipped at collection, which CI=true does not allow", red=True)
         for line in _skipped_collections:
@@ -131,8 +135,47 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    if _skipped_collections and exitstatus == pytest.ExitCode.OK:
+    if (_skipped_collections or _env_leaks) and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+# --- environment leaks ---------------------------------------------------------------
+
+_WATCHED_ENV = ("AWS_", "HOMETIER_", "JUPYTERHUB_")
+_SESSION_ENV: dict[str, set[str | None]] = {}
+"""Values session fixtures give on purpose (the S3 server's AWS_* variables, and what
+they were before, put back at the session's end)."""
+_SESSION_NOW: dict[str, str | None] = {}
+"""The value each of those variables has while the session fixture holds it."""
+_env_leaks: list[str] = []
+
+
+def _watched_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(_WATCHED_ENV)}
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    # A test (or a module fixture's teardown) that leaves AWS_ENDPOINT_URL pointing at a
+    # server it stopped fails every later test that talks to S3, far from the cause.
+    # The environment is put back and the leak reported against the test that made it.
+    before = _watched_env()
+    result = yield
+    after = _watched_env()
+    leaked = sorted(
+        k
+        for k in before.keys() | after.keys()
+        if before.get(k) != after.get(k) and after.get(k) not in _SESSION_ENV.get(k, ())
+    )
+    if leaked:
+        for k in leaked:
+            value = _SESSION_NOW[k] if k in _SESSION_NOW else before.get(k)
+            if value is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = value
+        _env_leaks.append(f"{item.nodeid}: changed {', '.join(leaked)} and did not restore it")
+    return result
 
 
 # --- S3 ----------------------------------------------------------------------------
@@ -150,10 +193,14 @@ def s3_server() -> Iterator[S3Server]:
     os.environ.update(env)
     for name in _S3_ENV_CLEARED:
         os.environ.pop(name, None)
+    for name in saved:
+        _SESSION_ENV.setdefault(name, set()).update({os.environ.get(name), saved[name]})
+        _SESSION_NOW[name] = os.environ.get(name)
     try:
         yield server
     finally:
         for name, value in saved.items():
+            _SESSION_NOW[name] = value
             if value is None:
                 os.environ.pop(name, None)
             else:

@@ -270,6 +270,9 @@ def start_dash(root: Path, s3: S3Server) -> Dash:
             },
         )
         (svc.homes / "bob" / os.fsdecode(ODD_NAME)).write_bytes(ODD_CONTENT)
+        # The service first ran on a folder: the repository is new (and the database is
+        # told once that it moved, at the first archive, as an operator would).
+        _cli(svc, "init")
         _cli(svc, "backup", "bob")
         time.sleep(0.01)  # distinct snapshot times
         (svc.homes / "bob" / "notes.txt").write_bytes(dash.bob_notes_v2)
@@ -282,8 +285,8 @@ def start_dash(root: Path, s3: S3Server) -> Dash:
         _write(svc.homes / "alice", dash.alice_files)
         for user in ARCHIVED[1:]:
             _write(svc.homes / user, {"work/report.md": f"# {user}\n".encode() * 2000})
-        for user in ARCHIVED:
-            _cli(svc, "archive", user)
+        for i, user in enumerate(ARCHIVED):
+            _cli(svc, *(["--rebind"] if i == 0 else []), "archive", user)
         shutil.rmtree(svc.homes / QUARANTINE_DIR, ignore_errors=True)
         # carol: archived, her packs lost, a restore tried: failed.
         _write(svc.homes / "carol", {"lost.bin": os.urandom(300_000)})
@@ -303,6 +306,7 @@ def start_dash(root: Path, s3: S3Server) -> Dash:
         for user in ("bob", "dave", *ACTIVE):
             _age(svc.homes / user)
         # A home whose name and exemption reason are HTML.
+        (svc.homes / HOSTILE).mkdir()  # exempting a home that does not exist is refused
         _cli(svc, "exempt", HOSTILE, "--reason", HOSTILE_REASON)
         _cli(svc, "serve", "--once", "--dry-run")
         _cli(svc, "lease", "mallory", "--holder", "nightly-job")
