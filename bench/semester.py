@@ -59,7 +59,9 @@ def parse_policies(text: str) -> list[Any]:
 
 
 def args_of(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--users", type=int, default=2000)
     p.add_argument("--seed", default="42")
     p.add_argument("--scale", type=float, default=0.005, help="make_corpus scale of the base homes")
@@ -79,6 +81,7 @@ def args_of(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep each policy's volume and bucket")
     p.add_argument("--svg", help="also write the POSIX plot (30-day policies) to this file")
     p.add_argument("--smoke", action="store_true", help="60 users, 6 weeks, 2 policies")
+    p.add_argument("--prepare", action="store_true", help="build the corpus and edits, then stop")
     a = p.parse_args(argv)
     if a.smoke:
         a.users, a.bases, a.weeks, a.break_weeks = 60, 4, 4, 2
@@ -121,10 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     import semester_report as rep
     import semester_run as sr
     import semester_trace as st
-    from semester_hub import FakeHub
-
     from hometier.lifecycle import replay as rp
     from hometier.lifecycle.prices import make_prices
+    from semester_hub import FakeHub
 
     sys.path.insert(0, str(benchlib.REPO))
     from tests.fixtures import servers
@@ -157,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         pin.write_text(json.dumps({"t0": t0.isoformat()}))
     t0_ns = int(t0.timestamp()) * 10**9
     semester = se.plan_semester(work, corpus, trace, t0_ns, log=say)
+    if a.prepare:
+        say(f"prepared in {time.monotonic() - started:.0f} s; load {os.getloadavg()[0]:.2f}")
+        return 0
     logins_csv = out / f"semester-{stamp}-logins.csv"
     st.write_logins_csv(trace, t0, logins_csv)
 
@@ -246,7 +251,11 @@ def main(argv: list[str] | None = None) -> int:
         "corpus": corpus.summary,
         "shadow_check": semester.check,
         "baseline": semester.baseline,
-        "prices": {"posix": prices.posix.name, "object": prices.object.name, "source": prices.source},
+        "prices": {
+            "posix": prices.posix.name,
+            "object": prices.object.name,
+            "source": prices.source,
+        },
         "deciles": bounds,
         "runs": runs,
         "summaries": summaries,

@@ -297,9 +297,17 @@ def build_course(dst: Path, seed: str, scale: float) -> None:
     """``make_corpus.build_course_template`` with fewer rendered figures: at a small
     scale its lecture notebooks are mostly base64 PNGs (a home gets a copy of them)."""
     rng = mc.R(seed, "course")
-    mc.write(dst / "README.md", "# Data Science 101\n\n" + "\n\n".join(mc.sentence(rng, 10, 30) for _ in range(20)) + "\n")
-    mc.write(dst / "LICENSE", "BSD 3-Clause License\n\n" + "\n".join(mc.sentence(rng) for _ in range(25)) + "\n")
-    mc.write(dst / "requirements.txt", "pandas>=2.1\nnumpy>=1.26\nmatplotlib>=3.8\nscikit-learn>=1.3\n")
+    mc.write(
+        dst / "README.md",
+        "# Data Science 101\n\n" + "\n\n".join(mc.sentence(rng, 10, 30) for _ in range(20)) + "\n",
+    )
+    mc.write(
+        dst / "LICENSE",
+        "BSD 3-Clause License\n\n" + "\n".join(mc.sentence(rng) for _ in range(25)) + "\n",
+    )
+    mc.write(
+        dst / "requirements.txt", "pandas>=2.1\nnumpy>=1.26\nmatplotlib>=3.8\nscikit-learn>=1.3\n"
+    )
     mc.write(dst / "utils" / "helpers.py", mc.py_source(rng, 12_000))
     mc.write(dst / "utils" / "__init__.py", "")
     for i in range(1, 13):
@@ -312,12 +320,21 @@ def build_course(dst: Path, seed: str, scale: float) -> None:
     for i in range(1, 5):
         size = int(mc.lognorm(rng, 1_000_000, 0.5, 250_000, 2_500_000) * scale)
         mc.write(dst / "data" / f"{rng.choice(mc.WORDS)}_{i}.csv", mc.csv_text(rng, size))
-    mc.write(dst / "data" / "sample.parquet", mc.binary_blob(rng, int(900_000 * scale) + 1000, "parquet"))
+    mc.write(
+        dst / "data" / "sample.parquet", mc.binary_blob(rng, int(900_000 * scale) + 1000, "parquet")
+    )
     for i in range(1, 3):
         mc.write(dst / "images" / f"fig{i:02d}.png", mc.png_image(rng))
     mc.git(dst, "init", "-q")
     mc.git(dst, "add", "-A")
-    mc.git(dst, "commit", "-q", "-m", "Course materials for spring term", date=mc.TERM_START + 86400 * 10)
+    mc.git(
+        dst,
+        "commit",
+        "-q",
+        "-m",
+        "Course materials for spring term",
+        date=mc.TERM_START + 86400 * 10,
+    )
     mc.git(dst, "gc", "-q", "--prune=now")
 
 

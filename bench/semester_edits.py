@@ -129,7 +129,9 @@ def plan_session(
             rel = b"data/w%02d-%06x.%s" % (week, rng.getrandbits(24), kind.encode())
             ensure_dir(rel)
             made.add(rel)
-            ops.append(("write", rel, blobs.put(bytes(sc.mc.binary_blob(rng, size, kind))), 0o644, at_ns))
+            ops.append(
+                ("write", rel, blobs.put(bytes(sc.mc.binary_blob(rng, size, kind))), 0o644, at_ns)
+            )
         elif r < 0.95 and targets:
             victims = [t for t in targets if t.startswith((b"data/", b"work/", b"homework/"))]
             victims += [t for t in targets if b".ipynb_checkpoints/" in t]
@@ -147,8 +149,12 @@ def plan_session(
                 rel = b".cache/pip/http-v2/%c/%s" % (h[0], h)
                 ensure_dir(rel)
                 made.add(rel)
-                ops.append(("write", rel, blobs.put(rng.randbytes(rng.randrange(200, 8000))), 0o644, at_ns))
-    touched = {os.path.dirname(op[1]) or b"." for op in ops if op[0] in ("write", "unlink", "mkdir")}
+                ops.append(
+                    ("write", rel, blobs.put(rng.randbytes(rng.randrange(200, 8000))), 0o644, at_ns)
+                )
+    touched = {
+        os.path.dirname(op[1]) or b"." for op in ops if op[0] in ("write", "unlink", "mkdir")
+    }
     ops.extend(("dirtime", d, at_ns) for d in sorted(touched, key=lambda d: -d.count(b"/")))
     return ops
 

@@ -99,8 +99,10 @@ class FakeHub:
     def _model(
         self, name: str, st: HubUserState, now: dt.datetime
     ) -> tuple[dict[str, Any], dt.datetime | None]:
-        running = st.running_until is not None and st.started is not None and (
-            st.started <= now < st.running_until
+        running = (
+            st.running_until is not None
+            and st.started is not None
+            and (st.started <= now < st.running_until)
         )
         last = st.last_activity
         if st.running_until is not None and st.started is not None and st.started <= now:

@@ -186,7 +186,13 @@ def targets(summaries: list[dict[str, Any]], total_seconds: float) -> list[dict[
         for k in ("home_differences", "snapshot_differences", "snapshot_unexpected")
     )
     diffs += sum(s["final"].get("quarantine_differences", 0) for s in summaries)
-    out.append({"target": "0 files lost, 0 differences", "value": f"{lost} lost, {diffs} differences", "ok": lost == 0 and diffs == 0})
+    out.append(
+        {
+            "target": "0 files lost, 0 differences",
+            "value": f"{lost} lost, {diffs} differences",
+            "ok": lost == 0 and diffs == 0,
+        }
+    )
     out.append(
         {
             "target": "the run completes in under 20 minutes",
@@ -232,7 +238,7 @@ def line_chart(
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'viewBox="0 0 {width} {height}" role="img" aria-label="{_e(title)}">'
         f"<title>{_e(title)}</title>"
-        '<style>text{font:12px system-ui,sans-serif;fill:#222}.ax{stroke:#999}'
+        "<style>text{font:12px system-ui,sans-serif;fill:#222}.ax{stroke:#999}"
         ".grid{stroke:#e5e5e5}</style>"
         f'<text x="{left}" y="16" style="font-weight:600">{_e(title)}</text>'
     ]
@@ -244,9 +250,7 @@ def line_chart(
         )
     for k in range(6):
         x = x0 + (x1 - x0) * k / 5
-        out.append(
-            f'<text x="{px(x):.1f}" y="{top + ph + 16}" text-anchor="middle">{x:.0f}</text>'
-        )
+        out.append(f'<text x="{px(x):.1f}" y="{top + ph + 16}" text-anchor="middle">{x:.0f}</text>')
     out.append(
         f'<text x="{left + pw / 2}" y="{height - 6}" text-anchor="middle">{_e(x_label)}</text>'
     )
@@ -317,7 +321,9 @@ def markdown(doc: dict[str, Any]) -> str:
         "| target | measured | |",
         "|---|---|---|",
     ]
-    lines += [f"| {t['target']} | {t['value']} | {'✅' if t['ok'] else '❌'} |" for t in doc["targets"]]
+    lines += [
+        f"| {t['target']} | {t['value']} | {'✅' if t['ok'] else '❌'} |" for t in doc["targets"]
+    ]
     lines += [
         "",
         "## Per policy",
@@ -356,9 +362,13 @@ def markdown(doc: dict[str, Any]) -> str:
     lines.append("|---|---|---|---|---|")
     for x in s:
         q, m = x["store_requests"], x["month"]
-        mine = "/".join(str(q.get(k, 0)) for k in ("put",)) + "/" + str(
-            q.get("get", 0) + q.get("get_range", 0)
-        ) + "/" + "/".join(str(q.get(k, 0)) for k in ("head", "list", "delete"))
+        mine = (
+            "/".join(str(q.get(k, 0)) for k in ("put",))
+            + "/"
+            + str(q.get("get", 0) + q.get("get_range", 0))
+            + "/"
+            + "/".join(str(q.get(k, 0)) for k in ("head", "list", "delete"))
+        )
         theirs = ", ".join(f"{k} {v}" for k, v in sorted(x["s3_requests"].items()))
         lines.append(
             f"| {x['policy']} | {x['bucket_objects']} | {mine} | {theirs} | "
@@ -383,7 +393,9 @@ def markdown(doc: dict[str, Any]) -> str:
         )
     if doc.get("estimates"):
         lines += ["", "### `hometier plan --replay` on the same history, for comparison", ""]
-        lines.append("| policy | estimated × smaller at the end | measured | estimated waits | measured |")
+        lines.append(
+            "| policy | estimated × smaller at the end | measured | estimated waits | measured |"
+        )
         lines.append("|---|---|---|---|---|")
         for x, e in zip(s, doc["estimates"], strict=True):
             lines.append(
@@ -427,7 +439,7 @@ def render_html(doc: dict[str, Any], md_html_tables: str = "") -> str:
         charts.append(line_chart(f"{kind} per day", series, y_fmt=lambda v: f"{v:.0f}"))
     rows = "".join(
         f"<tr><td>{_e(t['target'])}</td><td>{_e(t['value'])}</td>"
-        f"<td class=\"{'ok' if t['ok'] else 'bad'}\">{'met' if t['ok'] else 'missed'}</td></tr>"
+        f'<td class="{"ok" if t["ok"] else "bad"}">{"met" if t["ok"] else "missed"}</td></tr>'
         for t in doc["targets"]
     )
     policy_rows = "".join(
@@ -455,19 +467,19 @@ def render_html(doc: dict[str, Any], md_html_tables: str = "") -> str:
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>hometier: a semester replayed</title>
 <style>{CSS}</style></head><body>
-<h1>A semester on a {doc['users']:,}-user hub, replayed</h1>
-<p>{doc['trace']['sessions']:,} logins over {doc['trace']['days']} virtual days against the real
-archiver loop, service, SeaweedFS and PostgreSQL; {doc['corpus']['homes']} homes at the start
-({_e(human(doc['corpus']['bytes']))}). Load average {doc['load_start']} → {doc['load_end']};
-{doc['seconds'] / 60:.1f} minutes in all.</p>
+<h1>A semester on a {doc["users"]:,}-user hub, replayed</h1>
+<p>{doc["trace"]["sessions"]:,} logins over {doc["trace"]["days"]} virtual days against the real
+archiver loop, service, SeaweedFS and PostgreSQL; {doc["corpus"]["homes"]} homes at the start
+({_e(human(doc["corpus"]["bytes"]))}). Load average {doc["load_start"]} → {doc["load_end"]};
+{doc["seconds"] / 60:.1f} minutes in all.</p>
 <table><tr><th>target</th><th>measured</th><th></th></tr>{rows}</table>
 {charts[0]}
 <table><tr><th>policy</th><th>POSIX at end</th><th>without</th><th>smaller</th><th>bucket</th>
 <th>$/month</th><th>without</th><th>logins waited</th><th>wait p50/p95/max (s)</th>
 <th>p95 median home</th><th>p95 largest decile</th><th>archives</th><th>files lost</th></tr>
 {policy_rows}</table>
-{''.join(charts[1:])}
-<p class="note">Prices: {_e(doc['prices']['posix'])} and {_e(doc['prices']['object'])},
-{_e(doc['prices']['source'])}. Every figure is in the JSON next to this page.</p>
+{"".join(charts[1:])}
+<p class="note">Prices: {_e(doc["prices"]["posix"])} and {_e(doc["prices"]["object"])},
+{_e(doc["prices"]["source"])}. Every figure is in the JSON next to this page.</p>
 </body></html>
 """

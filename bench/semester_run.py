@@ -257,7 +257,13 @@ class PolicyRun:
         pg: Any,
         opts: Options,
     ) -> None:
-        self.spec, self.work, self.corpus, self.sem, self.trace = spec, work, corpus, semester, trace
+        self.spec, self.work, self.corpus, self.sem, self.trace = (
+            spec,
+            work,
+            corpus,
+            semester,
+            trace,
+        )
         self.hub, self.clock, self.pg, self.opts = hub, clock, pg, opts
         self.t0 = dt.datetime.fromtimestamp(semester.t0_ns / 1e9, dt.UTC)
         self.run = Run(spec)
@@ -518,7 +524,6 @@ class PolicyRun:
         snapshot in the bucket must be exactly the version it was taken of. A file
         *lost* is an expected file that hometier holds nowhere as it should be."""
         import semester_verify as sv
-
         from hometier.state import queries
 
         tv = time.monotonic()
@@ -557,7 +562,9 @@ class PolicyRun:
             if not diff["ok"]:
                 n = sum(diff["differences"].values())
                 f["home_differences"] += n
-                lost = diff["differences"].get("missing", 0) + diff["differences"].get("snapshot", 0)
+                lost = diff["differences"].get("missing", 0) + diff["differences"].get(
+                    "snapshot", 0
+                )
                 f["files_lost"] += lost + sum(
                     v for kind, v in diff["differences"].items() if kind.startswith("file ")
                 )

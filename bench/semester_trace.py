@@ -135,9 +135,7 @@ def _courses(seed: str, n: int) -> list[Course]:
     return out
 
 
-def make_trace(
-    names: list[str], seed: str = "42", weeks: int = 16, break_weeks: int = 4
-) -> Trace:
+def make_trace(names: list[str], seed: str = "42", weeks: int = 16, break_weeks: int = 4) -> Trace:
     """The users (roles from ``seed``) and every session of the semester."""
     if weeks < 3:
         raise ValueError("a semester needs at least 3 weeks")

@@ -90,30 +90,36 @@ def snapshot_manifests(
                     key = _content_key(n)
                     if key not in memo:
                         need[key] = n
-        single = {n.content[0]: k for k, n in need.items() if len(n.content) == 1 and not n.sparse}
-        multi = {bid for k, n in need.items() if k not in single.values() for bid in n.content}
-        data: dict[bytes, bytes] = {}
-        lock = threading.Lock()
-
-        def got(bid: bytes, blob: bytes) -> None:
-            with lock:
-                key = single.get(bid)
-                if key is not None:
-                    memo[key] = hashlib.sha256(blob).hexdigest()
-                if bid in multi:
-                    data[bid] = blob
-
-        ids = list(single) + list(multi)
-        if ids:
-            repo.for_each_blob(ids, got)
-        for key, n in need.items():
-            if key not in memo:
-                memo[key] = (
-                    _assemble(n, data) if n.content or n.sparse else hashlib.sha256().hexdigest()
-                )
-        del data
+        _hash_contents(repo, need, memo)
         for snap, entries in walked:
             yield snap, _manifest(entries, memo)
+
+
+def _hash_contents(
+    repo: Any, need: dict[tuple[Any, ...], Any], memo: dict[tuple[Any, ...], str]
+) -> None:
+    """sha256 of every content in ``need``, fetched with one ``for_each_blob`` call."""
+    single = {n.content[0]: k for k, n in need.items() if len(n.content) == 1 and not n.sparse}
+    singles = set(single.values())
+    multi = {bid for k, n in need.items() if k not in singles for bid in n.content}
+    data: dict[bytes, bytes] = {}
+    lock = threading.Lock()
+
+    def got(bid: bytes, blob: bytes) -> None:
+        with lock:
+            key = single.get(bid)
+            if key is not None:
+                memo[key] = hashlib.sha256(blob).hexdigest()
+            if bid in multi:
+                data[bid] = blob
+
+    ids = list(single) + list(multi)
+    if ids:
+        repo.for_each_blob(ids, got)
+    for key, n in need.items():
+        if key not in memo:
+            empty = not n.content and not n.sparse
+            memo[key] = hashlib.sha256().hexdigest() if empty else _assemble(n, data)
 
 
 def _manifest(

@@ -33,8 +33,9 @@ import heapq
 import math
 import re
 from array import array
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from hometier.lifecycle.prices import Prices, monthly_cost, request_cost
 
@@ -51,6 +52,8 @@ _HUB_LINE = re.compile(
     r"(?:User logged in: (?P<login>.+?)|User (?P<spawn>.+?) took [0-9.]+ seconds to start)\s*$"
 )
 _EPOCH = re.compile(r"^\d{9,11}(?:\.\d+)?$")
+EARLIEST, LATEST = 0.0, 7258118400.0
+"""Times outside 1970..2200 are not logins of a JupyterHub (a broken export)."""
 
 
 @dataclass
@@ -71,7 +74,8 @@ class LoginHistory:
     def bad(self, number: int, raw: bytes, why: str) -> None:
         self.malformed += 1
         if len(self.examples) < EXAMPLES:
-            shown = raw[:80].decode("utf-8", "backslashreplace").encode("unicode_escape").decode()
+            text = raw[:80].rstrip(b"\r\n").decode("utf-8", "backslashreplace")
+            shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
             self.examples.append(f"line {number}: {why}: {shown}")
 
     @property
@@ -83,21 +87,37 @@ class LoginHistory:
         return max((max(v) for v in self.times.values() if v), default=None)
 
 
+def bounded_lines(f: BinaryIO, max_line: int = MAX_LINE) -> Iterator[bytes]:
+    """The lines of a binary file, never holding more than ``max_line + 1`` bytes of one:
+    a longer line comes out as its first ``max_line + 1`` bytes (``parse_logins`` then
+    counts it as too long) and the rest of it is skipped."""
+    while True:
+        line = f.readline(max_line + 1)
+        if not line:
+            return
+        if len(line) > max_line and not line.endswith(b"\n"):
+            while True:
+                rest = f.readline(1 << 16)
+                if not rest or rest.endswith(b"\n"):
+                    break
+        yield line
+
+
 def parse_time(text: str, tz: dt.tzinfo) -> float | None:
-    """ISO 8601 (an offset or ``Z``, else in ``tz``) or Unix seconds; None if neither."""
+    """ISO 8601 (an offset or ``Z``, else in ``tz``) or Unix seconds; None if neither, or
+    outside 1970..2200."""
     text = text.strip()
     if _EPOCH.match(text):
-        return float(text)
-    try:
-        t = dt.datetime.fromisoformat(text.replace(",", "."))
-    except ValueError:
-        return None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=tz)
-    try:
-        return t.timestamp()
-    except (OverflowError, ValueError):
-        return None
+        value = float(text)
+    else:
+        try:
+            t = dt.datetime.fromisoformat(text.replace(",", "."))
+            if t.tzinfo is None:
+                t = t.replace(tzinfo=tz)
+            value = t.timestamp()
+        except (OverflowError, ValueError):
+            return None
+    return value if EARLIEST <= value < LATEST else None
 
 
 def parse_logins(
@@ -332,7 +352,30 @@ def replay(
                 del quarantined[user]
                 quarantine -= homes[user].bytes
                 posix -= homes[user].bytes
-        elif t == t_cycle:
+        elif t == t_login:
+            # A login at a cycle's time goes first: the archive would be cancelled.
+            at, user = logins[i]
+            i += 1
+            res.logins += 1
+            if user not in on_disk:
+                source = "quarantine" if user in quarantined else "bucket"
+                res.waits.append(Wait(user, at, homes[user].bytes, source))
+                res.restores += 1
+                c = res.day(at)
+                c.restores += 1
+                if source == "quarantine":
+                    del quarantined[user]
+                    quarantine -= homes[user].bytes
+                else:
+                    posix += homes[user].bytes
+                    blobs = homes[user].bytes * ratio
+                    c.reads += math.ceil(blobs / SEGMENT) + 2
+                    c.read_bytes += blobs
+                on_disk.add(user)
+            version[user] += 1
+            last[user] = max(last.get(user, -math.inf), at + session)
+            heapq.heappush(due, (last[user] + idle, user, version[user]))
+        else:
             taken = 0
             while due and taken < policy.max_per_cycle:
                 at, user, v = due[0]
@@ -357,28 +400,6 @@ def replay(
                 quarantine += size
                 heapq.heappush(purges, (_grid(t + keep, start, step), user, version[user]))
             next_cycle = t + step
-        else:
-            at, user = logins[i]
-            i += 1
-            res.logins += 1
-            if user not in on_disk:
-                source = "quarantine" if user in quarantined else "bucket"
-                res.waits.append(Wait(user, at, homes[user].bytes, source))
-                res.restores += 1
-                c = res.day(at)
-                c.restores += 1
-                if source == "quarantine":
-                    del quarantined[user]
-                    quarantine -= homes[user].bytes
-                else:
-                    posix += homes[user].bytes
-                    blobs = homes[user].bytes * ratio
-                    c.reads += math.ceil(blobs / SEGMENT) + 2
-                    c.read_bytes += blobs
-                on_disk.add(user)
-            version[user] += 1
-            last[user] = max(last.get(user, -math.inf), at + session)
-            heapq.heappush(due, (last[user] + idle, user, version[user]))
     return res
 
 
