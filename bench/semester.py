@@ -2,7 +2,7 @@
 """A semester on a 2,000-user hub, replayed against the real hometier.
 
     python3 bench/semester.py                  # 2,000 users, 6 policies (see bench/README.md)
-    python3 bench/semester.py --smoke          # 60 users, 6 weeks, 2 policies (CI, ~1-2 min)
+    python3 bench/semester.py --smoke          # 40 users, 4 weeks, 1 policy (CI, ~2 min)
     python3 bench/semester.py --policies 30/3  # one policy: idle 30 days, quarantine 3 days
 
 1. The homes (``semester_corpus``: drawn from ``make_corpus.py``), the login trace
@@ -74,19 +74,29 @@ def args_of(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-per-cycle", type=int, default=50)
     p.add_argument("--restore-concurrency", type=int, default=8)
     p.add_argument("--every-cycle", action="store_true", help="run every hourly cycle")
+    p.add_argument(
+        "--prune-every", type=float, default=1.0,
+        help="days between retention + prune runs (c.Retention.prune_interval) [1]",
+    )  # fmt: skip
     p.add_argument("--posix-tier", default="efs-standard")
     p.add_argument("--object-tier", default="s3-standard")
     p.add_argument("--work", default="/var/tmp/hometier-semester", help="corpus and cache")
     p.add_argument("--out", default=str(HERE / "out"))
     p.add_argument("--keep", action="store_true", help="keep each policy's volume and bucket")
     p.add_argument("--svg", help="also write the POSIX plot (30-day policies) to this file")
-    p.add_argument("--smoke", action="store_true", help="60 users, 6 weeks, 2 policies")
+    p.add_argument("--smoke", action="store_true", help="40 users, 4 weeks, 1 policy (CI)")
     p.add_argument("--prepare", action="store_true", help="build the corpus and edits, then stop")
+    p.add_argument(
+        "--tamper", action="store_true",
+        help="after the final check, change a byte and a mode and check again (it must fail)",
+    )  # fmt: skip
     a = p.parse_args(argv)
     if a.smoke:
-        a.users, a.bases, a.weeks, a.break_weeks = 60, 4, 4, 2
+        a.users, a.bases, a.weeks, a.break_weeks = 40, 3, 3, 1
         if a.policies == p.get_default("policies"):
-            a.policies = "7/0,30/3"
+            a.policies = "7/1"
+        if a.prune_every == p.get_default("prune_every"):
+            a.prune_every = 7.0
     return a
 
 
@@ -185,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         restore_concurrency=a.restore_concurrency,
         every_cycle=a.every_cycle,
         keep=a.keep,
+        prune_every=a.prune_every,
     )
     runs: list[dict[str, Any]] = []
     try:
@@ -195,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 pr.replay()
                 pr.verify()
+                if a.tamper:
+                    found = pr.tamper()
+                    say(
+                        f"policy {spec.label}: tampered check found {found.get('home_differences')}"
+                    )
             finally:
                 pr.close()
             runs.append(pr.run.doc())

@@ -90,6 +90,8 @@ class Options:
     workers: int = 4
     every_cycle: bool = False
     keep: bool = False
+    prune_every: float = 1.0
+    """Days between retention runs (``c.Retention.prune_interval``)."""
 
 
 # --- servers ------------------------------------------------------------------------------
@@ -222,6 +224,7 @@ class Run:
     final: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=Counter)
     load: list[float] = field(default_factory=list)
+    tamper: dict[str, Any] | None = None
 
     def doc(self) -> dict[str, Any]:
         return {
@@ -241,6 +244,7 @@ class Run:
             "final": self.final,
             "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
             "load": self.load,
+            "tamper": self.tamper,
         }
 
 
@@ -314,7 +318,7 @@ class PolicyRun:
                 inactive_after=dt.timedelta(days=self.spec.inactive_days),
                 max_per_cycle=self.opts.max_per_cycle,
             ),
-            retention=Retention(),
+            retention=Retention(every=dt.timedelta(days=self.opts.prune_every)),
             clock=self.clock,
             hub=HubClient(self.hub.api_url, self.hub.service_token),
             use_hub=True,
@@ -383,7 +387,7 @@ class PolicyRun:
                 break
             self.clock.now = self.t0 + dt.timedelta(seconds=t)
             if t == t_day:
-                if next_day:
+                if next_day and next_day % max(1, round(self.opts.prune_every)) == 0:
                     tr = time.monotonic()
                     rep = apply_retention(self.lc, self.lc.retention)
                     self.run.seconds["retention"] += time.monotonic() - tr
@@ -516,7 +520,7 @@ class PolicyRun:
 
     # -- the end ---------------------------------------------------------------------------
 
-    def verify(self) -> None:
+    def verify(self, record: bool = True) -> dict[str, Any]:
         """Every home and every snapshot against the simulator's expectation.
 
         A home on the volume must be its final version; an archived home's recorded
@@ -529,6 +533,9 @@ class PolicyRun:
         tv = time.monotonic()
         homes = {h.user: h for h in queries.list_homes(self.lc.db)}
         f: dict[str, Any] = Counter()
+        for key in ("files_lost", "home_differences", "snapshot_differences",
+                    "snapshot_unexpected", "quarantine_differences"):  # fmt: skip
+            f[key] = 0
         examples: list[str] = []
         users = sorted(set(self.corpus.manifests) | {u for u, k in self.done.items() if k})
         for user in users:
@@ -585,10 +592,51 @@ class PolicyRun:
                 f["snapshot_differences"] += sum(diff["differences"].values())
                 examples.extend(f"snapshot of {snap.user}: {e}" for e in diff["examples"][:2])
         f["distinct_contents_read"] = len(memo)
-        self.run.final = {**f, "examples": examples[:20]}
+        result = {**f, "examples": examples[:20]}
         self.run.seconds["verify"] += time.monotonic() - tv
+        if not record:
+            return result
+        self.run.final = result
         if f["home_differences"] or f["snapshot_differences"] or f["snapshot_unexpected"]:
             self.run.errors.append(f"final check: {examples[:5]}")
+        return result
+
+    def tamper(self) -> dict[str, Any]:
+        """Prove the final check can fail: change one byte of a file (same size, same
+        mtime) in one home on the volume and the mode of a file in another, check
+        again, and put both back. Returns what the second check found."""
+        from hometier.state import queries
+
+        active = sorted(h.user for h in queries.list_homes(self.lc.db) if h.state == "active")
+        touched = []
+        for user in active:
+            m = self.sem.manifest_at(self.corpus.manifests.get(user), user, self.done[user])
+            files = sorted(r for r, e in m.items() if e[0] == "file" and e[6] > 0 and e[8] is None)
+            if files:
+                touched.append(self.volume.path / os.fsdecode(user) / os.fsdecode(files[0]))
+            if len(touched) == 2:
+                break
+        if len(touched) < 2:
+            return {"skipped": "fewer than two homes on the volume"}
+        path, other = touched
+        st = os.lstat(path)
+        with open(path, "r+b") as fh:
+            first = fh.read(1)
+            fh.seek(0)
+            fh.write(bytes([first[0] ^ 0xFF]))
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        mode = os.lstat(other).st_mode
+        os.chmod(other, (mode & 0o7777) ^ 0o004)
+        try:
+            found = self.verify(record=False)
+        finally:
+            with open(path, "r+b") as fh:
+                fh.write(first)
+            os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+            os.chmod(other, mode & 0o7777)
+        found["tampered"] = [str(path), str(other)]
+        self.run.tamper = found
+        return found
 
     # -- samples ---------------------------------------------------------------------------
 
