@@ -112,6 +112,45 @@ def test_garbage_is_counted_and_shown_escaped_never_fatal() -> None:
         assert ex.isprintable() and "\x00" not in ex and "\x1b" not in ex
 
 
+def test_a_header_may_name_its_columns_otherwise_and_add_others() -> None:
+    h = parse("Login_Time,ip,UserName,agent\n2030-01-01T10:00:00Z,10.0.0.1,alice,curl\n")
+    assert list(h.times) == ["alice"] and h.malformed == 0
+    h = parse("id,user,when,user\n7,bob,2030-01-01T10:00:00Z,carol\n")
+    assert list(h.times) == ["bob"]  # the first of each wins
+    # A user called "time" after the first row is a user, not a header.
+    h = parse("alice,2030-01-01T10:00:00Z\nuser,time\ntime,2030-01-02T10:00:00Z\n")
+    assert sorted(h.times) == ["alice", "time"] and h.malformed == 1
+
+
+def test_a_header_of_unknown_columns_is_named_and_rows_not_misread() -> None:
+    # Neither column is named: the header is reported, and the rows (time first) are
+    # not taken for users called "2030-01-01T10:00:00Z".
+    h = parse("when_utc,uid\n2030-01-01T10:00:00Z,alice\n2030-01-02T10:00:00Z,bob\n")
+    assert h.logins == 0 and h.malformed == 3
+    assert "header needs a user and a time column" in h.examples[0]
+    assert "unreadable time" in h.examples[1]
+
+
+def test_logins_out_of_order_are_sorted_per_user() -> None:
+    h = parse(
+        "a,2030-01-03T00:00:00Z\na,2030-01-01T00:00:00Z\nb,1893456000\na,2030-01-02T00:00:00Z\n"
+    )
+    assert h.first == 1893456000 and h.last == ts("2030-01-03T00:00:00+00:00")
+    homes = {"a": rp.ReplayHome(1), "b": rp.ReplayHome(1)}
+    ordered = hist({"a": sorted(h.times["a"]), "b": list(h.times["b"])})
+    pol = policy(1, 0)
+    got = rp.replay(homes, h, pol, T0 - 400 * DAY, T0)
+    want = rp.replay(homes, ordered, pol, T0 - 400 * DAY, T0)
+    assert (got.archives, got.waits) == (want.archives, want.waits)
+
+
+def test_a_huge_user_name_is_a_user_and_a_longer_line_is_not() -> None:
+    name = "u" * 4000
+    h = parse(f"{name},2030-01-01T00:00:00Z\n{'v' * 5000},2030-01-01T00:00:00Z\n")
+    assert list(h.times) == [name] and h.malformed == 1
+    assert "too long" in h.examples[0] and len(h.examples[0]) < 200
+
+
 def test_names_that_are_not_utf8_still_match_their_folder() -> None:
     raw = b"caf\xe9,2030-01-01T00:00:00Z\n"
     h = parse(raw)

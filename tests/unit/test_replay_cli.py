@@ -169,3 +169,111 @@ def test_a_missing_history_file(
 ) -> None:
     r = run(capsys, "plan", str(homes), "--replay", str(tmp_path / "nope.csv"), "--sample-mb", "0")
     assert r.code == 2 and "cannot read" in " ".join(r.err.split())
+
+
+def test_history_errors_come_before_the_scan_and_write_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The homes root does not exist either: the history (or a flag) is checked first,
+    # so an operator with a typo does not wait for a scan of thousands of homes.
+    page = tmp_path / "r.html"
+    missing = tmp_path / "no-such-root"
+    for args in (
+        ("--replay", str(tmp_path / "nope.csv")),
+        ("--replay", str(history(tmp_path, b"")), "--tz", "Nowhere/Else"),
+        ("--replay", str(history(tmp_path, b"# nothing but a comment\n\n"))),
+    ):
+        r = run(capsys, "plan", str(missing), *args, "--html", str(page), "--json")
+        assert r.code == 2, r
+        assert "homes root" not in r.out + r.err
+        kind = json.loads(r.out)["kind"]  # --json: the error as JSON too
+        assert kind in ("HistoryUnreadable", "NoLogins", "UsageError")
+        assert not page.exists() and not missing.exists()
+
+
+def test_error_classes_and_exit_status(tmp_path: Path) -> None:
+    from hometier.cli import replay_cmds as rc
+    from hometier.cli.main import build_parser
+
+    def load(body: bytes | None, *extra: str) -> rc.Replay:
+        path = tmp_path / "h.csv" if body is not None else tmp_path / "missing.csv"
+        if body is not None:
+            path.write_bytes(body)
+        args = build_parser().parse_args(["plan", "--replay", str(path), *extra])
+        return rc.load(args, None)
+
+    with pytest.raises(rc.HistoryUnreadable) as exc:
+        load(None)
+    assert exc.value.exit_code == 2 and "No such file" in exc.value.get_message()
+    with pytest.raises(rc.NoLogins) as no:
+        load(b"when_utc,uid\n2030-01-01T10:00:00Z,alice\n")
+    msg = no.value.get_message()
+    assert "no login found in 2 lines (2 malformed" in msg and "header needs" in msg
+    assert load(GOOD).history.logins == 6
+
+
+def test_a_directory_or_a_device_is_refused_a_pipe_is_read(
+    capsys: pytest.CaptureFixture[str], homes: Path, tmp_path: Path
+) -> None:
+    for path in (tmp_path, Path("/dev/zero")):
+        r = run(capsys, "plan", str(homes), "--replay", str(path), "--sample-mb", "0")
+        assert r.code == 2 and "cannot read the login history" in " ".join(r.err.split())
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    import threading
+
+    def feed() -> None:
+        with open(fifo, "wb") as f:
+            f.write(GOOD)
+
+    writer = threading.Thread(target=feed)
+    writer.start()
+    r = run(capsys, "plan", str(homes), "--replay", str(fifo), "--sample-mb", "0", "--json")
+    writer.join(10)
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["history"]["logins"] == 6
+
+
+def test_the_order_of_the_lines_does_not_matter(
+    capsys: pytest.CaptureFixture[str], homes: Path, tmp_path: Path
+) -> None:
+    lines = [f"{u},2030-01-{d:02d}T{h:02d}:00:00Z\n".encode()
+             for u in ("alice", "bob") for d in range(1, 29, 5) for h in (9, 17)]  # fmt: skip
+    docs = []
+    for order in (lines, lines[::-1], lines[1::2] + lines[::2]):
+        path = history(tmp_path, b"".join(order))
+        r = run(capsys, "plan", str(homes), "--replay", str(path), "--sample-mb", "0",
+                "--thresholds", "3d,7d", "--json")  # fmt: skip
+        assert r.code == 0, r.err
+        docs.append(json.loads(r.out)["policies"])
+    assert docs[0] == docs[1] == docs[2]
+    assert any(p["waits"] for p in docs[0])  # the history did make someone wait
+
+
+def test_naive_times_are_in_the_time_zone_given(
+    capsys: pytest.CaptureFixture[str], homes: Path, tmp_path: Path
+) -> None:
+    path = history(tmp_path, b"alice,2030-07-01 10:00\nbob,2030-07-02T10:00:00Z\n")
+    r = run(capsys, "plan", str(homes), "--replay", str(path), "--sample-mb", "0",
+            "--tz", "Europe/Berlin", "--json")  # fmt: skip
+    assert r.code == 0, r.err
+    doc = json.loads(r.out)
+    assert doc["start"] == "2030-07-01T08:00:00+00:00"  # 10:00 in Berlin's summer
+    assert doc["end"] == "2030-07-02T10:00:00+00:00"  # an offset wins over --tz
+
+
+def test_a_huge_or_hostile_user_name_is_shown_short_and_escaped(
+    capsys: pytest.CaptureFixture[str], homes: Path, tmp_path: Path
+) -> None:
+    huge = "z" * 3000
+    body = (
+        GOOD
+        + f"{huge},2030-01-07T00:00:00Z\n".encode()
+        + b"\x1b]0;owned\x07x,2030-01-08T00:00:00Z\n"
+    )
+    r = run(
+        capsys, "plan", str(homes), "--replay", str(history(tmp_path, body)), "--sample-mb", "0"
+    )
+    assert r.code == 0, r.err
+    assert "\x1b" not in r.err + r.out and "\x07" not in r.err + r.out
+    assert huge not in r.err.replace("\n", "") and "zzz…" in r.err.replace("\n", "")

@@ -144,7 +144,8 @@ def cmd_plan(args: argparse.Namespace, cfg: Hometier) -> int:
     thresholds = planning.parse_thresholds(args.thresholds or conf.thresholds)
     now = parse_now(args.now)
     policy = Policy(min_size=parse_size(arch.min_size), max_size=parse_size(arch.max_size))
-    hub = None if args.no_hub or args.replay else _hub_users(arch)
+    replay = replay_cmds.load(args, now if args.now else None) if args.replay else None
+    hub = None if args.no_hub or replay else _hub_users(arch)
     root = args.root or cfg.homes
     sample_mb = conf.sample_mb if args.sample_mb is None else args.sample_mb
     workers = args.workers or conf.scan_workers
@@ -160,7 +161,7 @@ def cmd_plan(args: argparse.Namespace, cfg: Hometier) -> int:
             on_files=bars.files_seen,
         )
         readings = None
-        if args.replay:
+        if replay:
             everyone = set(range(len(scan.homes)))
             if sample_mb > 0 and everyone:
                 sample = planning.read_sample(
@@ -179,8 +180,8 @@ def cmd_plan(args: argparse.Namespace, cfg: Hometier) -> int:
                 on_start=bars.read_start,
                 on_bytes=bars.bytes_read,
             )
-    if args.replay:
-        return _replay(args, scan, ratio, thresholds, prices)
+    if replay:
+        return _replay(args, replay, scan, ratio, thresholds, prices)
     result = planning.make_plan(
         scan,
         readings,
@@ -208,14 +209,13 @@ def cmd_plan(args: argparse.Namespace, cfg: Hometier) -> int:
 
 def _replay(
     args: argparse.Namespace,
+    replay: replay_cmds.Replay,
     scan: planning.HomesScan,
     ratio: float,
     thresholds: list[tuple[str, dt.timedelta]],
     prices: Any,
 ) -> int:
-    doc = replay_cmds.run_replay(
-        args, scan, ratio, thresholds, prices, parse_now(args.now) if args.now else None
-    )
+    doc = replay_cmds.run_replay(replay, scan, ratio, thresholds, prices)
     if args.html:
         try:
             Path(args.html).write_text(replay_cmds.render_html(doc, CSS), encoding="utf-8")

@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import html
+import os
+import stat
 import zoneinfo
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,28 @@ def parse_quarantines(text: str) -> list[tuple[str, dt.timedelta]]:
     return [(label, d) for d, label in sorted(found.items())]
 
 
+class HistoryUnreadable(UsageError):
+    """cannot read the login history {}: {}"""
+
+
+class NoLogins(UsageError):
+    """{}: no login found in {} lines ({} malformed; expected CSV user,time or JupyterHub's log){}"""
+
+
+@dataclass
+class Replay:
+    """What ``--replay`` needs besides the scan, read and checked before the scan starts
+    (a typo in a flag or a path should not wait for a scan of thousands of homes)."""
+
+    path: Path
+    history: rp.LoginHistory
+    tz_name: str
+    quarantines: list[tuple[str, dt.timedelta]]
+    session: dt.timedelta
+    start: float
+    end: float
+
+
 def _when(value: str, tz: dt.tzinfo, flag: str) -> float:
     t = rp.parse_time(value, tz)
     if t is None:
@@ -71,57 +96,62 @@ def _when(value: str, tz: dt.tzinfo, flag: str) -> float:
     return t
 
 
-def run_replay(
-    args: argparse.Namespace,
-    scan: planning.HomesScan,
-    ratio: float,
-    thresholds: list[tuple[str, dt.timedelta]],
-    prices: Prices,
-    now: dt.datetime | None,
-) -> dict[str, Any]:
-    """Read the history, replay every policy, return the document (``--json``)."""
+def load(args: argparse.Namespace, now: dt.datetime | None) -> Replay:
+    """Check the flags and read the history; raises a ``UsageError`` (exit status 2) for
+    a bad flag, a file it cannot read, or a file without a single login."""
     try:
         tz: dt.tzinfo = zoneinfo.ZoneInfo(args.tz)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
         raise UsageError(f"unknown time zone {args.tz!r}") from exc
+    quarantines = parse_quarantines(args.quarantine)
+    session = parse_duration(args.session)
+    since = _when(args.since, tz, "--since") if args.since else None
+    until = _when(args.until, tz, "--until") if args.until else None
     path = Path(args.replay)
     try:
+        # A pipe is welcome (``--replay <(zcat hub.log.gz)``); a device (/dev/zero) is not.
+        kind = os.stat(path).st_mode
+        if not (stat.S_ISREG(kind) or stat.S_ISFIFO(kind)):
+            raise HistoryUnreadable(args.replay, "not a file")
         with open(path, "rb") as f:
             history = rp.parse_logins(rp.bounded_lines(f), tz)
     except OSError as exc:
-        raise UsageError(f"cannot read {args.replay}: {exc.strerror or exc}") from exc
+        raise HistoryUnreadable(args.replay, exc.strerror or exc) from exc
     if not history.logins:
-        raise UsageError(
-            f"{args.replay}: no login found in {history.lines} lines "
-            f"({history.malformed} malformed; expected CSV user,time or JupyterHub's log)"
-            + (f"; {history.examples[0]}" if history.examples else "")
-        )
-    quarantines = parse_quarantines(args.quarantine)
-    session = parse_duration(args.session)
+        example = f"; {history.examples[0]}" if history.examples else ""
+        raise NoLogins(args.replay, history.lines, history.malformed, example)
+    first, last = history.first, history.last
+    assert first is not None and last is not None
+    start = since if since is not None else first
+    end = until if until is not None else (now.timestamp() if now is not None else last)
+    if end <= start:
+        raise UsageError("the replay must end after it starts (check --since and --until)")
+    return Replay(path, history, args.tz, quarantines, session, start, end)
+
+
+def run_replay(
+    r: Replay,
+    scan: planning.HomesScan,
+    ratio: float,
+    thresholds: list[tuple[str, dt.timedelta]],
+    prices: Prices,
+) -> dict[str, Any]:
+    """Replay every policy over the scanned homes, return the document (``--json``)."""
+    history, start, end, session = r.history, r.start, r.end, r.session
     homes = {
         h.user: rp.ReplayHome(h.bytes, h.newest.timestamp() if h.newest else None)
         for h in scan.homes
     }
-    first, last = history.first, history.last
-    assert first is not None and last is not None
-    start = _when(args.since, tz, "--since") if args.since else first
-    end = (
-        _when(args.until, tz, "--until")
-        if args.until
-        else (now.timestamp() if now is not None else last)
-    )
-    if end <= start:
-        raise UsageError("the replay must end after it starts (check --since and --until)")
     unknown = sorted(u for u in history.times if u not in homes)
     rows = []
     for label, after in thresholds:
-        for qlabel, keep in quarantines:
+        for qlabel, keep in r.quarantines:
             policy = rp.ReplayPolicy(after, keep, session=session)
             res = rp.replay(homes, history, policy, start, end, ratio=ratio)
             rows.append(_row(label, qlabel, res, prices))
     return {
         "history": {
-            "file": str(path),
+            "file": str(r.path),
             "lines": history.lines,
             "logins": history.logins,
             "malformed": history.malformed,
@@ -129,7 +159,7 @@ def run_replay(
             "users": len(history.times),
             "unknown_users": len(unknown),
             "unknown_examples": [planning_shown(u) for u in unknown[:SHOWN_UNKNOWN]],
-            "time_zone": args.tz,
+            "time_zone": r.tz_name,
         },
         "start": dt.datetime.fromtimestamp(start, dt.UTC).isoformat(),
         "end": dt.datetime.fromtimestamp(end, dt.UTC).isoformat(),
@@ -142,8 +172,12 @@ def run_replay(
     }
 
 
-def planning_shown(name: str) -> str:
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+def planning_shown(name: str, limit: int = 64) -> str:
+    """A user name fit for a terminal: not UTF-8 as U+FFFD, control characters escaped
+    (a history is input: no escape sequence reaches the operator's terminal), shortened."""
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _row(label: str, qlabel: str, res: rp.ReplayResult, prices: Prices) -> dict[str, Any]:

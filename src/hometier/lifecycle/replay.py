@@ -52,6 +52,10 @@ _HUB_LINE = re.compile(
     r"(?:User logged in: (?P<login>.+?)|User (?P<spawn>.+?) took [0-9.]+ seconds to start)\s*$"
 )
 _EPOCH = re.compile(r"^\d{9,11}(?:\.\d+)?$")
+USER_COLUMNS = ("user", "username", "user_name", "name", "login")
+TIME_COLUMNS = ("time", "timestamp", "login_time", "logged_in", "when", "date", "datetime")
+"""A header naming one of each (in any case and order) says where the columns are;
+the first of each found wins, other columns are ignored."""
 EARLIEST, LATEST = 0.0, 7258118400.0
 """Times outside 1970..2200 are not logins of a JupyterHub (a broken export)."""
 
@@ -130,6 +134,7 @@ def parse_logins(
     """
     h = LoginHistory()
     columns = (0, 1)
+    first_row = True  # only the first CSV row may be a header: a user named "time" is a user
     for number, raw in enumerate(lines, 1):
         h.lines += 1
         if len(raw) > max_line:
@@ -161,10 +166,14 @@ def parse_logins(
         except (csv.Error, StopIteration):
             h.bad(number, raw, "not CSV")
             continue
-        lowered = [f.strip().lower() for f in fields]
-        if h.logins == 0 and "user" in lowered and "time" in lowered:
-            columns = (lowered.index("user"), lowered.index("time"))
-            continue
+        if first_row:
+            first_row = False
+            if (found := _header(fields)) is not None:
+                columns = found
+                continue
+            if all(parse_time(f, tz) is None for f in fields):
+                h.bad(number, raw, "no time (a header needs a user and a time column)")
+                continue
         if len(fields) <= max(columns):
             h.bad(number, raw, "expected user,time")
             continue
@@ -174,6 +183,16 @@ def parse_logins(
             continue
         h.add(name, when)
     return h
+
+
+def _header(fields: list[str]) -> tuple[int, int] | None:
+    """The (user, time) columns a header row names, or None if it is not one."""
+    lowered = [f.strip().lower() for f in fields]
+    user = next((lowered.index(n) for n in USER_COLUMNS if n in lowered), None)
+    when = next((lowered.index(n) for n in TIME_COLUMNS if n in lowered), None)
+    if user is None or when is None or user == when:
+        return None
+    return user, when
 
 
 # --- the replay (pure) ---------------------------------------------------------------
