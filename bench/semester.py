@@ -233,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     for s, r in zip(summaries, runs, strict=True):
         s["restore_checks"] = r["restore_checks"]
     # The operators' estimate on the same history, for comparison.
-    history = rp.parse_logins(open(logins_csv, "rb"))
+    with open(logins_csv, "rb") as f:
+        history = rp.parse_logins(rp.bounded_lines(f))
     homes = {u: rp.ReplayHome(corpus.size(u)) for u in corpus.manifests}
     start, end = t0.timestamp(), t0.timestamp() + trace.seconds
     estimates = []

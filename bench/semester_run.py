@@ -409,6 +409,12 @@ class PolicyRun:
                     self.run.errors.append(f"cycle at day {t / DAY:.2f}: {e}")
                 last_cycle, next_cycle = t, t + step
                 self.due = self.lower_bound(t)
+                if self.run.cycles["run"] % 25 == 0:
+                    log.info(
+                        "%s: cycle %d at day %.2f, %d archives, %.0f s",
+                        self.spec.label, self.run.cycles["run"], t / DAY,
+                        len(self.run.archives), time.monotonic() - started,
+                    )  # fmt: skip
             else:
                 batch = []
                 while i < len(sessions) and sessions[i].start < t + BATCH:
