@@ -345,6 +345,21 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{x['archives'].get('archived', 0)} | {x['final'].get('files_lost', 0)} | "
             f"{x['load']['mean']:.1f} |"
         )
+    lines += [
+        "",
+        "### Logins that waited: the median home and the largest decile; archives and "
+        "restores per day",
+        "",
+        "| policy | median home (deciles 5–6): n, wait p50/p95/max | largest decile: n, wait "
+        "p50/p95/max | archives/day (mean, max) | restores/day (mean, max) |",
+        "|---|---|---|---|---|",
+    ]
+    for x in s:
+        lines.append(
+            f"| {x['policy']} | {_stats(x['wait_median_home'])} | {_stats(x['wait_top_decile'])} "
+            f"| {_per_day(x['archives_per_day'], doc['trace']['days'])} "
+            f"| {_per_day(x['restores_per_day'], doc['trace']['days'])} |"
+        )
     lines += ["", "### Login waits by home-size decile (p95 wait, s)", ""]
     lines.append("| policy | " + " | ".join(f"d{d}" for d in range(1, 11)) + " |")
     lines.append("|---|" + "---|" * 10)
@@ -406,6 +421,17 @@ def markdown(doc: dict[str, Any]) -> str:
     if errors:
         lines += ["", "## Errors", ""] + [f"- {e}" for e in errors[:30]]
     return "\n".join(lines) + "\n"
+
+
+def _stats(w: dict[str, float]) -> str:
+    if not w["n"]:
+        return "none waited"
+    return f"{w['n']}: {w['p50']:.2f}/{w['p95']:.2f}/{w['max']:.2f} s"
+
+
+def _per_day(per: dict[Any, int], days: int) -> str:
+    values = list(per.values())
+    return f"{sum(values) / max(1, days):.1f}, {max(values, default=0)}"
 
 
 def _counts(c: dict[str, int]) -> str:
