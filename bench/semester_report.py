@@ -221,7 +221,7 @@ def line_chart(
     marks: list[tuple[float, str]] | None = None,
 ) -> str:
     """Lines of (label, [(x, y)], color); a self-contained SVG with axes and a legend."""
-    left, right, top, bottom = 80, 170, 28, 40
+    left, right, top, bottom = 80, 215, 28, 40
     xs = [x for _, pts, _ in series for x, _ in pts] or [0, 1]
     ys = [y for _, pts, _ in series for _, y in pts] or [0, 1]
     x0, x1 = min(xs), max(xs) or 1
