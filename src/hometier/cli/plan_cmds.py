@@ -31,6 +31,7 @@ from rich.table import Table
 from traitlets import Dict, Float, Integer, Unicode
 from traitlets.config import Configurable
 
+from hometier.cli import replay_cmds
 from hometier.cli.output import emit_json, err, human, out
 from hometier.config import Archiver, Hometier
 from hometier.errors import UsageError
@@ -114,6 +115,7 @@ def register(sub: Any) -> None:
     p.add_argument("--workers", type=int, help="homes walked in parallel")
     p.add_argument("--no-hub", action="store_true", help="ignore the Hub even if configured")
     p.add_argument("--tiers", action="store_true", help="list the price tiers and exit")
+    replay_cmds.register_args(p)
     p.set_defaults(handler=cmd_plan)
 
 
@@ -151,7 +153,8 @@ def cmd_plan(args: argparse.Namespace, cfg: Hometier) -> int:
     thresholds = planning.parse_thresholds(args.thresholds or conf.thresholds)
     now = parse_now(args.now)
     policy = Policy(min_size=parse_size(arch.min_size), max_size=parse_size(arch.max_size))
-    hub = None if args.no_hub else _hub_users(arch)
+    replay = replay_cmds.load(args, now if args.now else None) if args.replay else None
+    hub = None if args.no_hub or replay else _hub_users(arch)
     root = args.root or cfg.homes
     sample_mb = conf.sample_mb if args.sample_mb is None else args.sample_mb
     workers = args.workers or conf.scan_workers
@@ -167,7 +170,16 @@ def cmd_plan(args: argparse.Namespace, cfg: Hometier) -> int:
             on_files=bars.files_seen,
         )
         readings = None
-        if sample_mb > 0:
+        if replay:
+            everyone = set(range(len(scan.homes)))
+            if sample_mb > 0 and everyone:
+                sample = planning.read_sample(
+                    scan, [everyone], budget=sample_mb * 1024 * 1024, workers=cfg.workers
+                )
+                ratio = planning.estimate(sample, everyone, everyone).ratio
+            else:
+                ratio = 1.0
+        elif sample_mb > 0:
             _, sets = planning.decide(scan, now, thresholds, hub, policy)
             readings = planning.read_sample(
                 scan,
@@ -177,6 +189,8 @@ def cmd_plan(args: argparse.Namespace, cfg: Hometier) -> int:
                 on_start=bars.read_start,
                 on_bytes=bars.bytes_read,
             )
+    if replay:
+        return _replay(args, replay, scan, ratio, thresholds, prices)
     result = planning.make_plan(
         scan,
         readings,
@@ -199,6 +213,27 @@ def cmd_plan(args: argparse.Namespace, cfg: Hometier) -> int:
         print_plan(doc)
         if args.html:
             err.print(f"HTML report written to {args.html}", highlight=False)
+    return 0
+
+
+def _replay(
+    args: argparse.Namespace,
+    replay: replay_cmds.Replay,
+    scan: planning.HomesScan,
+    ratio: float,
+    thresholds: list[tuple[str, dt.timedelta]],
+    prices: Any,
+) -> int:
+    doc = replay_cmds.run_replay(replay, scan, ratio, thresholds, prices)
+    if args.html:
+        try:
+            Path(args.html).write_text(replay_cmds.render_html(doc, CSS), encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.html}: {exc.strerror or exc}") from exc
+    if args.json:
+        emit_json(doc)
+    else:
+        replay_cmds.print_replay(doc)
     return 0
 
 

@@ -148,3 +148,41 @@ def _price(name: str, value: float) -> float:
     if not price >= 0 or price == float("inf"):
         raise UsageError(f"price of tier {name!r} must be a non-negative number, not {value!r}")
     return price
+
+
+# --- requests and retrievals (``hometier plan --replay`` and the semester benchmark) ----
+
+
+@dataclass(frozen=True)
+class RequestPrices:
+    """USD per 1,000 write (PUT, POST, LIST) and read (GET, HEAD) requests, and per GiB
+    read back (the retrieval fee of infrequent-access classes)."""
+
+    write_per_1000: float
+    read_per_1000: float
+    retrieval_per_gb: float = 0.0
+
+
+REQUEST_PRICES: dict[str, RequestPrices] = {
+    # List prices from the same pages, recorded with the same caveat (PRICES_SOURCE).
+    "s3-standard": RequestPrices(0.005, 0.0004),
+    "s3-standard-ia": RequestPrices(0.01, 0.001, 0.01),
+    "s3-glacier-ir": RequestPrices(0.02, 0.01, 0.03),
+    "gcs-standard": RequestPrices(0.005, 0.0004),
+    "gcs-nearline": RequestPrices(0.01, 0.001, 0.01),
+    "gcs-coldline": RequestPrices(0.02, 0.01, 0.02),
+}
+"""Object tiers' request prices; a tier not listed (one from configuration) costs nothing
+per request."""
+
+
+def request_cost(tier: Tier, writes: float, reads: float, read_bytes: float = 0.0) -> float:
+    """USD for ``writes`` and ``reads`` requests and ``read_bytes`` retrieved from ``tier``."""
+    p = REQUEST_PRICES.get(tier.name)
+    if p is None:
+        return 0.0
+    return (
+        writes / 1000 * p.write_per_1000
+        + reads / 1000 * p.read_per_1000
+        + read_bytes / GIB * p.retrieval_per_gb
+    )
