@@ -22,6 +22,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from hometier.engine import writers
 from hometier.engine.export import find
 from hometier.engine.fsutil import (
     Swapped,
@@ -30,6 +31,7 @@ from hometier.engine.fsutil import (
     rename_noreplace,
 )
 from hometier.engine.trees import TreeCache
+from hometier.engine.writers import Writers
 from hometier.engine.xattrs import apply_metadata
 from hometier.errors import Conflict, Error, IntegrityError
 from hometier.repo import BlobId, Repository
@@ -42,6 +44,9 @@ STAGING_PREFIX = ".hometier-restore-"
 CONFLICTS_PREFIX = "hometier-conflicts-"
 MAX_NODES = 20_000_000
 MAX_DEPTH = 1000
+MAX_WRITERS = 4
+WRITERS_FROM = 256
+"""Forked writers: at most ``MAX_WRITERS``, and one per this many files of one blob."""
 MAX_REPORTED = 200
 """Attributes that could not be restored are listed up to this many, then counted."""
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -399,6 +404,7 @@ def restore(
     progress: ProgressFn | None = None,
     merge: bool = False,
     include: list[bytes] | None = None,
+    processes: int | None = None,
 ) -> RestoreStats:
     """Restore ``snap`` into ``target``, which must be absent or an empty folder.
 
@@ -418,6 +424,11 @@ def restore(
     ``include``: restore only these paths (relative to the snapshot's root; folders with
     everything in them) and the folders above them. A hard link whose first name is not
     included is restored as a copy of it.
+
+    ``processes``: forked writer processes that create the files of one blob (most
+    files), beside the ``workers`` fetch threads; ``None`` picks one per core (at most
+    ``MAX_WRITERS``) when the snapshot has enough files to be worth a fork, ``0`` writes
+    everything from the fetch threads (see ``engine.writers``).
     """
     started = time.monotonic()
     tgt = os.fsencode(os.path.abspath(target))
@@ -449,7 +460,8 @@ def restore(
             repo.load_index()
             trees = TreeCache(repo, [snap.tree], workers=workers)
             plan = _plan(repo, trees, snap, sfd, include)
-            _write_contents(repo, plan, sfd, stats, workers, progress, as_root, lost)
+            procs = _writer_count(processes, len(plan.files) - len(plan.created))
+            _write_contents(repo, plan, sfd, stats, workers, progress, as_root, lost, procs)
             _finish(plan, sfd, stats, as_root, lost)
             if exists:
                 _move_into(sfd, parent_fd, staging, snap, stats, tgt)
@@ -478,6 +490,17 @@ def restore(
         stats.seconds,
     )
     return stats
+
+
+def _writer_count(asked: int | None, files: int) -> int:
+    """How many writer processes a restore of ``files`` single-blob files forks."""
+    if not writers.available():
+        return 0
+    if asked is not None:
+        return max(0, asked)
+    if files < WRITERS_FROM:
+        return 0  # a fork costs more than a few hundred files' creation
+    return max(1, min(MAX_WRITERS, len(os.sched_getaffinity(0)), files // WRITERS_FROM))
 
 
 def _move_into(
@@ -549,34 +572,92 @@ def _write_contents(
     progress: ProgressFn | None,
     as_root: bool,
     lost: _Lost,
+    processes: int = 0,
 ) -> None:
-    """Fetch every blob and write it where it belongs, in the fetch workers.
+    """Fetch every blob and write it where it belongs.
 
-    A file of one blob is created, written and given its metadata with one open by the
-    worker that brings the blob (most files of a home); a file of several blobs was
-    created by the plan, and the worker that writes its last blob finishes it. Empty
-    files are made last, in the same pool. Nothing here follows a link: every name is
-    relative to the staging folder and opened with ``O_NOFOLLOW`` (and ``O_EXCL`` when
-    created).
+    A file of one blob (most files of a home) is created, written and given its metadata
+    with one open: by one of ``processes`` forked writers (``engine.writers``) that the
+    fetch threads hand the verified blob to, or without them by the fetch thread itself.
+    A file of several blobs was created by the plan; the fetch thread that writes its
+    last blob finishes it. Empty files go to the writers (or a thread pool) first.
+    Nothing here follows a link: every name is relative to the staging folder and
+    opened with ``O_NOFOLLOW`` (and ``O_EXCL`` when created).
     """
     prog = RestoreProgress(files_total=len(plan.files))
     for bid, dests in plan.dest.items():
         copies = 1 if isinstance(dests, int) else len(dests)
         prog.bytes_total += repo.locate(BlobId(bid)).raw_len * copies
+    created = plan.created
+    empty = [i for i, n in enumerate(plan.left) if n == 0]
+
+    def finish(fd: int, idx: int) -> list[str]:
+        return _set_file_meta(fd, plan, idx, as_root=as_root)
+
+    pool: Writers | None = None
+    if processes > 0:
+        pool = Writers(plan.files, sfd, processes, finish)
+    try:
+        if pool is not None:
+            for idx in empty:
+                if idx not in created:  # sparse files made by the plan stay here
+                    pool.send(idx, b"")
+            empty = [idx for idx in empty if idx in created]
+        _fetch_and_write(repo, plan, sfd, stats, workers, progress, lost, pool, prog, finish)
+        if pool is not None:
+            for rel, what in pool.close():
+                lost.add(rel, what)
+    finally:
+        if pool is not None:
+            pool.abort()
+
+    def finish_empty(batch: list[int]) -> None:
+        for idx in batch:
+            rel = plan.files[idx][0]
+            fd = os.open(rel, _REOPEN if idx in created else _CREATE, 0o600, dir_fd=sfd)
+            try:
+                lost.add(rel, finish(fd, idx))
+            finally:
+                os.close(fd)
+
+    if empty:
+        step = -(-len(empty) // workers)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as tp:
+            for f in [
+                tp.submit(finish_empty, empty[i : i + step]) for i in range(0, len(empty), step)
+            ]:
+                f.result()
+    if progress is not None:
+        progress(prog)
+
+
+def _fetch_and_write(
+    repo: Repository,
+    plan: _Plan,
+    sfd: int,
+    stats: RestoreStats,
+    workers: int,
+    progress: ProgressFn | None,
+    lost: _Lost,
+    pool: Writers | None,
+    prog: RestoreProgress,
+    finish: Callable[[int, int], list[str]],
+) -> None:
     lock = threading.Lock()
     last = [0.0]
     left = plan.left
     created = plan.created
-    empty = [i for i, n in enumerate(left) if n == 0]
 
     def write(bid: BlobId, data: bytes) -> None:
         targets = plan.dests(bid)
         for idx, off in targets:
-            rel = plan.files[idx][0]
-            if idx in created:
-                fd = os.open(rel, _REOPEN, dir_fd=sfd)
+            if idx not in created:
+                if pool is not None:
+                    pool.send(idx, data)  # a file of this one blob, at offset 0
+                    continue
+                fd = os.open(plan.files[idx][0], _CREATE, 0o600, dir_fd=sfd)
             else:
-                fd = os.open(rel, _CREATE, 0o600, dir_fd=sfd)
+                fd = os.open(plan.files[idx][0], _REOPEN, dir_fd=sfd)
             try:
                 view = memoryview(data)
                 while view:
@@ -590,7 +671,7 @@ def _write_contents(
                 else:
                     done = True
                 if done:
-                    lost.add(rel, _set_file_meta(fd, plan, idx, as_root=as_root))
+                    lost.add(plan.files[idx][0], finish(fd, idx))
             finally:
                 os.close(fd)
         with lock:
@@ -602,25 +683,6 @@ def _write_contents(
                 progress(prog)
 
     repo.for_each_blob([BlobId(b) for b in plan.dest], write, workers=workers)
-
-    def finish_empty(batch: list[int]) -> None:
-        for idx in batch:
-            rel = plan.files[idx][0]
-            fd = os.open(rel, _REOPEN if idx in created else _CREATE, 0o600, dir_fd=sfd)
-            try:
-                lost.add(rel, _set_file_meta(fd, plan, idx, as_root=as_root))
-            finally:
-                os.close(fd)
-
-    if empty:
-        step = -(-len(empty) // workers)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
-            for f in [
-                pool.submit(finish_empty, empty[i : i + step]) for i in range(0, len(empty), step)
-            ]:
-                f.result()
-    if progress is not None:
-        progress(prog)
 
 
 def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool, lost: _Lost) -> None:
