@@ -243,7 +243,7 @@ def test_writers_of_a_killed_restore_stop_and_the_next_restore_cleans_up(tmp_pat
 def test_writer_owner_keeps_runs_of_a_folder_together() -> None:
     files = [(b"a/%d" % i, b"") for i in range(600)] + [(b"b/%d" % i, b"") for i in range(10)]
     w = writers_mod.Writers.__new__(writers_mod.Writers)
-    w.files, w.pids, w._folder = files, [1, 2, 3], {}
+    w.files, w.pids = files, [1, 2, 3]
     owners = [w.owner(i) for i in range(len(files))]
     assert len(set(owners[: writers_mod.RUN])) == 1
     assert len(set(owners[600:])) == 1

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import secrets
 import stat
 import struct
@@ -47,6 +48,9 @@ MAX_DEPTH = 1000
 MAX_WRITERS = 4
 WRITERS_FROM = 256
 """Forked writers: at most ``MAX_WRITERS``, and one per this many files of one blob."""
+DIR_THREADS = 4
+DIR_BATCH = 64
+"""Folders' metadata: threads, and the fewest folders one of them takes at a time."""
 MAX_REPORTED = 200
 """Attributes that could not be restored are listed up to this many, then counted."""
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -139,6 +143,7 @@ class _Plan:
         self.dest: dict[bytes, int | list[int]] = {}
         self.regular: set[bytes] = set()
         self.count = 0
+        self.bytes_total = 0
 
     def add_dest(self, bid: bytes, idx: int, pos: int) -> None:
         value = idx * _POS + pos
@@ -237,6 +242,73 @@ def _plan(
     include: list[bytes] | None = None,
 ) -> _Plan:
     plan = _Plan()
+    maker = _Maker(sfd)
+    try:
+        _walk_plan(repo, trees, snap, plan, maker, include)
+    except BaseException:
+        maker.close(check=False)  # the walk's error is the one to report
+        raise
+    maker.close()
+    return plan
+
+
+class _Maker:
+    """The plan's filesystem work (folders, files of several blobs), done in plan order
+    on a thread of its own so that the kernel's work overlaps decoding the trees (the
+    calls release the GIL). ``close()`` waits for it and raises its first error."""
+
+    _STOP = (b"", -2)
+
+    def __init__(self, sfd: int) -> None:
+        self.sfd = sfd
+        self.jobs: queue.SimpleQueue[tuple[bytes, int]] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="restore-plan", daemon=True)
+        self.thread.start()
+
+    def mkdir(self, rel: bytes) -> None:
+        self.jobs.put((rel, -1))
+
+    def create(self, rel: bytes, size: int) -> None:
+        """An empty file (``size`` > 0: sparse, truncated to it)."""
+        self.jobs.put((rel, size))
+
+    def _run(self) -> None:
+        sfd = self.sfd
+        while True:
+            rel, size = self.jobs.get()
+            if size == -2:
+                return
+            if self.error is not None:
+                continue
+            try:
+                if size == -1:
+                    os.mkdir(rel, 0o700, dir_fd=sfd)
+                else:
+                    fd = os.open(rel, _CREATE, 0o600, dir_fd=sfd)
+                    try:
+                        if size:
+                            os.ftruncate(fd, size)
+                    finally:
+                        os.close(fd)
+            except BaseException as exc:  # noqa: BLE001 - raised by close()
+                self.error = exc
+
+    def close(self, *, check: bool = True) -> None:
+        self.jobs.put(self._STOP)
+        self.thread.join()
+        if check and self.error is not None:
+            raise self.error
+
+
+def _walk_plan(
+    repo: Repository,
+    trees: TreeCache,
+    snap: Snapshot,
+    plan: _Plan,
+    maker: _Maker,
+    include: list[bytes] | None,
+) -> None:
     only = _included(include)
     found: set[bytes] = set()
     # (tree, path, depth, whole): ``whole`` is False on the way down to an included path.
@@ -260,7 +332,7 @@ def _plan(
                 raise IntegrityError(f"snapshot holds more than {MAX_NODES} entries")
             if n.type == "dir":
                 assert n.subtree is not None
-                os.mkdir(sub, 0o700, dir_fd=sfd)
+                maker.mkdir(sub)
                 plan.dirs.append((sub, n))
                 stack.append((n.subtree, sub, depth + 1, inside))
             elif n.type == "file" and n.error is not None:
@@ -268,7 +340,7 @@ def _plan(
             elif n.link is not None:
                 plan.links.append((sub, n.link))
             elif n.type == "file":
-                _plan_file(repo, plan, sfd, sub, n)
+                _plan_file(repo, plan, maker, sub, n)
             else:
                 plan.specials.append((sub, n))
     if only is not None:
@@ -284,26 +356,20 @@ def _plan(
             if link not in plan.regular and not any(link == s for s, _n in plan.specials):
                 first = find(repo, snap, link)
                 if first.type == "file" and first.error is None and first.link is None:
-                    _plan_file(repo, plan, sfd, sub, first)
+                    _plan_file(repo, plan, maker, sub, first)
                     plan.links[i] = (sub, b"")
         plan.links = [(s, ln) for s, ln in plan.links if ln]
-    return plan
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _REOPEN = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _plan_file(repo: Repository, plan: _Plan, sfd: int, rel: bytes, n: Node) -> None:
+def _plan_file(repo: Repository, plan: _Plan, maker: _Maker, rel: bytes, n: Node) -> None:
     idx = len(plan.files)
     if n.sparse is not None or len(n.content) > 1:
         # Several writers (or holes): the file must exist before any of them runs.
-        fd = os.open(rel, _CREATE, 0o600, dir_fd=sfd)
-        try:
-            if n.sparse is not None:
-                os.ftruncate(fd, n.size)
-        finally:
-            os.close(fd)
+        maker.create(rel, n.size if n.sparse is not None else 0)
         plan.created.add(idx)
     plan.files.append((rel, _META.pack(n.mode, n.uid, n.gid, n.atime_ns, n.mtime_ns, n.size)))
     plan.left.append(len(n.content))
@@ -316,6 +382,7 @@ def _plan_file(repo: Repository, plan: _Plan, sfd: int, rel: bytes, n: Node) -> 
         pos, left = extents[0]
     for bid in n.content:
         length = repo.locate(bid).raw_len
+        plan.bytes_total += length
         while left == 0 and ext_i + 1 < len(extents):
             ext_i += 1
             pos, left = extents[ext_i]
@@ -584,10 +651,7 @@ def _write_contents(
     Nothing here follows a link: every name is relative to the staging folder and
     opened with ``O_NOFOLLOW`` (and ``O_EXCL`` when created).
     """
-    prog = RestoreProgress(files_total=len(plan.files))
-    for bid, dests in plan.dest.items():
-        copies = 1 if isinstance(dests, int) else len(dests)
-        prog.bytes_total += repo.locate(BlobId(bid)).raw_len * copies
+    prog = RestoreProgress(files_total=len(plan.files), bytes_total=plan.bytes_total)
     created = plan.created
     empty = [i for i, n in enumerate(plan.left) if n == 0]
 
@@ -649,6 +713,17 @@ def _fetch_and_write(
     created = plan.created
 
     def write(bid: BlobId, data: bytes) -> None:
+        dest = plan.dest[bid]
+        if pool is not None and isinstance(dest, int):
+            one, pos = divmod(dest, _POS)
+            if pos == 0 and one not in created:
+                # The common case: the only place of this blob is a file of this one
+                # blob, made by a writer process.
+                pool.send(one, data)
+                with lock:
+                    stats.blobs += 1
+                    prog.bytes_done += len(data)
+                return
         targets = plan.dests(bid)
         for idx, off in targets:
             if idx not in created:
@@ -719,6 +794,24 @@ def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool, lost: _Lo
             raise IntegrityError(f"hardlink {os.fsdecode(rel)} points at a file not restored")
         os.link(link, rel, src_dir_fd=sfd, dst_dir_fd=sfd, follow_symlinks=False)
         stats.files += 1
-    for rel, n in reversed(plan.dirs):
-        lost.add(rel, _set_meta(sfd, rel, n, as_root=as_root))
-        stats.dirs += 1
+    # Folders last, deepest first, so that a folder's times are set after everything
+    # inside it was made, and (not as root) a folder is narrowed only after everything
+    # below it was done. Folders of one depth do not touch each other: a level is
+    # shared out to a few threads (the calls release the GIL).
+    levels: dict[int, list[tuple[bytes, Node]]] = {}
+    for rel, n in plan.dirs:
+        levels.setdefault(rel.count(b"/"), []).append((rel, n))
+
+    def finish_dirs(batch: list[tuple[bytes, Node]]) -> None:
+        for rel, n in batch:
+            lost.add(rel, _set_meta(sfd, rel, n, as_root=as_root))
+
+    with ThreadPoolExecutor(max_workers=DIR_THREADS, thread_name_prefix="restore-dirs") as tp:
+        for depth in sorted(levels, reverse=True):
+            level = levels[depth]
+            step = max(DIR_BATCH, -(-len(level) // DIR_THREADS))
+            for f in [
+                tp.submit(finish_dirs, level[i : i + step]) for i in range(0, len(level), step)
+            ]:
+                f.result()
+    stats.dirs += len(plan.dirs)

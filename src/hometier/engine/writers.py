@@ -69,7 +69,6 @@ class Writers:
         self.pipes: list[int] = []
         self.results: list[int] = []
         self.locks: list[threading.Lock] = []
-        self._folder: dict[bytes, int] = {}
         try:
             for _ in range(count):
                 self._start(sfd, finish)
@@ -103,21 +102,17 @@ class Writers:
         self.locks.append(threading.Lock())
 
     def owner(self, idx: int) -> int:
-        rel = self.files[idx][0]
-        folder = rel.rpartition(b"/")[0]
-        h = self._folder.get(folder)
-        if h is None:
-            h = self._folder[folder] = hash(folder) & 0xFFFF
-        return (h + idx // RUN) % len(self.pids)
+        # The plan lists a folder's files one after the other: runs of them stay together.
+        return (idx // RUN) % len(self.pids)
 
     def send(self, idx: int, data: bytes | memoryview) -> None:
-        w = self.owner(idx)
+        w = (idx // RUN) % len(self.pids)
         head = _FRAME.pack(idx, len(data))
         with self.locks[w]:
             try:
-                _write_all(self.pipes[w], head)
-                if len(data):
-                    _write_all(self.pipes[w], data)
+                n = os.writev(self.pipes[w], [head, data])
+                if n < len(head) + len(data):  # interrupted part way (a signal): the rest
+                    _write_all(self.pipes[w], memoryview(head + bytes(data))[n:])
             except BrokenPipeError:
                 raise WriterFailed(self._why(w)) from None
 
