@@ -201,8 +201,52 @@ def _open_staging(parent_fd: int, name: bytes) -> int:
     """Create and open a fresh staging folder, and prove it is ours (root's, 0700)."""
     try:
         return make_private_dir(name, parent_fd)
-    except Swapped:
-        raise RestoreError("-", os.fsdecode(name), "the staging folder was tampered with") from None
+    except OSError as exc:
+        # Swapped, or (ELOOP, ENOTDIR, ENOENT) renamed or exchanged with a symlink
+        # between ``mkdir`` and ``open`` by the user of the folder it is made in.
+        if isinstance(exc, Swapped) or exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+            for _attempt in range(3):  # ours is empty: rmdir removes nothing else
+                try:
+                    os.rmdir(name, dir_fd=parent_fd)
+                    break
+                except OSError:
+                    continue
+            raise RestoreError(
+                "-", os.fsdecode(name), "the staging folder was tampered with"
+            ) from None
+        raise
+
+
+def _drop_staging(parent_fd: int, name: bytes, sfd: int) -> None:
+    """Remove the staging folder: what is in it through its descriptor, then the folder
+    under the name it has now. Inside a home its user cannot enter it but may rename
+    it, or exchange its name with a symlink or a folder of theirs (never move it to
+    another folder: that needs write access to it): the name is trusted only once it
+    shows the folder's inode, and ``rmdir`` removes nothing but an empty folder. Never
+    raises; a staging folder that keeps being swapped is left empty (root's, 0700) and
+    logged, for the next restore's clean-up."""
+    try:
+        for entry in map(os.fsencode, os.listdir(sfd)):
+            remove_tree(entry, sfd)
+        me = os.fstat(sfd)
+    except OSError as exc:
+        log.warning("could not empty a restore's staging folder: %s", exc)
+        return
+    for _attempt in range(3):
+        names = [name]
+        try:
+            names += [n for n in map(os.fsencode, os.listdir(parent_fd)) if n != name]
+        except OSError:
+            pass
+        for n in names:
+            try:
+                st = os.stat(n, dir_fd=parent_fd, follow_symlinks=False)
+                if (st.st_dev, st.st_ino) == (me.st_dev, me.st_ino):
+                    os.rmdir(n, dir_fd=parent_fd)
+                    return
+            except OSError:
+                continue  # swapped between stat and rmdir: look again
+    log.warning("a restore's staging folder kept being renamed; left it empty")
 
 
 def _clean_stale(parent_fd: int, prefix: bytes) -> None:
@@ -537,7 +581,7 @@ def restore(
                 lost.add(b"", apply_root_meta(sfd, snap, as_root=as_root))
                 rename_noreplace(staging, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         except BaseException as exc:
-            remove_tree(staging, parent_fd)
+            _drop_staging(parent_fd, staging, sfd)
             if isinstance(exc, KeyboardInterrupt):
                 raise
             detail = exc.get_message() if isinstance(exc, Error) else _describe(exc)
@@ -593,7 +637,7 @@ def _move_into(
             os.close(conflicts[1])
     if conflicts is not None:
         stats.conflicts_dir = os.fsdecode(tgt + b"/" + conflicts[0])
-    os.rmdir(staging, dir_fd=tfd)
+    _drop_staging(tfd, staging, sfd)
 
 
 def make_conflicts_dir(dir_fd: int, tag: str, uid: int, gid: int) -> tuple[bytes, int]:
