@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from hometier.engine import backup, restore
+from hometier.engine.fsutil import rename_exchange
 from hometier.repo import Repository
 from hometier.store import open_store
 from treeutil import assert_same_tree, snapshot_of_tree
@@ -119,3 +120,41 @@ def test_racy_entries_are_listed_again(tmp_path: Path, listed: list[bytes]) -> N
     listed.clear()
     backup(repo, src, user="u", parent=first)
     assert len(listed) == n
+
+
+def test_hard_links_and_replaced_files_keep_their_own_attributes(
+    tmp_path: Path, listed: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The entries the skip could get wrong: a hard link whose other name comes first in
+    the walk once a folder is renamed (the inode's ctime does not move, and the name's
+    node in the parent was a link); a file replaced by another whose attributes differ
+    (``rename`` over it, and a ``RENAME_EXCHANGE`` of two files with the same ctime)."""
+    src = tmp_path / "home"
+    for d in ("a", "z", "s"):
+        (src / d).mkdir(parents=True)
+    (src / "a" / "f").write_bytes(b"linked")
+    if not _xattrs_supported(src):
+        pytest.skip("this filesystem has no user.* attributes")
+    os.setxattr(src / "a" / "f", "user.who", b"the inode")
+    os.link(src / "a" / "f", src / "z" / "g")
+    for name, value in (("one", b"1"), ("two", b"2"), ("three", b"3"), ("new", b"n")):
+        (src / "s" / name).write_bytes(b"same size")
+        os.setxattr(src / "s" / name, "user.who", value)
+    repo, _ = Repository.open_or_create(open_store(f"memory://{uuid.uuid4().hex}"))
+    first = backup(repo, src, user="u")
+    monkeypatch.setattr(archive_mod, "RACY_NS", -(10**12))  # trust every old ctime
+    time.sleep(0.02)
+    os.rename(src / "a", src / "zz")  # z/g is now the inode's first name in the walk
+    os.rename(src / "s" / "new", src / "s" / "one")  # replaced by a file of other attributes
+    assert rename_exchange(
+        b"two", b"three", a_dir_fd=(fd := os.open(src / "s", os.O_RDONLY)), b_dir_fd=fd
+    )
+    os.close(fd)
+    listed.clear()
+    second = backup(repo, src, user="u", parent=first)
+    assert {p.rsplit(b"/", 1)[-1] for p in listed} >= {b"one", b"two", b"three"}
+    restore(repo, second, tmp_path / "r")
+    assert_same_tree(snapshot_of_tree(src), snapshot_of_tree(tmp_path / "r"))
+    assert os.getxattr(tmp_path / "r" / "z" / "g", "user.who") == b"the inode"
+    assert os.getxattr(tmp_path / "r" / "s" / "one", "user.who") == b"n"
+    assert os.getxattr(tmp_path / "r" / "s" / "two", "user.who") == b"3"
