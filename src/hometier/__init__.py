@@ -4,4 +4,4 @@ Layers, each a subpackage depending only on the ones below it (see docs/architec
 store -> repo -> engine -> state -> lifecycle -> service | hub | cli.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -13,13 +13,12 @@ from hometier.config import Archiver, Hometier
 from hometier.config import Retention as RetentionConfig
 from hometier.errors import Error, UsageError
 from hometier.lifecycle.activity import HubClient
+from hometier.lifecycle.binding import check_homes, open_bound_repository
 from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.homes import HomeLayout
 from hometier.lifecycle.policy import Policy, Retention, parse_quiet_hours
 from hometier.lifecycle.units import parse_duration, parse_size
-from hometier.repo import Repository
 from hometier.state import Database, open_database
-from hometier.store import open_store
 
 if TYPE_CHECKING:
     from hometier.spaces.context import SpacesContext
@@ -48,6 +47,8 @@ def make_retention(ret: RetentionConfig) -> Retention:
         keep_within=within,
         grace=parse_duration(ret.grace),
         every=every if every.total_seconds() > 0 else None,
+        repack_waste=ret.repack_waste if ret.repack_waste < 1 else None,
+        repack_max=parse_size(ret.repack_max),
     )
 
 
@@ -72,15 +73,42 @@ def open_db(cfg: Hometier) -> Database:
         raise DatabaseUnavailable(shown, str(exc).splitlines()[0]) from exc
 
 
-def make_lifecycle(cfg: Hometier, arch: Archiver, *, create_repo: bool = True) -> Lifecycle:
-    """Open the database (migrating it) and the repository (creating it if allowed)."""
-    store = open_store(cfg.store)
-    repo = Repository.open_or_create(store)[0] if create_repo else Repository.open(store)
+def open_bound_db(cfg: Hometier, *, rebind: bool = False) -> Database:
+    """The state database, checked to be the one of ``cfg.homes`` (``lifecycle.binding``):
+    what verbs that need only the database (``status``, ``exempt``, ``lease``) open."""
+    db = open_db(cfg)
+    try:
+        check_homes(db, cfg.homes, dt.datetime.now(dt.UTC), rebind=rebind)
+    except BaseException:
+        db.dispose()
+        raise
+    return db
+
+
+def make_lifecycle(
+    cfg: Hometier, arch: Archiver, *, create_repo: bool = True, rebind: bool = False
+) -> Lifecycle:
+    """Open the database (migrating it; bound to its homes root and repository, see
+    ``lifecycle.binding``) and the repository (created only for a new database, and only
+    if ``create_repo``)."""
     hub = HubClient(arch.hub_api_url, arch.hub_api_token) if arch.hub_api_url else None
     if hub is not None and not arch.hub_api_token:
         raise UsageError("hub_api_url is set but no token: set HOMETIER_HUB_TOKEN")
+    db = open_bound_db(cfg, rebind=rebind)
+    try:
+        repo = open_bound_repository(
+            db,
+            cfg.store,
+            dt.datetime.now(dt.UTC),
+            create=create_repo,
+            rebind=rebind,
+            cache_dir=cfg.cache_dir,
+        )
+    except BaseException:
+        db.dispose()
+        raise
     return Lifecycle(
-        db=open_db(cfg),
+        db=db,
         repo=repo,
         layout=HomeLayout(cfg.homes, cfg.home_template),
         policy=make_policy(arch),

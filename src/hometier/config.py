@@ -53,6 +53,31 @@ class Hometier(Configurable):
 
     pack_size_mb = Integer(32, help="Target size of a pack object, in MiB.").tag(config=True)
 
+    secret_key = Unicode(
+        help=(
+            "Fernet key(s) that seal secrets stored in the database (job secrets); several, "
+            "comma separated, rotate: the first seals, all unseal. Env: HOMETIER_SECRET_KEY."
+        ),
+    ).tag(config=True)
+
+    secret_key_file = Unicode(
+        help=(
+            "File holding the Fernet key(s), readable by its owner only (instead of "
+            "secret_key). Env: HOMETIER_SECRET_KEY_FILE."
+        ),
+    ).tag(config=True)
+
+    cache_dir = Unicode(
+        help=(
+            "Local folder for the repository's index cache (sorted files and a small "
+            "SQLite database, about 70 bytes per blob of the repository: 3.5 GB at 50 "
+            "million blobs). Backup and prune deduplicate against it; restores do not "
+            "need it. Derived data: it may be deleted at any time and is rebuilt from the "
+            "bucket. Default: a `cache` folder beside the SQLite state database, else "
+            "`.hometier/cache`. Env: HOMETIER_CACHE_DIR."
+        ),
+    ).tag(config=True)
+
     @default("homes")
     def _homes_default(self) -> str:
         return os.environ.get("HOMETIER_HOMES", "/home")
@@ -64,6 +89,25 @@ class Hometier(Configurable):
     @default("db")
     def _db_default(self) -> str:
         return os.environ.get("HOMETIER_DB", f"sqlite:///{DEFAULT_DIR}/state.db")
+
+    @default("secret_key")
+    def _secret_key_default(self) -> str:
+        return os.environ.get("HOMETIER_SECRET_KEY", "")
+
+    @default("secret_key_file")
+    def _secret_key_file_default(self) -> str:
+        return os.environ.get("HOMETIER_SECRET_KEY_FILE", "")
+
+    @default("cache_dir")
+    def _cache_dir_default(self) -> str:
+        env = os.environ.get("HOMETIER_CACHE_DIR")
+        if env:
+            return env
+        if self.db.startswith("sqlite:///"):
+            path = self.db[len("sqlite:///") :].split("?", 1)[0]
+            if path and path != ":memory:":
+                return str(Path(path).parent / "cache")
+        return f"{DEFAULT_DIR}/cache"
 
 
 class Archiver(Configurable):
@@ -187,6 +231,17 @@ class Retention(Configurable):
     prune_interval = Unicode(
         "1d", help="How often the archiver loop applies retention and prunes (0: never)."
     ).tag(config=True)
+    repack_waste = Float(
+        0.5,
+        help=(
+            "Prune copies the used blobs out of a partly used pack, and deletes the pack "
+            "after the grace period, once this fraction of its bytes is unused (0.5: half "
+            "of it). 1 never repacks (unused packs are still deleted)."
+        ),
+    ).tag(config=True)
+    repack_max = Unicode(
+        "4GB", help="At most this many bytes of packs are repacked by one prune."
+    ).tag(config=True)
 
 
 class Spaces(Configurable):
@@ -279,6 +334,109 @@ class Spaces(Configurable):
     @default("secret_store")
     def _secret_store_default(self) -> str:
         return os.environ.get("HOMETIER_SECRET_STORE", "")
+
+
+class Jobs(Configurable):
+    """Jobs on behalf of users: scheduled notebooks and scripts (``c.Jobs.*``)."""
+
+    enabled = Bool(
+        True,
+        help=(
+            "Run the jobs scheduler in `hometier serve` (needs the Hub API: "
+            "c.Archiver.hub_api_url and a token with the `tokens` scope)."
+        ),
+    ).tag(config=True)
+    proxy_url = Unicode(
+        help=(
+            "Public URL of the Hub's proxy, where /user/<name>/ reaches a server "
+            "(http://proxy-public on z2jh). Default: the origin of the Hub API URL. "
+            "Env: HOMETIER_PROXY_URL."
+        )
+    ).tag(config=True)
+    poll_interval = Unicode("15s", help="How often to look for due jobs and queued runs.").tag(
+        config=True
+    )
+    heartbeat = Unicode("10s", help="How often a running run renews its claim and lease.").tag(
+        config=True
+    )
+    stale_after = Unicode(
+        "2m", help="A run whose heartbeat is older is taken over (its process died)."
+    ).tag(config=True)
+    activity_interval = Unicode(
+        "60s",
+        help="How often a run reports its server's activity to the Hub (the idle culler).",
+    ).tag(config=True)
+    spawn_timeout = Unicode("5m", help="How long a run waits for the server it starts.").tag(
+        config=True
+    )
+    concurrency = Integer(4, help="Runs carried out at once by this process.").tag(config=True)
+    max_source_size = Unicode("20MB", help="Largest notebook or script a job may run.").tag(
+        config=True
+    )
+    max_output_size = Unicode(
+        "50MB", help="A run whose outputs grow past this is stopped and fails."
+    ).tag(config=True)
+    min_interval = Unicode(
+        "5m", help="Schedules that would fire more often than this are refused."
+    ).tag(config=True)
+    max_timeout = Unicode("24h", help="Longest timeout a job may ask for.").tag(config=True)
+    kernel_name = Unicode(help="Kernel to start (empty: the server's default kernel).").tag(
+        config=True
+    )
+    notify_success = Bool(False, help="Also tell owners about runs that succeeded.").tag(
+        config=True
+    )
+
+    @default("proxy_url")
+    def _proxy_url_default(self) -> str:
+        return os.environ.get("HOMETIER_PROXY_URL", "")
+
+
+class Mounts(Configurable):
+    """Bucket folders on this host: FUSE mounts shared by servers (``c.Mounts.*``)."""
+
+    enabled = Bool(
+        True,
+        help=(
+            "Mount bucket folders on this host and run their check loop in `hometier "
+            "serve` (needs root and /dev/fuse). Off: only the API, browsing and the "
+            "Kubernetes manifests work."
+        ),
+    ).tag(config=True)
+    root = Unicode(
+        help=(
+            "Root-owned folder holding the FUSE mounts, their shared anchors and logs "
+            "(default /var/lib/hometier/mounts). Env: HOMETIER_MOUNTS_ROOT."
+        ),
+    ).tag(config=True)
+    host = Unicode(
+        help="Name of this host in the database (default: the host name). Env: HOMETIER_HOST."
+    ).tag(config=True)
+    s3fs = Unicode("s3fs", help="The s3fs-fuse program (Debian: apt-get install s3fs).").tag(
+        config=True
+    )
+    unmount_after = Unicode(
+        "5m", help="Keep a mount this long after its last server released it (0: at once)."
+    ).tag(config=True)
+    check_interval = Unicode(
+        "15s", help="How often mounts are checked, recovered and reconciled with the kernel."
+    ).tag(config=True)
+    probe_timeout = Integer(
+        5, help="Seconds a mount may take to answer statfs before its daemon is called hung."
+    ).tag(config=True)
+    mount_timeout = Integer(
+        30, help="Seconds a FUSE daemon may take to mount before the attempt fails."
+    ).tag(config=True)
+
+    @default("root")
+    def _root_default(self) -> str:
+        return os.environ.get("HOMETIER_MOUNTS_ROOT", "/var/lib/hometier/mounts")
+
+    @default("host")
+    def _host_default(self) -> str:
+        import socket
+
+        return os.environ.get("HOMETIER_HOST") or socket.gethostname()
 
 
 def load_config(path: str | None) -> Config:

@@ -181,3 +181,61 @@ def test_folders_that_are_not_homes_are_never_candidates(
         subprocess.run(["umount", "-l", str(mnt)], check=False)
     assert found == [victim.user]
     assert queries.home_users(lc.db) == {victim.user}
+
+
+def test_the_plan_scan_never_opens_through_a_symlinked_folder(
+    victim: Victim, canary: object, tmp_path: Path
+) -> None:
+    """``hometier plan`` reads homes as root (sizes, sampled contents): a folder the user
+    swapped for a symlink is never gone through, wherever it sits on the path."""
+    from hometier.lifecycle import plan
+
+    outside = tmp_path / "outside" / "b"
+    outside.mkdir(parents=True)
+    (outside / "f").write_text("root's\n")
+    os.symlink(tmp_path / "outside", victim.home / "a")
+    with pytest.raises(OSError):
+        plan._open_dir(str(victim.home), "a/b")
+    with pytest.raises(OSError):
+        plan._open_in(str(victim.home), "a/b/f", os.O_RDONLY | os.O_NOFOLLOW)
+    assert plan.read_blobs((str(victim.home), "a/b/f"), 7, 0, 7, plan.Chunking()) is None
+
+
+def test_a_prune_mark_is_dated_when_it_becomes_visible(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 13: a mark carried the prune's start time but was written at its end, so an
+    archive that began in between (it loaded the index before the mark existed) looked
+    younger than the mark and did not hold the sweep back."""
+    import datetime as dt
+    import itertools
+
+    from hometier.engine import backup
+    from hometier.engine import prune as prune_mod
+    from hometier.repo import Repository
+    from hometier.repo.repository import PRUNE_PREFIX
+    from hometier.store import open_store
+
+    repo = Repository.create(open_store(f"file://{tmp_path / 'repo'}"))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(os.urandom(300_000))
+    snap = backup(repo, src, user="alice")
+    for obj in list(repo.store.list("snapshots/")):  # nothing references its packs now
+        repo.store.delete(obj.key)
+    del snap
+    ticks = itertools.count(0, 300)  # each look at the clock: five more minutes passed
+    monkeypatch.setattr(prune_mod.time, "monotonic", lambda: float(next(ticks)))
+    t0 = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+
+    prune_mod.prune(repo, now=t0, grace=dt.timedelta(hours=1))
+
+    [mark] = list(repo.store.list(PRUNE_PREFIX))
+    written = dt.datetime.fromisoformat(__import__("json").loads(repo.store.get(mark.key))["time"])
+    assert written > t0, "the mark carries the time the prune began"
+    # An archive that began after the prune did, but before the mark was there:
+    began = t0 + (written - t0) / 2
+    report = prune_mod.prune(
+        Repository.open(repo.store), now=t0 + dt.timedelta(hours=3), archives_since=began
+    )
+    assert report.packs_deleted == 0 and report.marks_waiting == 1, report

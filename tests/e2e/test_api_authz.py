@@ -23,6 +23,7 @@ from e2e.svc_fixtures import (
     Api,
     api_fixture,  # noqa: F401 - the `api` fixture
 )
+from hometier.tickets import mint_ticket
 
 pytestmark = [pytest.mark.hub, pytest.mark.slow]
 
@@ -349,3 +350,48 @@ def test_a_token_that_expired_after_use_is_refused(api: Api) -> None:
     status, body = api.call("POST", "/api/homes/alice/restore", token)
     assert status == 401, f"an expired token still starts restores: {status} {body}"
     assert api.fingerprint() == was
+
+
+def test_forged_expired_and_foreign_tickets_change_nothing(api: Api) -> None:
+    """Restore tickets (``hometier.tickets``, what the spawn hook sends instead of a Hub
+    token): only a valid one, for its own user, restores; nothing else changes."""
+    before = {"homes": api.home_rows(), "events": len(api.events())}
+    secret = api.svc.token
+    forged = mint_ticket("not-the-service-token", "alice", 600)
+    expired = mint_ticket(secret, "alice", -1)
+    bobs = mint_ticket(secret, "bob", 600)
+    for token, want in ((forged, (401, 403)), (expired, (401, 403)), (bobs, (403,))):
+        for method, path in (
+            ("POST", "/api/homes/alice/restore"),
+            ("GET", "/api/homes/alice/restore/events"),
+            ("GET", "/api/homes/alice/snapshots/latest/archive?format=tar"),
+        ):
+            status, _ = api.call(method, path, token, raw=True)
+            assert status in want, (method, path, status)
+    alices = mint_ticket(secret, "alice", 600)
+    for method, path in (
+        ("GET", "/api/homes/alice/snapshots"),
+        ("GET", "/api/homes/alice/leases"),
+        ("POST", "/api/homes/alice/archive"),
+        ("GET", "/api/homes"),
+        ("GET", "/metrics"),
+    ):
+        status, _ = api.call(method, path, alices, raw=True)
+        assert status == 403, (method, path, status)
+    assert api.home_rows() == before["homes"]
+    assert len(api.events()) == before["events"]
+
+
+def test_a_ticket_streams_the_latest_snapshot_and_restores_its_user(api: Api) -> None:
+    ticket = mint_ticket(api.svc.token, "alice", 600)
+    status, headers, body = api.fetch(
+        "GET", "/api/homes/alice/snapshots/latest/archive?format=tar", ticket
+    )
+    assert status == 200 and len(body) > 1000, status
+    began = time.monotonic()
+    status, doc = api.call("POST", "/api/homes/alice/restore", ticket)
+    assert status == 202, doc
+    events = api.sse("alice", ticket)
+    assert events and events[-1][1]["state"] == "done", events
+    print(f"restored through a ticket in {time.monotonic() - began:.1f} s")
+    assert api.home("alice")["state"] == "active"

@@ -58,7 +58,8 @@ def snap_url(user: str, ref: str, kind: str, query: str = "") -> str:
 
 
 def test_health_needs_no_token(api: Api) -> None:
-    assert api.call("GET", "/health", None) == (200, {"status": "ok"})
+    ok = {"status": "ok", "database": "ok", "store": "ok"}
+    assert api.call("GET", "/health", None) == (200, ok)
 
 
 def structural_errors(doc: dict[str, Any]) -> list[str]:
@@ -128,6 +129,17 @@ def test_openapi_is_valid_openapi_3_1_and_lists_every_route(api: Api) -> None:
         "/api/homes/{user}/snapshots/{snapshot}/tree": {"get"},
         "/api/homes/{user}/snapshots/{snapshot}/file": {"get"},
         "/api/homes/{user}/snapshots/{snapshot}/archive": {"get"},
+        "/api/jobs": {"get", "post"},
+        "/api/jobs/pause-all": {"post"},
+        "/api/jobs/{job}": {"get", "patch", "delete"},
+        "/api/jobs/{job}/run": {"post"},
+        "/api/jobs/{job}/pause": {"post"},
+        "/api/jobs/{job}/resume": {"post"},
+        "/api/jobs/{job}/runs": {"get"},
+        "/api/jobs/{job}/runs/{run}": {"get"},
+        "/api/jobs/{job}/runs/{run}/cancel": {"post"},
+        "/api/secrets": {"get"},
+        "/api/secrets/{name}": {"put", "delete"},
     }
     assert {p: set(ops) for p, ops in doc["paths"].items()} == expected
     assert doc["servers"] == [{"url": PREFIX}]
@@ -387,7 +399,8 @@ def test_tar_download_unpacks_to_the_home(api: Api, tmp_path: Path) -> None:
     )
     assert status == 200, body[:300]
     assert headers["content-type"] == "application/x-tar"
-    assert "alice.tar" in headers["content-disposition"]
+    # Named by whose and when the snapshot was taken.
+    assert re.search(r"''alice-\d{4}-\d{2}-\d{2}\.tar$", headers["content-disposition"])
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         members = tar.getmembers()
         assert all(not os.path.isabs(m.name) and ".." not in m.name.split("/") for m in members)

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""Build the golden repository ``tests/golden/repo-v1/`` and ``expected-v1.json``.
+"""Build the golden repository ``tests/golden/repo-vN/`` and ``expected-vN.json``, N being
+the format version this hometier writes (``repo.config.VERSION``).
 
-The golden repository is format version 1 as hometier wrote it: later versions of
+The golden repository is format version N as hometier wrote it: later versions of
 hometier must still check and restore it (``tests/unit/test_golden.py``), the way borg
 keeps reading its ``repo12.tar.gz``. So this script is run ONCE per format version and
 its output committed; running it again with a newer hometier would defeat the purpose
 (it refuses to overwrite unless given ``--force``). A new format version gets a new
-``repo-vN`` and ``expected-vN.json`` beside the old ones.
+``repo-vN`` and ``expected-vN.json`` beside the old ones: ``repo-v1`` (written by a
+pre-release build) and ``repo-v2`` (hometier 0.2: the same home, with its locator).
 
 What is deterministic: the home (contents, modes, owners, mtimes, names) and the config
 (id ``golden``, blob key ``bytes(range(32))``, creation time). What is not: the snapshot
@@ -35,11 +37,10 @@ from typing import Any
 
 from hometier.engine import backup, check
 from hometier.repo import Repository
-from hometier.repo.config import RepoConfig
+from hometier.repo.config import VERSION, RepoConfig
 from hometier.store import open_store
 
 HERE = Path(__file__).resolve().parent
-VERSION = 1
 REPO_DIR = HERE / f"repo-v{VERSION}"
 EXPECTED = HERE / f"expected-v{VERSION}.json"
 CONFIG = RepoConfig(id="golden", blob_key=bytes(range(32)), created="2026-11-26T00:00:00Z")
@@ -64,7 +65,12 @@ def _periodic(size: int) -> bytes:
 
 # (relative path, kind, mode, payload); folders are listed before what they hold.
 HOME: list[tuple[bytes, str, int, Any]] = [
-    (b"README.txt", "file", 0o644, b"This is the hometier golden home, format version 1.\n"),
+    (
+        b"README.txt",
+        "file",
+        0o644,
+        f"This is the hometier golden home, format version {VERSION}.\n".encode(),
+    ),
     (b"bin", "dir", 0o755, None),
     (b"bin/run.sh", "file", 0o755, b'#!/bin/sh\nexec python3 -m hometier "$@"\n'),
     (b"bin/setuid-tool", "file", 0o4755, b"#!/bin/sh\nid\n"),
@@ -210,7 +216,7 @@ def describe_home(root: bytes) -> dict[str, Any]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--force", action="store_true", help="replace an existing repo-v1")
+    parser.add_argument("--force", action="store_true", help=f"replace an existing repo-v{VERSION}")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("make_golden.py needs root (owners, setuid)", file=sys.stderr)

@@ -154,9 +154,15 @@ def test_init_json(env: Env) -> None:
 # --- backup and snapshots ----------------------------------------------------------------
 
 
-def test_first_backup_creates_the_repository_and_says_so(env: Env) -> None:
+def test_a_backup_never_creates_a_repository_unless_asked(env: Env) -> None:
+    # A mistyped prefix must not become a new, empty repository (nor an empty folder).
     assert not env.store.exists()
     r = env.run("backup", "alice")
+    assert r.code == 3, r.err
+    assert "hometier init" in r.said and "--init" in r.said, r.said
+    assert not env.store.exists()
+
+    r = env.run("backup", "--init", "alice")
     assert r.code == 0, r.err
     assert f"created a new repository at file://{env.store}" in r.said
     assert SNAPSHOT_ID.match(r.out.strip()), r.out
@@ -168,7 +174,7 @@ def test_first_backup_creates_the_repository_and_says_so(env: Env) -> None:
 
 
 def test_backup_json_prints_the_snapshot_and_snapshots_lists_it(env: Env) -> None:
-    r = env.run("backup", "alice", "--json")
+    r = env.run("backup", "--init", "alice", "--json")
     assert r.code == 0, r.err
     doc = r.json  # stdout is exactly one JSON document
     sid = doc["snapshot"]
@@ -183,7 +189,7 @@ def test_backup_json_prints_the_snapshot_and_snapshots_lists_it(env: Env) -> Non
     assert rows[0]["user"] == "alice" and rows[0]["complete"] is True
 
     # A second backup uses the first as parent and reads nothing.
-    doc2 = env.run("backup", "alice", "--json").json
+    doc2 = env.run("backup", "--init", "alice", "--json").json
     assert doc2["parent"] == sid and doc2["stats"]["files_read"] == 0
     assert [row["id"] for row in env.run("snapshots", "alice", "--json").json] == [
         sid,
@@ -194,7 +200,7 @@ def test_backup_json_prints_the_snapshot_and_snapshots_lists_it(env: Env) -> Non
 
 
 def test_backup_of_a_missing_home_fails_cleanly(env: Env) -> None:
-    r = env.run("backup", "nobody-here")
+    r = env.run("backup", "--init", "nobody-here")
     assert r.code != 0
     assert "nobody-here" in r.said and "Traceback" not in r.err
 
@@ -205,7 +211,7 @@ def test_backup_of_a_missing_home_fails_cleanly(env: Env) -> None:
 def test_restore_into_a_target_then_into_the_home(env: Env) -> None:
     home = env.home("alice")
     original = snapshot_of_tree(home)
-    sid = env.run("backup", "alice", "--json").json["snapshot"]
+    sid = env.run("backup", "--init", "alice", "--json").json["snapshot"]
 
     # Into a new folder.
     target = env.tmp / "restored"
@@ -218,13 +224,14 @@ def test_restore_into_a_target_then_into_the_home(env: Env) -> None:
     assert r.code == 0, r.err
     assert_same_tree(original, snapshot_of_tree(env.tmp / "by-id"))
 
-    # Into the home while it still holds files: refused, nothing changed.
+    # Into the home while it still holds files: it is active, nothing to do, no error.
     (home / "new since the backup").write_text("keep me\n")
     before = snapshot_of_tree(home)
     r = env.run("restore", "alice")
-    assert r.code != 0, r.out
-    assert "error:" in r.err
+    assert r.code == 0, r.err
+    assert "already active" in " ".join(r.out.split()) and "error" not in r.err
     assert_same_tree(before, snapshot_of_tree(home))
+    assert env.run("restore", "alice", "--json").json["outcome"] == "active"
 
     # Into the emptied home: works.
     for entry in home.iterdir():
@@ -240,7 +247,7 @@ def test_restore_into_a_target_then_into_the_home(env: Env) -> None:
 def test_a_state_db_in_a_missing_folder_is_created(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert env.run("backup", "alice").code == 0
+    assert env.run("backup", "--init", "alice").code == 0
     shutil.rmtree(env.home("alice"))
     monkeypatch.setenv("HOMETIER_DB", f"sqlite:///{env.tmp}/no/such/folder/state.db")
     r = env.run("restore", "alice")
@@ -252,7 +259,7 @@ def test_a_state_db_in_a_missing_folder_is_created(
 def test_a_state_db_that_cannot_be_opened_is_a_clear_error(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    assert env.run("backup", "alice").code == 0
+    assert env.run("backup", "--init", "alice").code == 0
     shutil.rmtree(env.home("alice"))
     (env.tmp / "a-file").write_text("not a folder")
     monkeypatch.setenv("HOMETIER_DB", f"sqlite:///{env.tmp}/a-file/state.db")
@@ -275,7 +282,7 @@ def test_restore_of_a_user_without_snapshots_is_not_found(env: Env) -> None:
 
 
 def test_check_read_data_json(env: Env) -> None:
-    assert env.run("backup", "alice").code == 0
+    assert env.run("backup", "--init", "alice").code == 0
     r = env.run("check", "--read-data", "--json")
     assert r.code == 0, r.err
     doc = r.json
@@ -285,7 +292,7 @@ def test_check_read_data_json(env: Env) -> None:
 
 
 def test_check_reports_a_damaged_pack(env: Env) -> None:
-    assert env.run("backup", "alice").code == 0
+    assert env.run("backup", "--init", "alice").code == 0
     packs = [p for p in (env.store / "packs").rglob("*") if p.is_file()]
     data = bytearray(packs[0].read_bytes())
     data[100] ^= 0xFF
@@ -327,7 +334,7 @@ HOSTILE = ["..", "../root", "a/b", "", "x" * 300, "a\0b", ".", "../outside", "/e
     ids=lambda v: " ".join(v[:1] + v[2:3]),
 )
 def test_hostile_user_names_are_refused(env: Env, user: str, verb: list[str]) -> None:
-    assert env.run("backup", "alice").code == 0
+    assert env.run("backup", "--init", "alice").code == 0
     before = env.everything()
     argv = [a.replace("{u}", user).replace("{tmp}", str(env.tmp)) for a in verb]
     r = env.run(*argv)
@@ -366,7 +373,7 @@ def test_the_command_in_a_subprocess(env: Env, tmp_path: Path) -> None:
             timeout=120,
         )
 
-    p = run("backup", "alice", "--json")
+    p = run("backup", "--init", "alice", "--json")
     assert p.returncode == 0, p.stderr
     sid = json.loads(p.stdout)["snapshot"]
     assert SNAPSHOT_ID.match(sid)
@@ -376,8 +383,8 @@ def test_the_command_in_a_subprocess(env: Env, tmp_path: Path) -> None:
     assert [row["id"] for row in json.loads(p.stdout)] == [sid]
 
     home = snapshot_of_tree(env.home("alice"))
-    p = run("restore", "alice")  # the home is not empty
-    assert p.returncode != 0 and "error:" in p.stderr
+    p = run("restore", "alice")  # the home is not empty: already active
+    assert p.returncode == 0 and "already active" in p.stdout, p.stderr
     assert "Traceback" not in p.stderr
     assert_same_tree(home, snapshot_of_tree(env.home("alice")))
 

@@ -1,7 +1,8 @@
 """Every object of a repository, damaged every way: check sees it and restore never lies.
 
 A small home is backed up twice (the second time incrementally, so the repository holds
-two packs, two index objects and two snapshots besides the config). Then, in a fresh copy
+two packs, two index objects, two snapshots and their two locators besides the config; a
+restore with a damaged locator falls back to the index). Then, in a fresh copy
 of that repository, one object at a time is damaged in one of five ways, and:
 
 - ``check(read_data=True)`` must raise (structure-only check too, where it can see it);
@@ -50,6 +51,8 @@ ROLES = [
     "index-2",
     "snapshot-1",
     "snapshot-2",
+    "locator-1",
+    "locator-2",
 ]
 
 
@@ -151,7 +154,11 @@ def pristine(tmp_path_factory: pytest.TempPathFactory) -> Pristine:
         assert len(packs) == 2 and set(kinds) == {"pack", "treepack"}, f"backup {n}: {packs}"
         for kind, key in kinds.items():
             keys[f"{kind}-{n}"] = key
-        for prefix, role in (("index/", "index"), ("snapshots/", "snapshot")):
+        for prefix, role in (
+            ("index/", "index"),
+            ("snapshots/", "snapshot"),
+            ("locators/", "locator"),
+        ):
             found = sorted(k for k in group if k.startswith(prefix))
             assert len(found) == 1, f"backup {n} wrote {found} under {prefix}"
             keys[f"{role}-{n}"] = found[0]

@@ -181,7 +181,7 @@ def start_world(root: Path, s3: S3Server) -> World:
             svc.env["AWS_ENDPOINT_URL"] = proxy.url
             for user in ("alice", "bob", "carol"):
                 _make_home(svc.homes / user, user)
-            _cli(svc, "backup", "bob")
+            _cli(svc, "backup", "--init", "bob")
             for user in ("alice", "carol"):
                 _cli(svc, "archive", user)
                 purge_quarantine(svc, user)

@@ -106,7 +106,7 @@ def _check_spawn(world: World, user: str, why: str, detail: str) -> None:
     message = failed.log_message or ""
     print(f"{user}: spawn failed after {took:.1f}s: {message}")
     assert message.startswith(f"Your files could not be restored: {why}."), message
-    assert "administrator has been notified" in message
+    assert "quote the reference" in message
     found = REF.search(message)
     assert found, message
     assert spawner.messages[-1] == message, spawner.messages

@@ -162,8 +162,10 @@ def test_a_stall_longer_than_the_timeout_is_cut_and_retried(
 WRONG_BYTES = {
     "pack-short-body": Rule("truncate", method="GET", path="/packs/", at_byte=100, lie=True),
     "pack-flipped-byte": Rule("corrupt", method="GET", path="/packs/", at_byte=64),
-    "index-short-body": Rule("truncate", method="GET", path="/index/", at_byte=50, lie=True),
-    "index-flipped-byte": Rule("corrupt", method="GET", path="/index/", at_byte=20),
+    # A restore reads the snapshot's locator, never the index (format 2); a locator that
+    # stays wrong makes it fall back to the index, which restores exactly.
+    "locator-short-body": Rule("truncate", method="GET", path="/locators/", at_byte=50, lie=True),
+    "locator-flipped-byte": Rule("corrupt", method="GET", path="/locators/", at_byte=20),
     "snapshot-short-body": Rule(
         "truncate", method="GET", path="/snapshots/[^?]", at_byte=30, lie=True
     ),

@@ -167,6 +167,10 @@ def test_values_register_the_service_at_the_service_address(
     # z2jh reads apiToken (camelCase) and passes the rest to JupyterHub as they are.
     placeholder = k8s["Secret/hometier"]["stringData"]["HOMETIER_HUB_TOKEN"]
     assert service["apiToken"] == placeholder
+    # Without these the Hub gives a dashboard session no hometier scope: admins got 403.
+    from hometier.hub.config import ALLOWED_SCOPES
+
+    assert service["oauth_client_allowed_scopes"] == ALLOWED_SCOPES
 
 
 def test_values_define_the_scopes_and_grant_what_configure_hub_grants(
@@ -208,24 +212,26 @@ def test_values_let_user_pods_reach_the_service(
     assert [p["port"] for p in rule["ports"]] == [container["ports"][0]["containerPort"]]
 
 
-async def test_values_extra_config_installs_the_hook_as_the_hub_runs_it(
-    values: dict[str, Any], container: dict[str, Any]
-) -> None:
-    extra = values["hub"]["extraConfig"]
-    assert sorted(extra)[-1] == "zz-hometier"  # z2jh runs extraConfig in key order
+def _z2jh_config(values: dict[str, Any]) -> Config:
+    """``c`` as z2jh's own jupyterhub_config.py leaves it before extraConfig runs: the
+    services of ``hub.services`` with ``apiToken`` renamed ``api_token``."""
     c = Config()
-    exec(compile(extra["zz-hometier"], "extraConfig", "exec"), {"c": c})
-    hook = c.KubeSpawner.pre_spawn_hook
-    assert callable(hook)
+    services = []
+    for name, spec in values["hub"]["services"].items():
+        spec = dict(spec, name=name)
+        if "apiToken" in spec:
+            spec["api_token"] = spec.pop("apiToken")
+        services.append(spec)
+    c.JupyterHub.services = services
+    return c
 
-    minted: list[dict[str, Any]] = []
 
+def _spawner(start_timeout: int, minted: list[dict[str, Any]]) -> Any:
     def new_api_token(**kwargs: Any) -> str:
         minted.append(kwargs)
         return "token"
 
-    start_timeout = values["singleuser"]["startTimeout"]
-    spawner = SimpleNamespace(
+    return SimpleNamespace(
         user=SimpleNamespace(name="alice", new_api_token=new_api_token),
         name="",
         init_containers=[],
@@ -233,11 +239,51 @@ async def test_values_extra_config_installs_the_hook_as_the_hub_runs_it(
         start_timeout=start_timeout,
         log=SimpleNamespace(warning=lambda *a: pytest.fail(f"warned: {a}")),
     )
+
+
+async def test_values_extra_config_installs_the_hook_as_the_hub_runs_it(
+    values: dict[str, Any], container: dict[str, Any]
+) -> None:
+    from hometier.tickets import verify_ticket
+
+    extra = values["hub"]["extraConfig"]
+    assert sorted(extra)[-1] == "zz-hometier"  # z2jh runs extraConfig in key order
+    c = _z2jh_config(values)
+    exec(compile(extra["zz-hometier"], "extraConfig", "exec"), {"c": c})
+    hook = c.KubeSpawner.pre_spawn_hook
+    assert callable(hook)
+
+    minted: list[dict[str, Any]] = []
+    start_timeout = values["singleuser"]["startTimeout"]
+    spawner = _spawner(start_timeout, minted)
     await hook(spawner)
     (init,) = spawner.init_containers
     assert init["name"] == INIT_CONTAINER_NAME
     assert init["image"] == container["image"]
     assert init["command"][-2:] == ["--service-url", DEFAULT_SERVICE_URL]
+    # A restore ticket the service checks with its own token: no Hub token minted.
+    assert minted == []
+    (env,) = init["env"]
+    assert env["name"] == TOKEN_ENV
+    secret = values["hub"]["services"]["hometier"]["apiToken"]
+    assert verify_ticket(secret, env["value"]) == "alice"
+    assert verify_ticket("another-token", env["value"]) is None
+    import time
+
+    assert verify_ticket(secret, env["value"], now=time.time() + start_timeout - 1) == "alice"
+
+
+async def test_without_the_service_token_the_hook_mints_a_hub_token(
+    values: dict[str, Any],
+) -> None:
+    extra = values["hub"]["extraConfig"]
+    c = Config()
+    exec(compile(extra["zz-hometier"], "extraConfig", "exec"), {"c": c})
+    minted: list[dict[str, Any]] = []
+    start_timeout = values["singleuser"]["startTimeout"]
+    spawner = _spawner(start_timeout, minted)
+    await c.KubeSpawner.pre_spawn_hook(spawner)
+    (init,) = spawner.init_containers
     assert init["env"] == [{"name": TOKEN_ENV, "value": "token"}]
     assert minted[0]["expires_in"] >= start_timeout > 300
 

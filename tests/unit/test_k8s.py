@@ -44,7 +44,7 @@ from hometier.hub.tokens import restore_scope
 
 K8S_VERSION = "1.30.0"
 GOLDEN = Path(__file__).parent.parent / "golden" / "k8s"
-IMAGE = "registry.example.org/hometier:0.1.0"
+IMAGE = "registry.example.org/hometier:0.2.0"
 URL = "http://hometier:8765/services/hometier"
 VARYING = ("hub.jupyter.org/jupyterhub-version", "hub.jupyter.org/kubespawner-version")
 

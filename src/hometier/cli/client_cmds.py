@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import time
 import urllib.error
@@ -33,8 +34,13 @@ def register(sub: Any) -> None:
         "fetch-home",
         help="(init container) make sure a user's files are back before their server starts",
     )
-    p.add_argument("--user", required=True)
-    p.add_argument("--service-url", default=os.environ.get("HOMETIER_SERVICE_URL", ""))
+    p.add_argument("--user", required=True, help="whose home")
+    p.add_argument(
+        "--service-url",
+        default=os.environ.get("HOMETIER_SERVICE_URL", ""),
+        help="the service, with its prefix (http://hometier:8765/services/hometier) "
+        "[HOMETIER_SERVICE_URL]",
+    )
     p.add_argument(
         "--token-env",
         default="HOMETIER_RESTORE_TOKEN",
@@ -45,7 +51,9 @@ def register(sub: Any) -> None:
         metavar="DIR",
         help="per-user volume: stream the latest snapshot and unpack it into DIR",
     )
-    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument(
+        "--timeout", type=float, default=600.0, help="seconds to wait for the restore (600)"
+    )
     p.set_defaults(handler=cmd_fetch_home)
 
 
@@ -59,12 +67,53 @@ def _request(method: str, url: str, token: str, timeout: float = 60.0) -> Any:
     return urllib.request.urlopen(req, timeout=timeout)  # noqa: S310 - operator-given URL
 
 
-def _json(method: str, url: str, token: str) -> dict[str, Any]:
+RETRYABLE = frozenset({502, 503, 504})
+RETRY_FOR = 120.0
+"""Seconds of failures in a row (no answer, 502/503/504) before giving up: a service
+that restarts, or is busy with a class logging in, is waited for; one that is down
+fails the init container with its reason."""
+
+
+def _json(method: str, url: str, token: str, deadline: float | None = None) -> dict[str, Any]:
+    """One request; retried on no answer and on 502/503/504 (with backoff, honouring
+    ``Retry-After``) for at most ``RETRY_FOR`` seconds in a row and never past
+    ``deadline``. A retried ``POST …/restore`` joins the restore in progress."""
+    failing_since: float | None = None
+    attempt = 0
+    while True:
+        try:
+            return _json_once(method, url, token)
+        except _Retryable as exc:
+            now = time.monotonic()
+            failing_since = failing_since or now
+            delay = min(5.0, 0.5 * 2**attempt) * random.uniform(0.5, 1.0)
+            delay = max(delay, min(exc.retry_after or 0.0, 10.0))
+            attempt += 1
+            out_of_time = deadline is not None and now + delay > deadline
+            if now - failing_since > RETRY_FOR or out_of_time:
+                raise ServiceError(url, exc.reason) from None
+            err.print(f"the service is not answering ({exc.reason}); trying again", highlight=False)
+            time.sleep(delay)
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.retry_after = reason, retry_after
+
+
+def _json_once(method: str, url: str, token: str) -> dict[str, Any]:
     try:
         with _request(method, url, token) as resp:
             doc: dict[str, Any] = json.load(resp)
             return doc
     except urllib.error.HTTPError as exc:
+        if exc.code in RETRYABLE:
+            try:
+                after = float(exc.headers.get("Retry-After") or 0) or None
+            except ValueError:
+                after = None
+            raise _Retryable(f"HTTP {exc.code}", after) from None
         try:
             doc = json.load(exc)
             msg, kind = doc.get("error", f"HTTP {exc.code}"), doc.get("kind", "")
@@ -75,7 +124,7 @@ def _json(method: str, url: str, token: str) -> dict[str, Any]:
         # Any other 404 is a wrong URL: never start a server on an archived home.
         raise ServiceError(url, msg) from None
     except (urllib.error.URLError, OSError) as exc:
-        raise ServiceError(url, str(exc)) from None
+        raise _Retryable(str(getattr(exc, "reason", exc))) from None
 
 
 def cmd_fetch_home(args: argparse.Namespace, cfg: Hometier) -> int:
@@ -89,13 +138,13 @@ def cmd_fetch_home(args: argparse.Namespace, cfg: Hometier) -> int:
     if args.unpack_into:
         return _unpack(base, token, args.unpack_into)
     deadline = time.monotonic() + args.timeout
-    doc = _json("POST", f"{base}/restore", token)
+    doc = _json("POST", f"{base}/restore", token, deadline)
     while doc.get("state") == "running":
         err.print(doc.get("message") or "restoring", highlight=False)
         if time.monotonic() > deadline:
             raise ServiceError(base, "the restore did not finish in time")
         time.sleep(POLL)
-        doc = _json("GET", f"{base}/restore", token)
+        doc = _json("GET", f"{base}/restore", token, deadline)
     if doc.get("state") == "failed":
         raise ServiceError(base, doc.get("message") or "the restore failed")
     err.print(doc.get("message") or "files are ready", highlight=False)

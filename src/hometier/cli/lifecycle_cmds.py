@@ -1,30 +1,35 @@
-"""Verbs of the lifecycle: archive, serve, status, exempt, lease."""
+"""Verbs of the lifecycle: archive, serve, status, exempt, lease, prune."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import signal
 import threading
+import time
+from collections.abc import Iterator
 from typing import Any
 
-from rich.table import Table
-
-from hometier.cli.output import emit_json, err, human, out
+from hometier.cli import repo_cmds
+from hometier.cli.output import Bar, emit_json, err, human, out, progress_bar
 from hometier.config import Archiver, Hometier, Service
+from hometier.errors import UsageError
 from hometier.lifecycle.homes import check_username
 from hometier.lifecycle.units import parse_duration
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("archive", help="archive one home now (all safety checks, no idle policy)")
-    p.add_argument("user")
+    p.add_argument("user", help="whose home")
     p.set_defaults(handler=cmd_archive)
 
-    p = sub.add_parser("serve", help="run the archiver loop")
-    p.add_argument("--once", action="store_true", help="run one cycle and exit")
+    p = sub.add_parser("serve", help="run the service and the archiver loop")
+    p.add_argument("--once", action="store_true", help="run one archiver cycle and exit")
     p.add_argument(
-        "--dry-run", action="store_true", help="with --once: show the decisions, archive nothing"
+        "--dry-run",
+        action="store_true",
+        help="with --once: print who would be archived and why, archive nothing",
     )
     p.add_argument("--no-api", action="store_true", help="run only the archiver loop")
     p.add_argument("--no-loop", action="store_true", help="run only the HTTP service")
@@ -32,39 +37,73 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, help="port of the HTTP service [c.Service.port]")
     p.set_defaults(handler=cmd_serve)
 
-    p = sub.add_parser("status", help="state of one home or of all")
-    p.add_argument("user", nargs="?")
-    p.add_argument("--state", help="only homes in this state")
-    p.set_defaults(handler=cmd_status)
-
-    p = sub.add_parser("exempt", help="never archive a user's home (or --remove that)")
-    p.add_argument("user")
-    p.add_argument("--remove", action="store_true")
-    p.add_argument("--reason", default="")
-    p.set_defaults(handler=cmd_exempt)
-
-    p = sub.add_parser("lease", help="hold a home hot for a while (jobs, extra servers)")
-    p.add_argument("user", nargs="?")
-    p.add_argument("--for", dest="duration", default="1h", help="how long (e.g. 2h)")
-    p.add_argument("--holder", default="cli", help="who holds it (a job id, a host)")
-    p.add_argument("--purpose", default="")
-    p.add_argument("--release", metavar="LEASE_ID", help="release this lease instead")
-    p.add_argument("--renew", metavar="LEASE_ID", help="renew this lease for --for")
-    p.set_defaults(handler=cmd_lease)
+    r = repo_cmds.repairs().add_parser(
+        "state",
+        help="rebuild the state database from the bucket and the homes volume (after "
+        "the database was lost and no backup is left)",
+    )
+    r.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    r.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print one JSON document for scripts",
+    )
+    r.set_defaults(handler=cmd_repair_state)
 
     p = sub.add_parser("prune", help="forget old snapshots (retention) and free unused data")
     p.add_argument("--dry-run", action="store_true", help="say what would happen, change nothing")
     p.set_defaults(handler=cmd_prune)
 
 
-def cmd_prune(args: argparse.Namespace, cfg: Hometier) -> int:
+def _arch(args: argparse.Namespace, cfg: Hometier) -> Archiver:
+    return Archiver(config=cfg.config)
+
+
+def _lifecycle(args: argparse.Namespace, cfg: Hometier, **kw: Any) -> Any:
     from hometier.app import make_lifecycle
+
+    return make_lifecycle(cfg, _arch(args, cfg), rebind=getattr(args, "rebind", False), **kw)
+
+
+# --- repair state ------------------------------------------------------------------------
+
+
+def cmd_repair_state(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.lifecycle.rebuild import rebuild_state
+
+    lc = _lifecycle(args, cfg, create_repo=False)
+    report = rebuild_state(lc, dry_run=args.dry_run)
+    if args.json:
+        emit_json(report)
+        return 0
+    would = "would be " if args.dry_run else ""
+    out.print(
+        f"{report.users} user(s) with snapshots: {len(report.registered)} home(s) "
+        f"{would}registered, {report.snapshots_recorded} snapshot(s) {would}recorded, "
+        f"{len(report.archived)} home(s) {would}marked archived "
+        f"({len(report.with_quarantine)} with their quarantine)",
+        highlight=False,
+    )
+    for user in report.archived:
+        out.print(f"  archived: {user}", highlight=False)
+    for user in report.skipped:
+        err.print(f"  skipped (no home folder for this name): {user}", highlight=False)
+    return 0
+
+
+# --- prune -------------------------------------------------------------------------------
+
+
+def cmd_prune(args: argparse.Namespace, cfg: Hometier) -> int:
     from hometier.lifecycle.retention import apply_retention
 
-    lc = make_lifecycle(cfg, _arch(args, cfg), create_repo=False)
-    report = apply_retention(lc, lc.retention, dry_run=args.dry_run)
+    lc = _lifecycle(args, cfg, create_repo=False)
+    # Prune reports no progress of its own: the bar shows that it works and for how long.
+    with progress_bar("pruning", not args.json, unit="items"):
+        report = apply_retention(lc, lc.retention, dry_run=args.dry_run)
     if args.json:
-        emit_json(dataclasses.asdict(report))
+        emit_json(report)
         return 0
     for user, ids in report.forgotten.items():
         verb = "would forget" if args.dry_run else "forgot"
@@ -80,48 +119,118 @@ def cmd_prune(args: argparse.Namespace, cfg: Hometier) -> int:
     return 0
 
 
-def _arch(args: argparse.Namespace, cfg: Hometier) -> Archiver:
-    return Archiver(config=cfg.config)
+# --- archive -----------------------------------------------------------------------------
+
+
+def _bytes_read() -> int | None:
+    """Bytes this process has read so far (``rchar`` of ``/proc/self/io``)."""
+    try:
+        with open("/proc/self/io", "rb") as f:
+            for line in f:
+                if line.startswith(b"rchar:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+@contextlib.contextmanager
+def _read_progress(bar: Bar, total: int | None) -> Iterator[None]:
+    """Feed ``bar`` with the bytes this process reads while the block runs, against
+    ``total`` (the home's size): the archive reads each changed file once, so this is
+    its progress, held below 100 % until it is done (verification reads a little more)."""
+    start = _bytes_read()
+    if bar.progress is None or start is None or not total:
+        yield
+        return
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(0.2):
+            now = _bytes_read()
+            if now is not None:
+                bar.update(min(now - start, total * 0.99), total)
+
+    thread = threading.Thread(target=watch, name="archive-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        bar.update(total, total)
 
 
 def cmd_archive(args: argparse.Namespace, cfg: Hometier) -> int:
-    from hometier.app import make_lifecycle
+    from hometier.lifecycle.activity import scan_home
     from hometier.lifecycle.cycle import archive_home
 
     user = check_username(args.user)
-    lc = make_lifecycle(cfg, _arch(args, cfg))
+    lc = _lifecycle(args, cfg)
     lc.worker = f"cli:{lc.worker.split(':', 1)[1]}"
-    result = archive_home(lc, user)
+    with progress_bar(f"archiving {user}", not args.json) as bar:
+        total = None
+        if bar.progress is not None:  # a terminal: worth a metadata walk for the percent
+            scan = scan_home(lc.layout.path(user))
+            total = scan.bytes if scan.complete else None
+        with _read_progress(bar, total):
+            result = archive_home(lc, user)
     if args.json:
-        emit_json(dataclasses.asdict(result))
+        emit_json(result)
     else:
         line = f"{user}: {result.outcome}"
         if result.snapshot:
             line += f" (snapshot {result.snapshot[:12]}, {human(result.bytes)})"
-        out.print(line + (f": {result.reason}" if result.reason else ""))
+        out.print(line + (f": {result.reason}" if result.reason else ""), highlight=False)
         for d in result.details:
             err.print(f"  {d}", highlight=False)
     return 0 if result.outcome == "archived" else 1
 
 
+# --- serve -------------------------------------------------------------------------------
+
+
+def _idle(d: Any) -> str:
+    if d.idle_for is None:
+        return ""
+    seconds = int(d.idle_for.total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f" (idle {seconds // size}{unit})"
+    return f" (idle {seconds}s)"
+
+
 def cmd_serve(args: argparse.Namespace, cfg: Hometier) -> int:
-    from hometier.app import make_lifecycle
     from hometier.lifecycle.loop import run_cycle, run_forever
 
+    if args.dry_run and not args.once:
+        raise UsageError("--dry-run needs --once (one cycle that only reports)")
     arch = _arch(args, cfg)
-    lc = make_lifecycle(cfg, arch)
+    lc = _lifecycle(args, cfg)
     if args.once:
+        started = time.monotonic()
         report = run_cycle(lc, dry_run=args.dry_run)
         if args.json:
-            emit_json(dataclasses.asdict(report))
+            doc = dataclasses.asdict(report) | {
+                "dry_run": args.dry_run,
+                "seconds": time.monotonic() - started,
+            }
+            emit_json(doc)
         else:
             for d in report.decisions:
-                mark = "[green]archive[/green]" if d.chosen else "keep"
-                err.print(f"{mark} {d.user}: {d.reason}", highlight=False)
+                if args.dry_run:
+                    # The answer to "who would move?": stdout, and never worded as done.
+                    verb = "would archive" if d.chosen else "would keep"
+                    out.print(f"{verb} {d.user}: {d.reason}{_idle(d)}", highlight=False)
+                elif d.chosen:
+                    err.print(f"archiving {d.user}: {d.reason}{_idle(d)}", highlight=False)
             for r in report.results:
-                out.print(f"{r.user}: {r.outcome}" + (f" ({r.reason})" if r.reason else ""))
+                why = f" ({r.reason})" if r.reason else ""
+                out.print(f"{r.user}: {r.outcome}{why}", highlight=False)
             for e in report.errors:
                 err.print(f"[red]error:[/red] {e}", highlight=False)
+            if args.dry_run and not report.decisions and not report.errors:
+                out.print(f"no homes under {lc.layout.root}", highlight=False)
         return 1 if report.errors else 0
     interval = None if args.no_loop else parse_duration(arch.interval)
     if not args.no_api:
@@ -156,105 +265,8 @@ def cmd_serve(args: argparse.Namespace, cfg: Hometier) -> int:
     err.print(
         f"hometier archiver running every {arch.interval}; homes {cfg.homes}, store {cfg.store}"
     )
+    from hometier.service.notices import install_notifier
+
+    install_notifier(lc, cfg.config)  # archive notices without the API, as with it
     run_forever(lc, parse_duration(arch.interval), stop)
-    return 0
-
-
-def _home_row(h: Any) -> dict[str, Any]:
-    return {
-        "user": h.user,
-        "state": h.state,
-        "path": h.path,
-        "hot_bytes": h.hot_bytes,
-        "hot_files": h.hot_files,
-        "stored_bytes": h.stored_bytes,
-        "last_activity": h.last_activity,
-        "last_activity_source": h.last_activity_source,
-        "exempt": h.exempt,
-        "error": h.error,
-        "state_since": h.state_since,
-        "archived_at": h.archived_at,
-        "restored_at": h.restored_at,
-    }
-
-
-def cmd_status(args: argparse.Namespace, cfg: Hometier) -> int:
-    from hometier.app import make_lifecycle
-    from hometier.lifecycle.context import utcnow
-    from hometier.state import queries
-
-    lc = make_lifecycle(cfg, _arch(args, cfg))
-    if args.user:
-        homes = [queries.get_home(lc.db, check_username(args.user))]
-    else:
-        homes = queries.list_homes(lc.db, args.state)
-    rows = [_home_row(h) for h in homes]
-    if args.user:
-        rows[0]["leases"] = [
-            {"id": le.id, "holder": le.holder, "purpose": le.purpose, "expires_at": le.expires_at}
-            for le in queries.active_leases(lc.db, args.user, utcnow())
-        ]
-    if args.json:
-        emit_json(rows[0] if args.user else rows)
-        return 0
-    table = Table("user", "state", "on volume", "stored", "last activity", "error")
-    for r in rows:
-        seen = r["last_activity"]
-        table.add_row(
-            r["user"],
-            r["state"] + (" (exempt)" if r["exempt"] else ""),
-            human(r["hot_bytes"]),
-            human(r["stored_bytes"]),
-            f"{seen:%Y-%m-%d %H:%M} ({r['last_activity_source']})" if seen else "-",
-            r["error"] or "",
-        )
-    out.print(table)
-    return 0
-
-
-def cmd_exempt(args: argparse.Namespace, cfg: Hometier) -> int:
-    from hometier.app import make_lifecycle
-    from hometier.lifecycle.context import utcnow
-    from hometier.state import queries
-
-    user = check_username(args.user)
-    lc = make_lifecycle(cfg, _arch(args, cfg))
-    queries.get_or_create_home(lc.db, user, str(lc.layout.path(user)), utcnow(), actor="cli")
-    queries.set_exempt(lc.db, user, not args.remove, args.reason, "cli", utcnow())
-    if args.json:
-        emit_json({"user": user, "exempt": not args.remove})
-    else:
-        out.print(f"{user}: {'no longer exempt' if args.remove else 'exempt from archiving'}")
-    return 0
-
-
-def cmd_lease(args: argparse.Namespace, cfg: Hometier) -> int:
-    from hometier.app import make_lifecycle
-    from hometier.lifecycle.context import utcnow
-    from hometier.state import queries
-
-    lc = make_lifecycle(cfg, _arch(args, cfg))
-    now = utcnow()
-    if args.release:
-        released = queries.release_lease(lc.db, args.release, now)
-        emit_json({"lease": args.release, "released": released}) if args.json else out.print(
-            f"lease {args.release} {'released' if released else 'was already released'}"
-        )
-        return 0
-    duration = parse_duration(args.duration)
-    if args.renew:
-        lease = queries.renew_lease(lc.db, args.renew, duration, now)
-    else:
-        if not args.user:
-            err.print("lease needs a USER (or --release/--renew LEASE_ID)")
-            return 2
-        user = check_username(args.user)
-        queries.get_or_create_home(lc.db, user, str(lc.layout.path(user)), now, actor="cli")
-        lease = queries.acquire_lease(lc.db, user, args.holder, args.purpose, duration, now)
-    doc = {"lease": lease.id, "holder": lease.holder, "expires_at": lease.expires_at}
-    if args.json:
-        emit_json(doc)
-    else:
-        out.print(lease.id)
-        err.print(f"held by {lease.holder} until {lease.expires_at:%Y-%m-%d %H:%M:%S %Z}")
     return 0

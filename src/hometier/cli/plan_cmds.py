@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from rich import box
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from traitlets import Dict, Float, Integer, Unicode
 from traitlets.config import Configurable
@@ -31,6 +39,7 @@ from hometier.lifecycle.activity import HubClient, HubUser
 from hometier.lifecycle.policy import Policy
 from hometier.lifecycle.prices import PRICES_DATE, PRICES_SOURCE, make_prices, tier_table
 from hometier.lifecycle.units import parse_size
+from hometier.palette import NEUTRAL, OBJECT, POSIX
 from hometier.repo.chunker import Chunking
 
 METHOD = (
@@ -269,8 +278,11 @@ def _progress() -> Iterator[_Bars]:
     bar = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
+        TaskProgressColumn(),
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
         console=err,
         transient=True,
     )
@@ -443,13 +455,19 @@ def print_plan(doc: dict[str, Any]) -> None:
 
 # --- the page ------------------------------------------------------------------------
 
-CSS = """
+# The tiers' colours are the dashboard's (hometier.palette): one colour per tier everywhere.
+CSS = (
+    """
 body{font:14px/1.4 system-ui,sans-serif;margin:2em auto;max-width:70em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{padding:.25em .6em;border-bottom:1px solid #ddd}
 th{text-align:left}.n{text-align:right;white-space:nowrap}
-.posix{fill:#3b6ea5}.object{fill:#e08a2c}.before{fill:#9aa5b1}.axis{stroke:#999}
+"""
+    + f".posix{{fill:{POSIX.light}}}.object{{fill:{OBJECT.light}}}"
+    + f".before{{fill:{NEUTRAL.light}}}.axis{{stroke:#999}}"
+    + """
 svg text{font:12px system-ui,sans-serif;fill:#222}.note{color:#555;font-size:12px}
 """
+)
 
 
 def _e(x: Any) -> str:

@@ -1,4 +1,5 @@
-"""Verbs that work on the repository alone: init, backup, restore, snapshots, check."""
+"""Verbs that work on the repository alone: init, backup, restore, check, repair,
+upgrade (and ``snapshots``, in ``snapshot_cmds``)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,23 @@ import datetime as dt
 import os
 from typing import Any
 
-from rich.table import Table
-
 from hometier.cli.output import emit_json, err, human, out, progress_bar
 from hometier.config import Hometier
 from hometier.engine import backup, check, restore
 from hometier.engine.archive import Progress as BackupProgress
 from hometier.engine.restore import RestoreProgress
-from hometier.errors import Conflict, Error
+from hometier.errors import Conflict, Error, NotFound
 from hometier.lifecycle.homes import HomeLayout, check_username
 from hometier.repo import Repository
+from hometier.repo.config import RepositoryNotFound
 from hometier.repo.snapshot import Snapshot
 from hometier.store import open_store
+from hometier.store.url import FolderNotFound
+
+
+class NoRepository(NotFound):
+    """No hometier repository at {}: check --store (HOMETIER_STORE); to start a new one
+    there, run `hometier init` first (or `hometier backup --init`)."""
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -37,31 +43,67 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_init)
 
     p = sub.add_parser("backup", help="snapshot a user's home, leaving it as it is")
-    p.add_argument("user")
+    p.add_argument("user", help="whose home")
     p.add_argument("--source", help="folder to archive instead of the user's home")
     p.add_argument("--full", action="store_true", help="read every file (no parent snapshot)")
+    p.add_argument(
+        "--init",
+        action="store_true",
+        help="create the repository if the store URL holds none (else that is an error)",
+    )
     p.set_defaults(handler=cmd_backup)
 
-    p = sub.add_parser("restore", help="restore a user's snapshot into an empty folder")
-    p.add_argument("user")
+    p = sub.add_parser(
+        "restore",
+        help="bring a home back (state → active), or a snapshot (or one file or folder "
+        "of it) into another folder",
+    )
+    p.add_argument("user", help="whose home or snapshot")
     p.add_argument("--snapshot", default="latest", help="snapshot id or prefix (default: latest)")
-    p.add_argument("--target", help="folder to restore into (absent or empty); default: the home")
+    p.add_argument(
+        "--target",
+        help="folder to restore into (absent or empty; with --include: the folder that "
+        "receives the file or folder); default: the home",
+    )
+    p.add_argument(
+        "--include",
+        metavar="PATH",
+        help="restore only this file or folder of the snapshot (needs --target)",
+    )
     p.set_defaults(handler=cmd_restore)
-
-    p = sub.add_parser("snapshots", help="list a user's snapshots")
-    p.add_argument("user", nargs="?")
-    p.set_defaults(handler=cmd_snapshots)
 
     p = sub.add_parser("check", help="verify the repository")
     p.add_argument("--read-data", action="store_true", help="also download and hash every blob")
     p.set_defaults(handler=cmd_check)
 
+    p = sub.add_parser("repair", help="rebuild what was lost from what is left")
+    what = p.add_subparsers(dest="what", metavar="index|locators|state", required=True)
+    _REPAIRS.append(what)
+    q = what.add_parser("index", help="rebuild the index from the pack trailers alone")
+    q.set_defaults(handler=cmd_repair)
+    q = what.add_parser("locators", help="write a locator for every snapshot lacking one")
+    q.set_defaults(handler=cmd_repair)
+
+    p = sub.add_parser(
+        "upgrade", help="upgrade a repository to the newest format in place (resumable)"
+    )
+    p.set_defaults(handler=cmd_upgrade)
+
+
+_REPAIRS: list[Any] = []
+
+
+def repairs() -> Any:
+    """The ``repair`` verb's subcommands, for other verb groups to add theirs (``state``)."""
+    return _REPAIRS[-1]
+
 
 def _repo(cfg: Hometier, *, create: bool = False) -> tuple[Repository, bool]:
-    store = open_store(cfg.store)
+    """The repository; created (with its folder) only when ``create`` says so, so that a
+    mistyped URL fails instead of leaving an empty repository or folder behind."""
     if create:
-        return Repository.open_or_create(store)
-    return Repository.open(store), False
+        return Repository.open_or_create(open_store(cfg.store), cache_dir=cfg.cache_dir)
+    return Repository.open(open_store(cfg.store, create=False), cache_dir=cfg.cache_dir), False
 
 
 def cmd_init(args: argparse.Namespace, cfg: Hometier) -> int:
@@ -76,7 +118,10 @@ def cmd_init(args: argparse.Namespace, cfg: Hometier) -> int:
 def cmd_backup(args: argparse.Namespace, cfg: Hometier) -> int:
     user = check_username(args.user)
     source = args.source or str(HomeLayout(cfg.homes, cfg.home_template).path(user))
-    repo, created = _repo(cfg, create=True)
+    try:
+        repo, created = _repo(cfg, create=args.init)
+    except (RepositoryNotFound, FolderNotFound):
+        raise NoRepository(cfg.store) from None
     if not args.source:
         _refuse_archived(cfg, user, source)
     if created and not args.json:
@@ -86,15 +131,13 @@ def cmd_backup(args: argparse.Namespace, cfg: Hometier) -> int:
         snaps = repo.list_snapshots(user)
         complete = [s for s in snaps if s.stats.complete]
         parent = complete[-1] if complete else None
+    total = _size_of(source)
     with progress_bar(f"archiving {user}", not args.json) as bar:
 
         def show(p: BackupProgress) -> None:
-            if bar is not None:
-                bar.update(
-                    bar.task_ids[0],
-                    completed=p.bytes_read,
-                    description=f"archiving {user}: {p.files} files",
-                )
+            # Bytes read of the bytes on disk: an unchanged file is skipped unread, so
+            # an incremental backup finishes early rather than late.
+            bar.update(p.bytes_read, total, label=f"archiving {user}: {p.files} files")
 
         snap = backup(
             repo,
@@ -164,6 +207,18 @@ def _refuse_archived(cfg: Hometier, user: str, source: str) -> None:
         pass
 
 
+def _size_of(source: str) -> int | None:
+    """Bytes of the regular files under ``source`` (metadata only), for the progress
+    bar's percent; None when they cannot be counted."""
+    from hometier.lifecycle.activity import scan_home
+
+    try:
+        scan = scan_home(source)
+    except (OSError, ValueError):
+        return None
+    return scan.bytes if scan.complete else None
+
+
 def _record(cfg: Hometier, user: str, source: str, snap: Snapshot) -> None:
     """Note the snapshot in the state database too (the dashboard and status read it);
     a database that cannot be opened costs a warning, never the backup."""
@@ -196,6 +251,8 @@ def _record(cfg: Hometier, user: str, source: str, snap: Snapshot) -> None:
 
 def cmd_restore(args: argparse.Namespace, cfg: Hometier) -> int:
     user = check_username(args.user)
+    if args.include is not None:
+        return _restore_include(args, cfg, user)
     if not args.target and args.snapshot == "latest":
         return _restore_home(args, cfg, user)
     target = args.target or str(HomeLayout(cfg.homes, cfg.home_template).path(user))
@@ -204,8 +261,7 @@ def cmd_restore(args: argparse.Namespace, cfg: Hometier) -> int:
     with progress_bar(f"restoring {user}", not args.json) as bar:
 
         def show(p: RestoreProgress) -> None:
-            if bar is not None:
-                bar.update(bar.task_ids[0], completed=p.bytes_done, total=p.bytes_total)
+            bar.update(p.bytes_done, p.bytes_total)
 
         stats = restore(repo, snap, target, workers=cfg.workers, progress=show)
     if args.json:
@@ -218,6 +274,56 @@ def cmd_restore(args: argparse.Namespace, cfg: Hometier) -> int:
     return 0
 
 
+def _restore_include(args: argparse.Namespace, cfg: Hometier, user: str) -> int:
+    """One file or folder of a snapshot into ``--target`` (never into the home itself:
+    the home's own copy is the user's)."""
+    from hometier.cli.include import restore_path
+    from hometier.errors import UsageError
+
+    if not args.target:
+        raise UsageError("--include needs --target DIR (the folder that receives it)")
+    repo, _ = _repo(cfg)
+    snap = repo.find_snapshot(args.snapshot, user)
+    doc = restore_path(repo, snap, args.include, args.target)
+    doc["snapshot"] = snap.id
+    if args.json:
+        emit_json(doc)
+    else:
+        err.print(
+            f"restored {doc['path']} of {snap.id[:12]} as {doc['target']}: "
+            f"{doc['files']} file(s), {human(doc['bytes'])}",
+            highlight=False,
+        )
+    return 0
+
+
+def _holds_files(path: Any) -> bool:
+    """True when the home folder holds anything but the archive notice."""
+    from hometier.lifecycle.activity import NOTICE_NAME
+
+    try:
+        return any(name != NOTICE_NAME for name in os.listdir(path))
+    except FileNotFoundError:
+        return False
+
+
+def _drop_notice(path: Any) -> None:
+    """Remove the archive notice from a home about to be restored (relative to the
+    home's descriptor, never following a link: the folder is the user's)."""
+    from hometier.lifecycle.activity import NOTICE_NAME
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return
+    try:
+        os.unlink(NOTICE_NAME, dir_fd=fd)
+    except FileNotFoundError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def _restore_home(args: argparse.Namespace, cfg: Hometier, user: str) -> int:
     """Restore into the home itself, through the lifecycle: the state goes back to active."""
     from hometier.app import make_lifecycle
@@ -225,36 +331,48 @@ def _restore_home(args: argparse.Namespace, cfg: Hometier, user: str) -> int:
     from hometier.lifecycle.restoring import restore_home
     from hometier.state import queries
 
-    lc = make_lifecycle(cfg, Archiver(config=cfg.config), create_repo=False)
+    lc = make_lifecycle(
+        cfg, Archiver(config=cfg.config), create_repo=False, rebind=getattr(args, "rebind", False)
+    )
     path = lc.layout.path(user)
     try:
         home = queries.get_home(lc.db, user)
     except queries.HomeNotFound:
         home = None
-    if home is None or home.state == "active":
-        # Not archived by the lifecycle: a plain restore into an empty or absent home.
-        snap = lc.repo.find_snapshot("latest", user)
-        queries.get_or_create_home(lc.db, user, str(path), lc.now(), actor="cli")
-        stats = restore(lc.repo, snap, path, workers=cfg.workers)
-        doc = {
-            "user": user,
-            "outcome": "restored",
-            "snapshot": snap.id,
-            "stats": dataclasses.asdict(stats),
-        }
-    else:
-        with progress_bar(f"restoring {user}", not args.json) as bar:
+    with progress_bar(f"restoring {user}", not args.json) as bar:
 
-            def show(p: RestoreProgress) -> None:
-                if bar is not None:
-                    bar.update(bar.task_ids[0], completed=p.bytes_done, total=p.bytes_total)
+        def show(p: RestoreProgress) -> None:
+            bar.update(p.bytes_done, p.bytes_total)
 
-            result = restore_home(lc, user, "cli", progress=show)
-        doc = dataclasses.asdict(result)
+        if (home is None or home.state == "active") and _holds_files(path):
+            # Its files are on the volume: nothing to bring back, and that is no error.
+            doc: dict[str, Any] = {"user": user, "outcome": "active", "snapshot": None}
+        elif home is None or home.state == "active":
+            # Not archived by the lifecycle (or its database was lost): a plain restore
+            # into the home, which holds at most the archive notice.
+            snap = lc.repo.find_snapshot("latest", user)
+            _drop_notice(path)
+            queries.get_or_create_home(lc.db, user, str(path), lc.now(), actor="cli")
+            stats = restore(lc.repo, snap, path, workers=cfg.workers, progress=show)
+            doc = {
+                "user": user,
+                "outcome": "restored",
+                "snapshot": snap.id,
+                "stats": dataclasses.asdict(stats),
+            }
+        else:
+            doc = dataclasses.asdict(restore_home(lc, user, "cli", progress=show))
+        bar.finish()
     if args.json:
         emit_json(doc)
+    elif doc["outcome"] == "active":
+        out.print(
+            f"{user}: already active: the home's files are on the volume; nothing restored "
+            "(a snapshot goes elsewhere with --target DIR)",
+            highlight=False,
+        )
     else:
-        err.print(f"{user}: {doc['outcome']}", highlight=False)
+        out.print(f"{user}: {doc['outcome']}", highlight=False)
         for name in doc.get("conflicts", []):
             err.print(
                 f"[yellow]conflict:[/yellow] kept the existing {name}; the archived "
@@ -264,49 +382,20 @@ def _restore_home(args: argparse.Namespace, cfg: Hometier, user: str) -> int:
     return 0
 
 
-def _snap_row(s: Snapshot) -> dict[str, Any]:
-    return {
-        "id": s.id,
-        "user": s.user,
-        "time": s.time.isoformat(),
-        "files": s.stats.files,
-        "bytes": s.stats.bytes,
-        "stored_bytes": s.stats.bytes_new_stored,
-        "parent": s.parent,
-        "complete": s.stats.complete,
-    }
-
-
-def cmd_snapshots(args: argparse.Namespace, cfg: Hometier) -> int:
-    if args.user is not None:
-        check_username(args.user)
-    repo, _ = _repo(cfg)
-    snaps = repo.list_snapshots(args.user)
-    if args.json:
-        emit_json([_snap_row(s) for s in snaps])
-        return 0
-    table = Table("id", "user", "time", "files", "size", "stored")
-    for s in snaps:
-        table.add_row(
-            s.id[:12],
-            s.user,
-            s.time.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            str(s.stats.files),
-            human(s.stats.bytes),
-            human(s.stats.bytes_new_stored),
-        )
-    out.print(table)
-    return 0
-
-
 def cmd_check(args: argparse.Namespace, cfg: Hometier) -> int:
     repo, _ = _repo(cfg)
-    report = check(repo, read_data=args.read_data, workers=cfg.workers)
+    with progress_bar("checking", not args.json, unit="items") as bar:
+
+        def show(phase: str, done: int, total: int) -> None:
+            bar.update(done, total, label=f"checking {phase}")
+
+        report = check(repo, read_data=args.read_data, workers=cfg.workers, progress=show)
     if args.json:
         emit_json(dataclasses.asdict(report) | {"ok": report.ok})
     else:
         out.print(
-            f"ok: {report.snapshots} snapshots, {report.trees} trees, {report.packs} packs"
+            f"ok: {report.snapshots} snapshots, {report.trees} trees, {report.packs} packs, "
+            f"{report.locators} locators"
             + (
                 f", {report.packs_read} packs read ({human(report.bytes_read)})"
                 if args.read_data
@@ -316,3 +405,59 @@ def cmd_check(args: argparse.Namespace, cfg: Hometier) -> int:
         for w in report.warnings:
             err.print(f"[yellow]warning:[/yellow] {w}", highlight=False)
     return 0
+
+
+def _maintenance_progress(args: argparse.Namespace, what: str) -> Any:
+    return progress_bar(what, not args.json)
+
+
+def cmd_repair(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.engine.maintenance import repair_index, repair_locators
+
+    repo, _ = _repo(cfg)
+    now = dt.datetime.now(dt.UTC)
+    with _maintenance_progress(args, f"repairing the {args.what}") as bar:
+
+        def show(_kind: str, done: int, total: int) -> None:
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=done, total=total)
+
+        if args.what == "index":
+            report = repair_index(repo, now=now, workers=max(cfg.workers, 8), progress=show)
+        else:
+            report = repair_locators(repo, now=now, workers=cfg.workers, progress=show)
+    return _maintenance_done(args, report)
+
+
+def cmd_upgrade(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.engine.maintenance import upgrade
+
+    repo, _ = _repo(cfg)
+    with _maintenance_progress(args, "upgrading the repository") as bar:
+
+        def show(_kind: str, done: int, total: int) -> None:
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=done, total=total)
+
+        report = upgrade(repo, now=dt.datetime.now(dt.UTC), workers=cfg.workers, progress=show)
+    code = _maintenance_done(args, report)
+    if not args.json:
+        out.print(f"repository format version {repo.config.version}")
+    return code
+
+
+def _maintenance_done(args: argparse.Namespace, report: Any) -> int:
+    if args.json:
+        emit_json(dataclasses.asdict(report) | {"ok": not report.problems})
+    else:
+        if report.packs:
+            out.print(
+                f"{report.packs} packs, {report.entries} entries: "
+                f"{report.index_objects_written} index object(s) written, "
+                f"{report.index_objects_deleted} replaced"
+            )
+        if report.snapshots:
+            out.print(f"{report.snapshots} snapshots: {report.locators_written} locator(s) written")
+        for line in report.problems:
+            err.print(f"[yellow]problem:[/yellow] {line}", highlight=False)
+    return 1 if report.problems else 0

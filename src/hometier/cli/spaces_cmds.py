@@ -27,39 +27,79 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=cmd_list)
 
     p = verbs.add_parser("show", help="one space, its members and who has access now")
-    p.add_argument("name")
+    p.add_argument("name", help="the space's name")
     p.set_defaults(handler=cmd_show)
 
     p = verbs.add_parser("create", help="a new space (its folder, group and ACLs)")
-    p.add_argument("name")
-    p.add_argument("--level", choices=["public", "private", "secret"], default="private")
-    p.add_argument("--kind", choices=["data", "software"], default="data")
+    p.add_argument("name", help="the new space's name (lowercase letters, digits, -; at most 48)")
+    p.add_argument(
+        "--level",
+        choices=["public", "private", "secret"],
+        default="private",
+        help="public: everyone reads; private: members; secret: members, and hidden from everyone else",
+    )
+    p.add_argument(
+        "--kind",
+        choices=["data", "software"],
+        default="data",
+        help="data (mounted at ~/shared/NAME) or software (read-only, with LMod module files)",
+    )
     p.add_argument("--owner", required=True, help="JupyterHub user who manages it")
     p.add_argument("--quota", default="0", help="e.g. 50GB (0: none)")
-    p.add_argument("--description", default="")
-    p.add_argument("--reader", action="append", default=[], metavar="user:X|group:Y")
-    p.add_argument("--writer", action="append", default=[], metavar="user:X|group:Y")
+    p.add_argument("--description", default="", help="what it holds, shown to those who may see it")
+    p.add_argument(
+        "--reader",
+        action="append",
+        default=[],
+        metavar="user:X|group:Y",
+        help="a reader (user:NAME or group:NAME of JupyterHub); repeat for more",
+    )
+    p.add_argument(
+        "--writer",
+        action="append",
+        default=[],
+        metavar="user:X|group:Y",
+        help="a writer (user:NAME or group:NAME of JupyterHub); repeat for more",
+    )
     p.set_defaults(handler=cmd_create)
 
     p = verbs.add_parser("set", help="change level, owner, quota, description, exemption")
-    p.add_argument("name")
-    p.add_argument("--level", choices=["public", "private", "secret"])
-    p.add_argument("--owner")
-    p.add_argument("--quota")
-    p.add_argument("--description")
-    p.add_argument("--exempt", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("name", help="the space's name")
+    p.add_argument(
+        "--level",
+        choices=["public", "private", "secret"],
+        help="the new level (public, private, secret)",
+    )
+    p.add_argument("--owner", help="the user who manages it")
+    p.add_argument("--quota", help="soft quota, e.g. 50GB (0: none)")
+    p.add_argument("--description", help="what it holds")
+    p.add_argument(
+        "--exempt",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="never archive it (--no-exempt: archive it when idle)",
+    )
     p.set_defaults(handler=cmd_set)
 
     for verb, text in (("grant", "add a member or change its role"), ("revoke", "remove one")):
         p = verbs.add_parser(verb, help=text)
-        p.add_argument("name")
-        p.add_argument("member", metavar="user:X|group:Y")
+        p.add_argument("name", help="the space's name")
+        p.add_argument(
+            "member",
+            metavar="user:X|group:Y",
+            help="a JupyterHub user or group: user:NAME or group:NAME",
+        )
         if verb == "grant":
-            p.add_argument("--role", choices=["reader", "writer"], default="reader")
+            p.add_argument(
+                "--role",
+                choices=["reader", "writer"],
+                default="reader",
+                help="what the member may do (default: reader)",
+            )
         p.set_defaults(handler=cmd_grant if verb == "grant" else cmd_revoke)
 
     p = verbs.add_parser("delete", help="remove a space (its files go to the trash)")
-    p.add_argument("name")
+    p.add_argument("name", help="the space's name")
     p.add_argument("--yes", action="store_true", help="really")
     p.set_defaults(handler=cmd_delete)
 
@@ -68,15 +108,15 @@ def register(sub: Any) -> None:
 
     for verb in ("archive", "restore"):
         p = verbs.add_parser(verb, help=f"{verb} one space now")
-        p.add_argument("name")
+        p.add_argument("name", help="the space's name")
         p.set_defaults(handler=cmd_archive if verb == "archive" else cmd_restore)
 
     p = verbs.add_parser("mounts", help="what a user's server mounts")
-    p.add_argument("user")
+    p.add_argument("user", help="the JupyterHub user whose mounts to show")
     p.set_defaults(handler=cmd_mounts)
 
     p = verbs.add_parser("log", help="the audit log of a space")
-    p.add_argument("name")
+    p.add_argument("name", help="the space's name")
     p.set_defaults(handler=cmd_log)
 
 

@@ -569,7 +569,7 @@ def backup(
         arch = _Archiver(repo, writer, repo.config.chunking, st.st_dev, workers, progress)
         try:
             if parent is not None:
-                cache = TreeCache(repo, [parent.tree], workers=workers)
+                cache = TreeCache(repo.for_snapshot(parent), [parent.tree], workers=workers)
                 arch.parent_trees = cache
                 if parent.stats.complete:
                     arch.trust_ctime_before = parent.time_ns - RACY_NS
@@ -609,7 +609,7 @@ def backup(
         stats=stats,
         program=f"hometier {__version__}",
     )
-    repo.save_snapshot(snap)
+    repo.save_snapshot(snap, writer.locations)  # its locator first, then the snapshot
     log.info(
         "snapshot %s of %s: %d files, %d bytes, %d new bytes stored",
         snap.id[:12],

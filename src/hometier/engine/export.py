@@ -22,6 +22,7 @@ from hometier.errors import NotFound
 from hometier.repo import Repository
 from hometier.repo.snapshot import Snapshot
 from hometier.repo.tree import Node
+from hometier.repo.views import SnapshotView
 
 CHUNK = 1024 * 1024
 
@@ -54,8 +55,16 @@ def root_node(snap: Snapshot) -> Node:
     )
 
 
+def _view(repo: Repository, snap: Snapshot) -> Repository:
+    """Reads of a snapshot find its blobs through its locator, not the whole index."""
+    if isinstance(repo, SnapshotView) and repo.where.sid == snap.id:
+        return repo
+    return repo.for_snapshot(snap)
+
+
 def find(repo: Repository, snap: Snapshot, path: str | bytes) -> Node:
     """The node at ``path`` (the root for ``""``); ``PathNotFound``."""
+    repo = _view(repo, snap)
     node = root_node(snap)
     for part in split_path(path):
         if node.type != "dir" or node.subtree is None:
@@ -68,6 +77,7 @@ def find(repo: Repository, snap: Snapshot, path: str | bytes) -> Node:
 
 
 def list_dir(repo: Repository, snap: Snapshot, path: str | bytes) -> list[Node]:
+    repo = _view(repo, snap)
     node = find(repo, snap, path)
     if node.type != "dir" or node.subtree is None:
         raise PathNotFound(f"folder {os.fsdecode(path)}", snap.id[:12])
@@ -75,7 +85,8 @@ def list_dir(repo: Repository, snap: Snapshot, path: str | bytes) -> list[Node]:
 
 
 def iter_content(repo: Repository, node: Node) -> Iterator[bytes]:
-    """A regular file's bytes, in order; holes of sparse files come out as zeros."""
+    """A regular file's bytes, in order; holes of sparse files come out as zeros.
+    ``repo`` should be the snapshot's view (``Repository.for_snapshot``)."""
     if node.sparse is None:
         for bid in node.content:
             yield repo.read_blob(bid)
@@ -159,6 +170,7 @@ def write_tar(repo: Repository, snap: Snapshot, path: str | bytes, out: IO[bytes
     into the folder that should receive it. Hardlinks inside the tree stay hardlinks; a
     hardlink whose first name lies outside ``path`` is sent as a copy.
     """
+    repo = _view(repo, snap)
     top = find(repo, snap, path)
     base = b"/".join(split_path(path))
     count = 0
@@ -215,6 +227,7 @@ def write_zip(repo: Repository, snap: Snapshot, path: str | bytes, out: IO[bytes
     """Write the tree at ``path`` as a zip stream (for browsers): folders and regular
     files, symlinks as small files holding their target; FIFOs and devices are left out.
     Returns the number of entries."""
+    repo = _view(repo, snap)
     top = find(repo, snap, path)
     count = 0
     with zipfile.ZipFile(out, mode="w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as zf:

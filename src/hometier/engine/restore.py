@@ -568,7 +568,7 @@ def restore(
         _clean_stale(parent_fd, prefix)
         sfd = _open_staging(parent_fd, staging)
         try:
-            repo.load_index()
+            repo = repo.for_snapshot(snap)  # blobs are found through its locator
             trees = TreeCache(repo, [snap.tree], workers=workers)
             plan = _plan(repo, trees, snap, sfd, include)
             procs = _writer_count(processes, len(plan.files) - len(plan.created))

@@ -8,6 +8,7 @@ import zstandard
 
 from hometier.errors import IntegrityError
 from hometier.repo import BlobId, Repository
+from hometier.repo.fetch import Where
 from hometier.repo.tree import Node, decode_tree, subtrees
 
 MAX_TREES = 5_000_000
@@ -23,13 +24,24 @@ class TreeCache:
     (``nodes(..., consume=True)``): a home of 200,000 files costs a few MB here.
     """
 
-    def __init__(self, repo: Repository, roots: list[BlobId], *, workers: int = 4) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        roots: list[BlobId],
+        *,
+        workers: int = 4,
+        where: Where | None = None,
+        skip: set[bytes] | None = None,
+    ) -> None:
+        """``where``: the snapshot's locator (``Repository.locator``); without it the
+        trees are looked up in the whole index. ``skip``: trees not to load (nor what
+        lies below them), e.g. those a prune has already walked."""
         self.raw: dict[bytes, bytes] = {}
         self._refs: dict[bytes, int] = {}
         lock = threading.Lock()
         cctx = zstandard.ZstdCompressor(level=1)
-        if any(r not in repo.index for r in roots):
-            repo.load_index()
+        if skip:
+            roots = [r for r in roots if r not in skip]
         for r in roots:
             self._refs[r] = self._refs.get(r, 0) + 1
         level = list(dict.fromkeys(roots))
@@ -40,7 +52,7 @@ class TreeCache:
                 with lock:
                     fetched[bid] = data
 
-            repo.for_each_blob(level, keep, workers=workers)
+            repo.for_each_blob(level, keep, workers=workers, where=where)
             if len(self.raw) + len(fetched) > MAX_TREES:
                 raise IntegrityError("snapshot holds more trees than hometier will load")
             nxt: dict[bytes, None] = {}
@@ -48,7 +60,8 @@ class TreeCache:
                 for sub in subtrees(data):
                     self._refs[sub] = self._refs.get(sub, 0) + 1
                     if sub not in self.raw and sub not in fetched:
-                        nxt[sub] = None
+                        if skip is None or sub not in skip:
+                            nxt[sub] = None
                 self.raw[bid] = cctx.compress(data)
             level = [BlobId(b) for b in nxt]
 

@@ -58,14 +58,14 @@ def verify_snapshot(
     Raises ``VerifyFailed``.
     """
     try:
-        repo.load_index()
+        repo = repo.for_snapshot(snap, strict=True)  # its locator must name every blob
         trees = TreeCache(repo, [snap.tree], workers=workers)
         blobs: set[bytes] = set()
         for tid in trees.ids():
             for n in trees.nodes(BlobId(tid)):
                 blobs.update(n.content)
         located = {repo.locate(BlobId(b)).pack for b in [*trees.ids(), *map(BlobId, blobs)]}
-        sizes = repo.index.packs()  # after locating: the index may have been re-read
+        sizes = repo.pack_sizes()  # after locating: the locator may have been re-read
         packs: dict[bytes, int] = {pid: sizes.get(pid, -1) for pid in located}
         for pid, size in packs.items():
             try:

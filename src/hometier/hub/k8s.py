@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 from hometier.errors import UsageError
 from hometier.hub.tokens import mint_restore_token
+from hometier.tickets import mint_ticket
 
 Mode = Literal["shared", "volume"]
 MODES: tuple[Mode, ...] = ("shared", "volume")
@@ -211,6 +212,23 @@ def _existing_hook(c: Any) -> Callable[[Any], Any] | None:
     return None
 
 
+def _service_token(c: Any) -> str | None:
+    """The ``api_token`` of the ``hometier`` service already registered in ``c``."""
+    if "JupyterHub" not in c or "services" not in c.JupyterHub:
+        return None
+    services = c.JupyterHub.services
+    if isinstance(services, Mapping):
+        entries = [{"name": key, **dict(value)} for key, value in services.items()]
+    else:
+        entries = list(services)
+    for entry in entries:
+        if isinstance(entry, Mapping) and entry.get("name") == "hometier":
+            token = entry.get("api_token") or entry.get("apiToken")
+            if token:
+                return str(token)
+    return None
+
+
 def configure_kubespawner(
     c: Any,
     *,
@@ -224,13 +242,18 @@ def configure_kubespawner(
     pull_policy: str | None = None,
     security_context: Mapping[str, Any] | None = None,
     first: bool = True,
+    api_token: str | None = None,
 ) -> None:
     """Restore each user's home before KubeSpawner starts their server.
 
     Installs ``c.KubeSpawner.pre_spawn_hook``, calling any hook already set on
-    ``c.KubeSpawner`` or ``c.Spawner`` first. For each spawn the hook mints a token valid
-    ``token_ttl`` seconds that can only restore this user's home (``mint_restore_token``)
-    and puts the init container on that spawner, replacing the one of its previous spawn.
+    ``c.KubeSpawner`` or ``c.Spawner`` first. For each spawn the hook makes a credential
+    valid ``token_ttl`` seconds that can only restore this user's home and puts the init
+    container on that spawner, replacing the one of its previous spawn. The credential is
+    a restore ticket (``hometier.tickets``) signed with the service's token — ``api_token``,
+    or the ``api_token`` of the ``hometier`` entry of ``c.JupyterHub.services`` (z2jh's
+    ``hub.services.hometier.apiToken``) — which the service checks without asking the
+    Hub; without one, a Hub token is minted (``mint_restore_token``).
     It runs *before* the operator's own init containers (``first=False``: after them),
     because one that writes into the home (skeleton files, a git pull) would otherwise
     find it still archived, and in ``volume`` mode make the volume look in use.
@@ -247,6 +270,7 @@ def configure_kubespawner(
     if token_ttl <= 0:
         raise UsageError("token_ttl must be a positive number of seconds")
     previous = _existing_hook(c)
+    secret = api_token or _service_token(c)
 
     async def hometier_pre_spawn_hook(spawner: Any) -> None:
         if previous is not None:
@@ -273,7 +297,10 @@ def configure_kubespawner(
         mounts = []
         if mode == "volume":
             mounts = [find_volume_mount(spawner.volume_mounts, mount_path, volume_name)]
-        token = mint_restore_token(spawner, token_ttl)
+        if secret:
+            token = mint_ticket(secret, spawner.user.name, token_ttl)
+        else:
+            token = mint_restore_token(spawner, token_ttl)
         ours = make_init_container(
             username=literal(spawner.user.name),
             image=image,

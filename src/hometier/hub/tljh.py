@@ -15,6 +15,9 @@ drop-in) or ``/opt/tljh/state/hometier.env``: ``HOMETIER_STORE`` (required, e.g.
 (``/srv/data``-style public data and group folders, docs/howto/spaces.md)
 ``HOMETIER_SPACES`` (their root, a mount point, e.g. ``/srv/spaces``): users then find
 them in ``~/shared`` (links written as the user; TLJH's users are ``jupyter-<name>``).
+
+Who administers hometier: TLJH's admins (``users.admin``) and the members of the group
+``hometier-admins``, which the plugin creates.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ PASSED = (
     "HOMETIER_SPACES",
     "HOMETIER_SPACES_STORE",
     "HOMETIER_SECRET_STORE",
+    "HOMETIER_SECRET_KEY",  # seals bucket folders' credentials
+    "HOMETIER_MOUNTS_ROOT",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
@@ -65,16 +70,57 @@ def read_env_file(path: Path) -> dict[str, str]:
     return out
 
 
-def service_environment(env: dict[str, str], state: Path = STATE) -> dict[str, str]:
+def service_environment(env: dict[str, str], state: Path | None = None) -> dict[str, str]:
     merged = {k: v for k, v in env.items() if k in PASSED and v}
-    merged.setdefault("HOMETIER_DB", f"sqlite:///{state / 'hometier.sqlite'}")
+    merged.setdefault(
+        "HOMETIER_DB", f"sqlite:///{(STATE if state is None else state) / 'hometier.sqlite'}"
+    )
     merged["HOMETIER_HOMES"] = "/home"
     return merged
 
 
 @hookimpl
 def tljh_extra_hub_pip_packages() -> list[str]:
-    return ["hometier[tljh]"]
+    # Nothing more: `--plugin` installed hometier into the hub's environment already, and
+    # asking for "hometier" here would send pip to an index that does not have it.
+    return []
+
+
+CONFIG = """\
+# Written by the hometier TLJH plugin at every reload; edit hometier.env instead.
+# Read by the service the Hub starts and by `hometier --config THIS-FILE ...` run by hand,
+# so both see the same homes, bucket and database.
+import os
+
+for _line in open({env_file!r}).read().splitlines() if os.path.isfile({env_file!r}) else []:
+    _key, _sep, _value = _line.strip().partition("=")
+    if _sep and not _key.startswith("#"):
+        os.environ.setdefault(_key.strip(), _value.strip().strip("'\\""))
+
+c.Hometier.homes = "/home"
+c.Hometier.home_template = "jupyter-{{username}}"
+c.Hometier.db = os.environ.get("HOMETIER_DB") or {db!r}
+c.Archiver.inactive_after = os.environ.get("HOMETIER_INACTIVE_AFTER") or "30d"
+# The Hub gives these to the service it starts; a command run by hand has none.
+c.Archiver.hub_api_url = os.environ.get("JUPYTERHUB_API_URL", "")
+c.Archiver.hub_api_token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+c.Spaces.user_template = "jupyter-{{username}}"
+"""
+
+ADMIN_GROUP = "hometier-admins"
+"""Created by the plugin: its members administer hometier without being Hub admins."""
+
+
+def write_config(state: Path | None = None, env_file: Path | None = None) -> Path:
+    """The service's config file: self-contained, so that the commands of the how-to run
+    by hand read the same database and bucket as the service."""
+    state = STATE if state is None else state
+    env_file = ENV_FILE if env_file is None else env_file
+    path = state / "hometier_config.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = f"sqlite:///{state / 'hometier.sqlite'}"
+    path.write_text(CONFIG.format(env_file=str(env_file), db=db))
+    return path
 
 
 @hookimpl
@@ -82,21 +128,20 @@ def tljh_custom_jupyterhub_config(c: Any) -> None:
     # hometier.env is hometier's own: it wins over the hub's environment.
     env = {**os.environ, **read_env_file(ENV_FILE)}
     environment = service_environment(env)
-    config_file = STATE / "hometier_config.py"
-    config_file.parent.mkdir(parents=True, exist_ok=True)
-    inactive = env.get("HOMETIER_INACTIVE_AFTER", "30d")
-    config_file.write_text(
-        "# Written by the hometier TLJH plugin at every reload; edit hometier.env instead.\n"
-        'c.Hometier.home_template = "jupyter-{username}"\n'
-        f"c.Archiver.inactive_after = {inactive!r}\n"
-        'c.Archiver.hub_api_url = __import__("os").environ["JUPYTERHUB_API_URL"]\n'
-        'c.Archiver.hub_api_token = __import__("os").environ["JUPYTERHUB_API_TOKEN"]\n'
-        'c.Spaces.user_template = "jupyter-{username}"\n'
-    )
+    config_file = write_config()
+    # TLJH's admins (`tljh-config add-item users.admin NAME`) administer hometier too, and
+    # so does anyone in the hometier-admins group (created here if missing).
+    admins = sorted(c.Authenticator.admin_users) if "admin_users" in c.Authenticator else []
+    if not (c.Authenticator.get("manage_groups") or c.Authenticator.get("manage_roles")):
+        groups = dict(c.JupyterHub.load_groups) if "load_groups" in c.JupyterHub else {}
+        groups.setdefault(ADMIN_GROUP, {"users": []})
+        c.JupyterHub.load_groups = groups
+        admin_groups = [ADMIN_GROUP]
+    else:
+        admin_groups = []
     configure_hub(
         c,
         service_url=f"http://127.0.0.1:{PORT}/services/hometier",
-        api_token="",
         command=[
             sys.executable,
             "-m",
@@ -110,7 +155,8 @@ def tljh_custom_jupyterhub_config(c: Any) -> None:
             str(PORT),
         ],
         environment=environment,
-        admin_groups=["admin"],
+        admin_users=admins,
+        admin_groups=admin_groups,
     )
     if environment.get("HOMETIER_SPACES"):
         from hometier.hub.spaces import configure_spaces

@@ -127,7 +127,7 @@ def finish_move(
     if st is None or st.st_ino != home_ino:
         raise NotEligible(user, "the moved home is not the folder that was archived")
     if trees is None:
-        trees = TreeCache(lc.repo, [snap.tree], workers=lc.workers)
+        trees = TreeCache(lc.repo.for_snapshot(snap), [snap.tree], workers=lc.workers)
     qfd = open_dir(qname, q.fd)
     try:
         cmp = compare_tree(trees, snap, qfd, busy=busy_inodes(st.st_dev))

@@ -145,7 +145,7 @@ def _still_there(lc: Lifecycle, snap: Snapshot, parent_fd: int, name: str) -> bo
             return False
         # Content, not identity: a restore that finished before its database step (its
         # process died, or the database was down) wrote new inodes.
-        trees = TreeCache(lc.repo, [snap.tree], workers=lc.workers)
+        trees = TreeCache(lc.repo.for_snapshot(snap), [snap.tree], workers=lc.workers)
         cmp = compare_tree(trees, snap, fd, identity=False)
         if any(d.what != "added" for d in cmp.differences):
             return False
@@ -170,7 +170,11 @@ def _source(
         and qname.endswith("." + snap.id[:12])
         and q.exists(qname) is not None
     ):
-        return qname, "quarantine", TreeCache(lc.repo, [snap.tree], workers=lc.workers)
+        return (
+            qname,
+            "quarantine",
+            TreeCache(lc.repo.for_snapshot(snap), [snap.tree], workers=lc.workers),
+        )
     # One name per snapshot: a build or staging folder that a killed restore left is
     # found (and replaced) by the next one.
     build = f"{local_key(home.user)}.{snap.id[:12]}{BUILD}"
@@ -206,7 +210,7 @@ def _repair(
 ) -> None:
     """Fetch from the bucket only what the put-back quarantine lacks or holds changed."""
     if trees is None:
-        trees = TreeCache(lc.repo, [snap.tree], workers=lc.workers)
+        trees = TreeCache(lc.repo.for_snapshot(snap), [snap.tree], workers=lc.workers)
     cmp = compare_tree(trees, snap, home_fd, moved_top=True, limit=REPAIR_LIMIT, descend=True)
     mine = set(moved.conflicts) | ({str(moved.conflicts_dir)} if moved.conflicts_dir else set())
     removed: list[bytes] = []

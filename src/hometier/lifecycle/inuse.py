@@ -103,6 +103,18 @@ def mounts_under(path: str | os.PathLike[str]) -> list[str]:
     return sorted(found)
 
 
+def hardlinks_protected() -> bool | None:
+    """``fs.protected_hardlinks``: whether users may hard-link only files they own (or
+    may read and write). Without it a user can link a root-only file into their home,
+    and the archive (reading as root) would put it in a snapshot they can download.
+    None where it cannot be read."""
+    try:
+        with open(f"{PROC}/sys/fs/protected_hardlinks") as f:
+            return f.read().strip() != "0"
+    except OSError:
+        return None
+
+
 def describe_process(pid: int) -> str:
     """``pid`` and its command name, for messages (``1234 (python3)``)."""
     try:

@@ -19,6 +19,7 @@ from hometier.lifecycle.activity import HubUnavailable, scan_home
 from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.cycle import ArchiveResult, archive_claimed, purge_quarantine, recover
 from hometier.lifecycle.homes import QUARANTINE_DIR, InvalidUsername
+from hometier.lifecycle.inuse import hardlinks_protected
 from hometier.lifecycle.policy import Decision, HomeFacts, select_idle
 from hometier.lifecycle.retention import apply_retention
 from hometier.state import ACTIVE, queries
@@ -195,6 +196,12 @@ def run_forever(lc: Lifecycle, interval: dt.timedelta, stop: threading.Event) ->
     """Run cycles until ``stop`` is set; a failing cycle (database down) is logged and retried."""
     last_prune: dt.datetime | None = None
     retry = HUB_RETRY
+    if hardlinks_protected() is False:
+        log.warning(
+            "fs.protected_hardlinks is 0 on this host: users can hard-link files they cannot "
+            "read into their homes, and the archive reads them as root. Set it to 1 "
+            "(sysctl fs.protected_hardlinks=1), the default of most distributions."
+        )
     while not stop.is_set():
         wait = interval
         try:

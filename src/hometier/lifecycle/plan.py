@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
+from hometier.engine.fsutil import open_beneath
 from hometier.errors import UsageError
 from hometier.lifecycle.activity import NOTICE_NAME, HubUser
 from hometier.lifecycle.homes import QUARANTINE_DIR
@@ -289,13 +290,26 @@ class SizeSample(RefCollector):
 # --- the metadata walk ---------------------------------------------------------------
 
 
-def _open_dir(path: str) -> int:
-    if _O_NOATIME:
-        try:
-            return os.open(path, _DIR_FLAGS | _O_NOATIME)
-        except PermissionError:
-            pass
-    return os.open(path, _DIR_FLAGS)
+def _open_in(home: str, rel: str, flags: int) -> int:
+    """Open ``rel`` inside the home folder without following a symlink anywhere on the
+    way (``fsutil.open_beneath``): a user who swaps a folder for a link mid-scan cannot
+    make root read outside their home. ``O_NOATIME`` where allowed."""
+    top = os.open(home, _DIR_FLAGS)
+    try:
+        if not rel:
+            return os.dup(top)
+        if _O_NOATIME:
+            try:
+                return open_beneath(top, rel, flags | _O_NOATIME)
+            except PermissionError:
+                pass
+        return open_beneath(top, rel, flags)
+    finally:
+        os.close(top)
+
+
+def _open_dir(home: str, rel: str) -> int:
+    return _open_in(home, rel, _DIR_FLAGS)
 
 
 def walk_home(
@@ -331,7 +345,7 @@ def walk_home(
     while stack:
         rel = stack.pop()
         try:
-            fd = _open_dir(os.path.join(home.path, rel) if rel else home.path)
+            fd = _open_dir(home.path, rel)
         except OSError:
             unreadable += 1
             continue
@@ -490,21 +504,13 @@ def window_of(size: int, seed: int, params: Chunking) -> tuple[int, int]:
     return int(unit_hash(seed + 1, size) * span) % span, WINDOW
 
 
-def _open_file(path: str) -> int:
-    if _O_NOATIME:
-        try:
-            return os.open(path, _FILE_FLAGS | _O_NOATIME)
-        except PermissionError:
-            pass
-    return os.open(path, _FILE_FLAGS)
-
-
 def read_blobs(
-    path: str, size: int, offset: int, length: int, params: Chunking
+    path: tuple[str, str], size: int, offset: int, length: int, params: Chunking
 ) -> tuple[Blob, ...] | None:
-    """Hash and compress ``length`` bytes at ``offset`` of a regular file of ``size``."""
+    """Hash and compress ``length`` bytes at ``offset`` of a regular file of ``size``
+    (``path``: the home folder and the file's path inside it)."""
     try:
-        fd = _open_file(path)
+        fd = _open_in(*path, _FILE_FLAGS)
     except OSError:
         return None
     try:
@@ -633,10 +639,10 @@ def read_sample(
         plan.append(SizeReading(c, offset, length, [], proxy))
         for home, rel in todo:
             plan[-1].files.append(FileReading(home, None))
-            jobs.append((len(plan) - 1, os.path.join(scan.homes[home].path, rel)))
+            jobs.append((len(plan) - 1, (scan.homes[home].path, rel)))
         return True
 
-    jobs: list[tuple[int, str]] = []
+    jobs: list[tuple[int, tuple[str, str]]] = []
     for s in heavy:
         if not add(classes[s], budget // 2):
             break
@@ -650,7 +656,7 @@ def read_sample(
     if on_start is not None:
         on_start(spent)
 
-    def one(job: tuple[int, str]) -> tuple[int, tuple[Blob, ...] | None]:
+    def one(job: tuple[int, tuple[str, str]]) -> tuple[int, tuple[Blob, ...] | None]:
         i, path = job
         r = plan[i]
         blobs = read_blobs(path, r.cls.size, r.offset, r.length, params)

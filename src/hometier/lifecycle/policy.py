@@ -39,6 +39,9 @@ class Retention:
     """Longer than the longest archive: how long marked packs wait before deletion."""
     every: dt.timedelta | None = dt.timedelta(days=1)
     """How often the loop applies retention and prunes; None: never (CLI only)."""
+    repack_waste: float | None = 0.5
+    """Repack a partly used pack once this fraction of it is unused; None: never."""
+    repack_max: int = 4 * 1024**3
 
 
 @dataclass(frozen=True)

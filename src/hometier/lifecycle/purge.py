@@ -164,7 +164,7 @@ def _differences(
         snap = lc.repo.find_snapshot(snap_id, user)
     except Error as exc:
         return [f"its snapshot {snap_id} cannot be read: {exc.get_message()}"]
-    trees = TreeCache(lc.repo, [snap.tree], workers=lc.workers)
+    trees = TreeCache(lc.repo.for_snapshot(snap), [snap.tree], workers=lc.workers)
     fd = open_dir(name, q.fd)
     try:
         # Top-level ctimes are not compared: a quarantine of hometier 0.1 got its top

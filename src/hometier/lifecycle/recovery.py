@@ -114,7 +114,7 @@ def recover_archive_locked(lc: Lifecycle, user: str, *, restoring: bool = False)
                 # still be exactly the snapshot, or it is left for an administrator.
                 home_fd = open_dir(name, parent_fd)
                 try:
-                    trees = TreeCache(lc.repo, [snap.tree], workers=lc.workers)
+                    trees = TreeCache(lc.repo.for_snapshot(snap), [snap.tree], workers=lc.workers)
                     cmp = compare_tree(trees, snap, home_fd)
                     ino = os.fstat(home_fd).st_ino
                 finally:
@@ -220,7 +220,7 @@ def _finish_legacy_move(
     try:
         st = os.fstat(home_fd)
         merge_leftovers(home_fd, qfd, snap.id[:12], (st.st_uid, st.st_gid), newer=False)
-        trees = TreeCache(lc.repo, [snap.tree], workers=lc.workers)
+        trees = TreeCache(lc.repo.for_snapshot(snap), [snap.tree], workers=lc.workers)
         cmp = compare_tree(trees, snap, qfd, moved_top=True, busy=busy_inodes(st.st_dev))
         if cmp.same:
             notice = NOTICE.format(date=snap.time.date().isoformat(), snapshot=snap.id[:12])

@@ -49,22 +49,25 @@ TAKEOVER_GRACE = dt.timedelta(seconds=10)
 """A restore takes its lock right after the database step; allow it that moment."""
 
 
-_SAFE = "They are safe in the archive; your administrator has been notified. Please try again later"
+_SAFE = (
+    "They are safe in the archive. Please try again later; if it keeps failing, tell your "
+    "hub's administrators and quote the reference"
+)
 _SOON = "They are safe in the archive. Please try again in a few minutes"
 REASONS: dict[str, tuple[str, str]] = {
     "storage": ("the archive storage is unreachable", _SAFE),
     "storage-refused": ("the archive storage refused the request", _SAFE),
     "damaged": (
         "part of the archive is damaged",
-        "Nothing in your home folder was changed; your administrator has been notified."
-        " Please try again later",
+        "Nothing in your home folder was changed. Please tell your hub's administrators and"
+        " quote the reference",
     ),
     "volume-full": ("there is no space left on the home volume", _SAFE),
     "volume": ("your home folder could not be written", _SAFE),
     "not-a-folder": ("your home folder is not a regular folder", _SAFE),
     "no-snapshot": (
         "no complete archive of your files exists",
-        "Your administrator has been notified",
+        "Please tell your hub's administrators and quote the reference",
     ),
     "busy": ("another restore of your files is still running", _SOON),
     "database": ("the state database is unreachable", _SOON),

@@ -53,5 +53,7 @@ def apply_retention(
         archives_since=since,
         dry_run=dry_run,
         workers=lc.workers,
+        repack_waste=retention.repack_waste,
+        repack_max=retention.repack_max,
     )
     return report

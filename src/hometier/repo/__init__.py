@@ -10,9 +10,14 @@ Terms (see docs/format.md for the byte layouts):
 - *index*: objects under ``index/`` mapping blob -> pack, offset, lengths.
 - *tree*: a directory's entries with every POSIX attribute hometier restores.
 - *snapshot*: an object under ``snapshots/`` naming a user, a time and a root tree.
-- *config*: the one mutable-never object that says this location is a repository.
+- *locator*: objects under ``locators/<snapshot id>/`` with the index entries of exactly
+  the blobs one snapshot reaches, so that reading it costs O(that home) (format 2).
+- *config*: the object that says this location is a repository (and which version).
+- *index cache*: not in the bucket: the whole index on local disk (``blobindex``), what
+  backup deduplicates against; no process holds the whole index in memory.
 
-Write order is an invariant: packs, then the index that lists them, then the snapshot.
+Write order is an invariant: packs, then the index that lists them, then the snapshot's
+locator, then the snapshot.
 """
 
 from hometier.repo.ids import BlobId, BlobType, PackId, SnapshotId

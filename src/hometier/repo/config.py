@@ -13,8 +13,10 @@ from hometier.errors import Conflict, Error, IntegrityError, NotFound
 from hometier.repo.chunker import Chunking
 
 FORMAT = "hometier-repository"
-VERSION = 1
-"""The newest format this code writes and reads. Older versions stay readable."""
+VERSION = 2
+"""The newest format this code writes and reads. Older versions stay readable: version 2
+is version 1 plus a locator per snapshot (docs/format.md); ``hometier upgrade`` turns a
+version 1 repository into a version 2 one in place."""
 CONFIG_KEY = "config"
 
 

@@ -16,6 +16,7 @@ import struct
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import zstandard
 
@@ -23,11 +24,16 @@ from hometier.errors import IntegrityError
 from hometier.repo.ids import BlobId, BlobType, Compression, PackId, plain_hash
 from hometier.repo.pack import CHECKSUM_LEN, ENTRY, Entry, decode_entries, encode_entries
 
+P = TypeVar("P", "PackRecord", "RawPack")  # noqa: UP040
 MAGIC = b"HTINDEX\x01"
 HEAD = struct.Struct("<8sI")
 PACK = struct.Struct("<32sQI")
 MAX_INDEX_RAW = 256 * 1024 * 1024
-"""An index object never decodes to more than this (5.8 million blobs): writers split."""
+"""An index object never decodes to more than this (5.8 million blobs): readers refuse
+larger ones, writers split."""
+INDEX_TARGET = 32 * 1024 * 1024
+"""hometier's writers start a new index object (or locator part) past this many bytes
+of body (about 730,000 blobs), so that writing or reading one stays small in memory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,9 +55,10 @@ class PackRecord:
     entries: list[Entry]
 
 
-def encode_index(packs: Iterable[PackRecord]) -> bytes:
+def encode_index(packs: Iterable[PackRecord], *, head: bytes | None = None) -> bytes:
+    """One object's bytes; ``head`` replaces the index header (locators have their own)."""
     packs = list(packs)
-    parts = [HEAD.pack(MAGIC, len(packs))]
+    parts = [head if head is not None else HEAD.pack(MAGIC, len(packs))]
     for p in packs:
         parts.append(PACK.pack(p.id, p.size, len(p.entries)))
         parts.append(encode_entries(p.entries))
@@ -60,58 +67,129 @@ def encode_index(packs: Iterable[PackRecord]) -> bytes:
     return zstandard.ZstdCompressor(level=3).compress(body)
 
 
+def encode_raw(packs: Iterable[RawPack]) -> bytes:
+    """An index object from pack records whose entry tables are still packed."""
+    packs = list(packs)
+    parts: list[bytes | memoryview] = [HEAD.pack(MAGIC, len(packs))]
+    for p in packs:
+        parts.append(PACK.pack(p.id, p.size, p.count))
+        parts.append(p.table)
+    body = b"".join(parts)
+    body += plain_hash(body)[:CHECKSUM_LEN]
+    return zstandard.ZstdCompressor(level=3).compress(body)
+
+
+def record_size(count: int) -> int:
+    """Bytes a pack record of ``count`` entries adds to a body."""
+    return PACK.size + count * ENTRY.size
+
+
+def split_packs(
+    packs: Iterable[P], target: int | None = None, *, head: int = HEAD.size
+) -> Iterator[list[P]]:
+    """Group pack records so that each group's body stays within ``target`` (default
+    ``INDEX_TARGET``); a record too large for the target goes alone. Raises
+    ``ValueError`` for a record no object may hold (above ``MAX_INDEX_RAW``)."""
+    target = INDEX_TARGET if target is None else target
+    group: list[P] = []
+    size = head + CHECKSUM_LEN
+    for p in packs:
+        count = p.count if isinstance(p, RawPack) else len(p.entries)
+        n = record_size(count)
+        if head + CHECKSUM_LEN + n > MAX_INDEX_RAW:
+            raise ValueError(f"a pack of {count} entries does not fit an index object")
+        if group and size + n > target:
+            yield group
+            group, size = [], head + CHECKSUM_LEN
+        group.append(p)
+        size += n
+    if group:
+        yield group
+
+
 @dataclass
 class RawPack:
     """One pack's part of an index object, its entry table still packed."""
 
     id: PackId
     size: int
-    table: bytes
+    table: bytes | memoryview
     count: int
 
 
-def decode_index_raw(data: bytes) -> list[RawPack]:
-    """Parse an index object without building an object per blob; ``IntegrityError``.
+def read_body(data: bytes, magic: bytes, head_size: int, what: str = "index object") -> bytearray:
+    """Decompress and checksum an index-like object; ``IntegrityError``.
 
     Checks the magic before decompressing further and stops at ``MAX_INDEX_RAW``, so a
     hostile object costs at most that much memory, once.
     """
     try:
         reader = zstandard.ZstdDecompressor().stream_reader(data)
-        head = reader.read(HEAD.size)
-        if len(head) < HEAD.size or head[:8] != MAGIC:
-            raise IntegrityError("not an index object (bad magic or truncated)")
-        body = bytearray(head)
-        while len(body) <= MAX_INDEX_RAW:
-            part = reader.read(min(16 * 1024 * 1024, MAX_INDEX_RAW + 1 - len(body) + 1))
-            if not part:
-                break
-            body += part
+        head = reader.read(head_size)
+        if len(head) < head_size or head[:8] != magic:
+            raise IntegrityError(f"not an {what} (bad magic or truncated)")
+        declared = zstandard.frame_content_size(data)
+        if 0 <= declared <= MAX_INDEX_RAW:
+            # The size is in the frame header (hometier writes it): one allocation of
+            # exactly that size, not a buffer grown (and copied) as the frame is read.
+            body = bytearray(declared)
+            body[:head_size] = head
+            view = memoryview(body)
+            got = head_size
+            while got < declared:
+                n = reader.readinto(view[got:])
+                if not n:
+                    break
+                got += n
+            view.release()
+            if got != declared or reader.read(1):
+                raise IntegrityError(f"{what} does not decompress to its declared size")
+        else:
+            body = bytearray(head)
+            while len(body) <= MAX_INDEX_RAW:
+                part = reader.read(min(16 * 1024 * 1024, MAX_INDEX_RAW + 1 - len(body) + 1))
+                if not part:
+                    break
+                body += part
     except zstandard.ZstdError as exc:
-        raise IntegrityError(f"index object does not decompress: {exc}") from exc
+        raise IntegrityError(f"{what} does not decompress: {exc}") from exc
     if len(body) > MAX_INDEX_RAW:
-        raise IntegrityError("index object is too large")
-    if len(body) < HEAD.size + CHECKSUM_LEN:
-        raise IntegrityError("index object is truncated")
+        raise IntegrityError(f"{what} is too large")
+    if len(body) < head_size + CHECKSUM_LEN:
+        raise IntegrityError(f"{what} is truncated")
+    end = len(body) - CHECKSUM_LEN
+    if plain_hash(memoryview(body)[:end])[:CHECKSUM_LEN] != bytes(body[end:]):
+        raise IntegrityError(f"{what} checksum mismatch")
+    return body
+
+
+def decode_index_raw(data: bytes) -> list[RawPack]:
+    """Parse an index object without building an object per blob; ``IntegrityError``."""
+    body = read_body(data, MAGIC, HEAD.size)
+    _magic, npacks = HEAD.unpack_from(body, 0)
+    return decode_records(body, HEAD.size, npacks)
+
+
+def decode_records(
+    body: bytearray, pos: int, npacks: int, what: str = "index object"
+) -> list[RawPack]:
+    """The ``npacks`` pack records from ``pos`` up to the checksum, which must end them."""
     view = memoryview(body)
     end = len(body) - CHECKSUM_LEN
-    if plain_hash(view[:end])[:CHECKSUM_LEN] != bytes(view[end:]):
-        raise IntegrityError("index object checksum mismatch")
-    _magic, npacks = HEAD.unpack_from(view, 0)
-    pos = HEAD.size
     out: list[RawPack] = []
     for _ in range(npacks):
         if pos + PACK.size > end:
-            raise IntegrityError("index object is truncated")
+            raise IntegrityError(f"{what} is truncated")
         pid, size, count = PACK.unpack_from(view, pos)
         pos += PACK.size
         n = count * ENTRY.size
         if pos + n > end:
-            raise IntegrityError("index object is truncated")
-        out.append(RawPack(PackId(pid), size, bytes(view[pos : pos + n]), count))
+            raise IntegrityError(f"{what} is truncated")
+        # A view, not a copy: the body is held once (consumers copy a pack at a time).
+        out.append(RawPack(PackId(pid), size, view[pos : pos + n], count))
         pos += n
     if pos != end:
-        raise IntegrityError("index object has trailing bytes")
+        raise IntegrityError(f"{what} has trailing bytes")
     return out
 
 

@@ -98,6 +98,13 @@ def parse_trailer(tail: bytes | memoryview, pack_size: int) -> list[Entry]:
     Raises ``IntegrityError`` for a missing magic, a bad checksum or entries that point
     outside the blob area: a truncated or corrupted pack is refused, never guessed at.
     """
+    table, count = trailer_table(tail, pack_size)
+    return decode_entries(table, count)
+
+
+def trailer_table(tail: bytes | memoryview, pack_size: int) -> tuple[bytes, int]:
+    """``parse_trailer`` without an object per entry: the packed entry table (as index
+    objects hold it) and its count, checked the same way."""
     tail = memoryview(tail)
     if len(tail) < FOOTER.size:
         raise IntegrityError("pack is too short to hold a trailer")
@@ -114,12 +121,16 @@ def parse_trailer(tail: bytes | memoryview, pack_size: int) -> list[Entry]:
     (count,) = COUNT.unpack_from(table, len(table) - COUNT.size)
     if count > MAX_ENTRIES:
         raise IntegrityError("pack declares too many entries")
-    entries = decode_entries(table[: len(table) - COUNT.size], count)
+    raw = bytes(table[: len(table) - COUNT.size])
+    if len(raw) != count * ENTRY.size:
+        raise IntegrityError("entry table has the wrong length")
+    if raw and (max(raw[32 :: ENTRY.size]) > 1 or max(raw[33 :: ENTRY.size]) > 1):
+        raise IntegrityError("unknown blob type or compression in entry")
     blob_area = pack_size - FOOTER.size - trailer_len
-    for e in entries:
-        if e.offset + e.stored_len > blob_area:
+    for _bid, _t, _c, off, stored, _raw in ENTRY.iter_unpack(raw):
+        if off + stored > blob_area:
             raise IntegrityError("pack entry points outside the blob area")
-    return entries
+    return raw, count
 
 
 def trailer_size(count: int) -> int:

@@ -1,17 +1,31 @@
-"""``Repository``: open or create one, load its index, read and write blobs and snapshots."""
+"""``Repository``: open or create one, find blobs, read and write blobs and snapshots.
+
+Where a blob is comes from one of two places. A snapshot's **locator** (``locator.py``)
+names exactly the blobs that snapshot reaches: restore, verification, browsing and
+downloads read it, so they cost O(that home). The repository's whole **index** is
+cached on local disk (``blobindex.BlobIndex``, synced from new index objects): backup
+deduplicates against it, and reads fall back to it for a snapshot without a locator.
+No process holds the whole index in memory.
+"""
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import json
 import logging
+import os
+import shutil
+import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING
 
 from hometier import faults
 from hometier.errors import IntegrityError, NotFound
 from hometier.repo import codec
+from hometier.repo.blobindex import BlobIndex
 from hometier.repo.config import (
     CONFIG_KEY,
     NotARepository,
@@ -20,24 +34,41 @@ from hometier.repo.config import (
     RepositoryNotFound,
     UnsupportedVersion,
 )
+from hometier.repo.fetch import FETCH_SLOTS, Where, plan_jobs, read_twice, run_bounded
 from hometier.repo.ids import BlobId, PackId, SnapshotId, blob_id, pack_key, plain_hash
 from hometier.repo.index import (
-    Index,
     Location,
     PackRecord,
     RawPack,
     decode_index_raw,
     encode_index,
+    encode_raw,
+    split_packs,
 )
+from hometier.repo.locator import (
+    PREFIX as LOCATOR_PREFIX,
+)
+from hometier.repo.locator import (
+    Locator,
+    LocatorBuilder,
+    decode_locator,
+    encode_locator,
+    newest,
+)
+from hometier.repo.pack import FOOTER, Entry, parse_trailer
 from hometier.repo.snapshot import Snapshot, user_key
 from hometier.repo.tree import Node, decode_tree
-from hometier.repo.writer import BlobWriter
+from hometier.repo.writer import BlobWriter, SharedWriter
 from hometier.store import ObjectExists, ObjectNotFound, Store
 
+if TYPE_CHECKING:
+    from hometier.repo.views import SnapshotView, SnapshotWhere
+
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 PRUNE_PREFIX = "prune/"
+LOCATOR_CACHE = 300_000
+"""Blob entries of recently read locators kept in memory (~150 bytes each)."""
 
 
 def tombstoned_packs(store: Store) -> set[bytes]:
@@ -61,36 +92,34 @@ __all__ = [
     "UnsupportedVersion",
 ]
 
-GAP = 256 * 1024
-"""Blobs of one pack closer than this are fetched in one range request."""
-SEGMENT = 8 * 1024 * 1024
-"""The most one range request fetches; bounds memory per fetch worker."""
-FETCH_SLOTS = threading.BoundedSemaphore(12)
-"""Segments being fetched and handed out at once in this process, by every reader
-together: about ``SEGMENT`` + one decoded chunk (<= 4 MiB) each, so ~150 MB at most."""
-
 
 class SnapshotNotFound(NotFound):
     """Snapshot {} not found."""
 
 
 class Repository:
-    """An opened repository. Thread-safe for reading; writing goes through ``writer()``."""
+    """An opened repository. Thread-safe for reading; writing goes through ``writer()``.
 
-    def __init__(self, store: Store, config: RepoConfig) -> None:
+    ``cache_dir``: where the local index cache lives (a folder per repository is made
+    inside); None keeps it in a private temporary folder removed at exit.
+    """
+
+    def __init__(self, store: Store, config: RepoConfig, *, cache_dir: str | None = None) -> None:
         self.store = store
         self.config = config
-        self.index = Index()
+        self.cache_dir = cache_dir
+        self._blobs: BlobIndex | None = None
         self.doomed: set[bytes] = set()
         """Packs a prune has marked for deletion: readable, but never deduplicated against."""
-        self._loaded_index: set[str] = set()
-        self._written: set[str] = set()
-        self._index_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._writer: SharedWriter | None = None
+        self._locators: OrderedDict[str, Locator] = OrderedDict()
+        self._warned_no_locator = False
 
     # --- opening ------------------------------------------------------------------
 
     @classmethod
-    def open(cls, store: Store) -> Repository:
+    def open(cls, store: Store, *, cache_dir: str | None = None) -> Repository:
         """Open an existing repository; ``RepositoryNotFound`` / ``NotARepository``."""
         try:
             data = store.get(CONFIG_KEY)
@@ -98,10 +127,12 @@ class Repository:
             if next(iter(store.list("")), None) is not None:
                 raise NotARepository(store.url) from None
             raise RepositoryNotFound(store.url) from None
-        return cls(store, RepoConfig.from_bytes(data, store.url))
+        return cls(store, RepoConfig.from_bytes(data, store.url), cache_dir=cache_dir)
 
     @classmethod
-    def create(cls, store: Store, config: RepoConfig | None = None) -> Repository:
+    def create(
+        cls, store: Store, config: RepoConfig | None = None, *, cache_dir: str | None = None
+    ) -> Repository:
         """Create a repository in an empty location (atomic where the store allows).
 
         Raises ``NotARepository`` if the location holds anything, including another
@@ -117,19 +148,21 @@ class Repository:
         except ObjectExists:
             raise RepositoryExists(store.url) from None
         log.info("created repository %s at %s", config.id, store.url)
-        return cls(store, config)
+        return cls(store, config, cache_dir=cache_dir)
 
     @classmethod
-    def open_or_create(cls, store: Store) -> tuple[Repository, bool]:
+    def open_or_create(
+        cls, store: Store, *, cache_dir: str | None = None
+    ) -> tuple[Repository, bool]:
         """Open, or create in an empty location; returns (repository, created)."""
         try:
-            return cls.open(store), False
+            return cls.open(store, cache_dir=cache_dir), False
         except RepositoryNotFound:
             try:
-                return cls.create(store), True
+                return cls.create(store, cache_dir=cache_dir), True
             except RepositoryExists:
                 # Someone else created it between our two looks.
-                return cls.open(store), False
+                return cls.open(store, cache_dir=cache_dir), False
 
     @property
     def key(self) -> bytes:
@@ -138,90 +171,207 @@ class Repository:
     def blob_id(self, data: bytes | memoryview) -> BlobId:
         return blob_id(self.config.blob_key, data)
 
-    # --- index --------------------------------------------------------------------
+    # --- the index (local cache of every index object) ---------------------------------
+
+    @property
+    def blobs(self) -> BlobIndex:
+        """The whole index, on local disk; opened (not synced) on first use."""
+        if self._blobs is None:
+            with self._lock:
+                if self._blobs is None:
+                    self._blobs = BlobIndex(self._cache_folder())
+        return self._blobs
+
+    @property
+    def index(self) -> BlobIndex:
+        """The whole index as last synced (``load_index``)."""
+        return self.blobs
+
+    def _cache_folder(self) -> str:
+        # The store URL is part of the name: a copy of a bucket elsewhere keeps its id.
+        tag = hashlib.sha256(self.store.url.encode()).hexdigest()[:12]
+        name = f"{self.config.id or 'repo'}-{tag}"
+        base = self.cache_dir if self.cache_dir else _private_cache()
+        return os.path.join(base, name)
 
     def load_index(self, workers: int = 8, *, errors: list[str] | None = None) -> int:
-        """Read every index object not read yet; returns how many blobs are known.
+        """Sync the local index with the bucket: read the marks and every index object
+        not read yet; forget packs whose index objects vanished. Returns how many
+        records the cache holds.
 
-        Idempotent and cheap to call again: only new index objects are fetched. A
-        damaged object raises ``IntegrityError``, or, when ``errors`` is given, is
-        recorded there and skipped (``check`` reports every problem at once).
+        Idempotent and cheap to call again. A damaged object raises ``IntegrityError``,
+        or, when ``errors`` is given, is recorded there and skipped.
         """
-        present = {o.key for o in self.store.list("index/")}
+        present = {o.key: o.size for o in self.store.list("index/")}
         self.doomed = tombstoned_packs(self.store)
-        # Objects this process wrote may not be listed yet (list-after-write lags on some
-        # stores): only an object read from a listing and gone from it means a prune ran.
-        if (self._loaded_index - self._written) - present:
-            # A prune consolidated the index and deleted packs: start afresh, so no
-            # location in a deleted pack survives in memory.
-            with self._index_lock:
-                self.index = Index()
-                self._loaded_index = set()
-                self._written = set()
-        keys = sorted(present - self._loaded_index)
-        if not keys:
-            return len(self.index)
+        self.blobs.sync(present, self.read_index_object, workers=workers, errors=errors)
+        self.blobs.set_marked(self.doomed)
+        return len(self.blobs)
 
-        def read(key: str) -> list[RawPack]:
+    def write_index(self, packs: list[PackRecord], *, target: int | None = None) -> list[str]:
+        """Write index objects naming ``packs`` (already durable), as many as the bound
+        needs; returns their keys. The blobs are known to this process at once."""
+        keys = []
+        for group in split_packs(packs, target):
+            data = encode_index(group)
+            key = f"index/{plain_hash(data).hex()}"
+            try:
+                self.store.put(key, data, if_absent=True)
+            except ObjectExists:
+                pass
+            faults.point("after_index")
+            self.blobs.add(key, group)
+            keys.append(key)
+        return keys
+
+    def write_index_raw(self, packs: list[RawPack], *, target: int | None = None) -> list[str]:
+        """``write_index`` for records whose entry tables are still packed."""
+        keys = []
+        for group in split_packs(packs, target):
+            data = encode_raw(group)
+            key = f"index/{plain_hash(data).hex()}"
+            try:
+                self.store.put(key, data, if_absent=True)
+            except ObjectExists:
+                pass
+            self.blobs.add_raw(key, group)
+            keys.append(key)
+        return keys
+
+    def read_index_object(self, key: str) -> list[RawPack]:
+        """One index object, verified against its name; ``IntegrityError``."""
+
+        def once() -> list[RawPack]:
             data = self.store.get(key)
             if plain_hash(data).hex() != key.rsplit("/", 1)[-1]:
                 raise IntegrityError(f"index object {key} does not match its name")
             return decode_index_raw(data)
 
-        def fetch(key: str) -> tuple[str, list[RawPack]]:
-            try:
-                return key, _read_twice(f"index object {key}", lambda: read(key))
-            except (IntegrityError, ObjectNotFound) as exc:
-                if errors is None:
-                    raise
-                errors.append(f"{key}: {exc}")
-                return key, []
+        return read_twice(f"index object {key}", once)
 
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
-            for key, recs in pool.map(fetch, keys):
-                for rec in recs:
-                    self.index.add_raw(rec, replace=self.doomed)
-                with self._index_lock:
-                    self._loaded_index.add(key)
-        return len(self.index)
+    def read_trailer(self, pid: bytes, size: int) -> list[Entry]:
+        """A pack's entries from its trailer (two range requests); ``IntegrityError``."""
+        key = pack_key(PackId(pid))
+        if size < FOOTER.size:
+            raise IntegrityError(f"pack {pid.hex()[:16]} is too short to hold a trailer")
+        (foot,) = self.store.get_ranges(key, [(size - FOOTER.size, size)])
+        tlen, _magic = FOOTER.unpack(foot)
+        start = max(0, size - FOOTER.size - tlen)
+        (tail,) = self.store.get_ranges(key, [(start, size)])
+        return parse_trailer(tail, size)
 
-    def write_index(self, packs: list[PackRecord]) -> str:
-        """Write one index object naming ``packs`` (already durable); returns its key."""
-        data = encode_index(packs)
-        key = f"index/{plain_hash(data).hex()}"
-        try:
-            self.store.put(key, data, if_absent=True)
-        except ObjectExists:
-            pass
-        faults.point("after_index")
-        for rec in packs:
-            self.index.add_pack(rec, replace=self.doomed)
-        with self._index_lock:
-            self._loaded_index.add(key)
-            self._written.add(key)
-        return key
+    def writer(
+        self, *, pack_size: int = 32 * 1024 * 1024, uploads: int = 2, locate: bool = True
+    ) -> BlobWriter:
+        """A session on this process's shared writer (one per repository): concurrent
+        backups never upload the same content twice. ``locate``: collect the location
+        of every blob (for a snapshot's locator; prune's repacking does not need them)."""
+        with self._lock:
+            w = self._writer
+            if w is None or w.error is not None or w.closed:
+                w = self._writer = SharedWriter(self, pack_size=pack_size, uploads=uploads)
+            w.users += 1
+        return BlobWriter(w, locate=locate)
 
-    def writer(self, *, pack_size: int = 32 * 1024 * 1024, uploads: int = 2) -> BlobWriter:
-        return BlobWriter(self, pack_size=pack_size, uploads=uploads)
-
-    # --- reading blobs --------------------------------------------------------------
+    def release_writer(self, w: SharedWriter) -> None:
+        with self._lock:
+            w.users -= 1
+            if w.users > 0:
+                return
+            if self._writer is w:
+                self._writer = None
+        w.close()
 
     def known(self, bid: BlobId) -> bool:
         """True if the blob is stored in a pack that no prune has marked for deletion."""
-        loc = self.index.get(bid)
-        return loc is not None and loc.pack not in self.doomed
+        return self.blobs.known(bid)
 
-    def loaded_index_keys(self) -> set[str]:
-        with self._index_lock:
-            return set(self._loaded_index)
+    # --- locators ---------------------------------------------------------------------
 
-    def locate(self, bid: BlobId) -> Location:
-        """Where a blob is; reads new index objects once if it is not known yet (a
-        long-running process sees what other processes wrote). ``IntegrityError``."""
-        loc = self.index.get(bid)
+    def write_locator(
+        self, sid: str, records: list[PackRecord], generation: int = 0, *, target: int | None = None
+    ) -> list[str]:
+        """Write one generation of a snapshot's locator; returns its keys."""
+        keys = []
+        for key, data in encode_locator(sid, generation, records, target):
+            try:
+                self.store.put(key, data, if_absent=True)
+            except ObjectExists:
+                pass
+            keys.append(key)
+        return keys
+
+    def locator_keys(self, sid: str) -> list[str]:
+        return [o.key for o in self.store.list(f"{LOCATOR_PREFIX}{sid}/")]
+
+    def load_locator(self, sid: str) -> Locator | None:
+        """The newest complete locator of a snapshot, verified; None if it has none."""
+        keys = newest(self.locator_keys(sid))
+        if not keys:
+            return None
+        loc = Locator(SnapshotId(sid))
+        for key in keys:
+
+            def once(key: str = key) -> list[RawPack]:
+                return decode_locator(key, self.store.get(key))
+
+            for rec in read_twice(f"locator {key}", once):
+                loc.add(rec)
+        loc.generation = int(keys[0].rsplit("/", 1)[-1][:8])
+        return loc
+
+    def locator(self, snap: Snapshot | str, *, strict: bool = False) -> SnapshotWhere:
+        """Where a snapshot's blobs are: its locator, or the whole index without one.
+        ``strict``: a blob its locator lacks is an error, not looked up elsewhere."""
+        from hometier.repo.views import SnapshotWhere
+
+        return SnapshotWhere(self, snap if isinstance(snap, str) else snap.id, strict=strict)
+
+    def for_snapshot(self, snap: Snapshot, *, strict: bool = False) -> SnapshotView:
+        """This repository as one snapshot's readers see it: every read finds blobs
+        through the snapshot's locator (loaded on first use)."""
+        from hometier.repo.views import SnapshotView
+
+        return SnapshotView(self, self.locator(snap, strict=strict))
+
+    def pack_sizes(self) -> dict[bytes, int]:
+        """Pack id -> size of every pack the whole index names."""
+        return self.blobs.packs()
+
+    def cached_locator(self, sid: str, *, fresh: bool = False) -> Locator | None:
+        with self._lock:
+            loc = self._locators.get(sid)
+            if loc is not None and not fresh:
+                self._locators.move_to_end(sid)
+                return loc
+        loc = self.load_locator(sid)
+        if loc is None:
+            return None
+        with self._lock:
+            self._locators[sid] = loc
+            while (
+                sum(len(x) for x in self._locators.values()) > LOCATOR_CACHE
+                and len(self._locators) > 1
+            ):
+                self._locators.popitem(last=False)
+        return loc
+
+    # --- reading blobs --------------------------------------------------------------
+
+    def locate(self, bid: BlobId, where: Where | None = None) -> Location:
+        """Where a blob is: from ``where`` if given (a snapshot's locator), else from
+        the whole index, syncing it once if the blob is not known yet (a long-running
+        process sees what other processes wrote). ``IntegrityError``."""
+        if where is not None:
+            loc = where.get(bid)
+            if loc is None and where.refresh():
+                loc = where.get(bid)
+            if loc is not None:
+                return loc
+        loc = self.blobs.get(bid)
         if loc is None:
             self.load_index()
-            loc = self.index.get(bid)
+            loc = self.blobs.get(bid)
         if loc is None:
             raise IntegrityError(f"blob {bid.hex()[:16]} is referenced but not in the index")
         return loc
@@ -235,11 +385,21 @@ class Repository:
             )
         return data
 
-    def read_blob(self, bid: BlobId) -> bytes:
-        loc = self.locate(bid)
+    def _range(self, loc: Location) -> bytes:
         (stored,) = self.store.get_ranges(
             pack_key(loc.pack), [(loc.offset, loc.offset + loc.stored_len)]
         )
+        return stored
+
+    def read_blob(self, bid: BlobId, where: Where | None = None) -> bytes:
+        loc = self.locate(bid, where)
+        try:
+            stored = self._range(loc)
+        except ObjectNotFound:
+            if where is None or not where.refresh():
+                raise
+            loc = self.locate(bid, where)  # a prune moved it: the locator was rewritten
+            stored = self._range(loc)
         try:
             return self.decode_blob(bid, loc, stored)
         except IntegrityError as exc:
@@ -249,13 +409,10 @@ class Repository:
         """A blob that failed verification, fetched alone once more: a transfer can go
         wrong where the stored object is fine. A second failure is the object's own."""
         log.warning("blob %s failed verification (%s); reading it again", bid.hex()[:16], exc)
-        (stored,) = self.store.get_ranges(
-            pack_key(loc.pack), [(loc.offset, loc.offset + loc.stored_len)]
-        )
-        return self.decode_blob(bid, loc, stored)
+        return self.decode_blob(bid, loc, self._range(loc))
 
-    def load_tree(self, bid: BlobId) -> list[Node]:
-        return decode_tree(self.read_blob(bid))
+    def load_tree(self, bid: BlobId, where: Where | None = None) -> list[Node]:
+        return decode_tree(self.read_blob(bid, where))
 
     def for_each_blob(
         self,
@@ -263,42 +420,21 @@ class Repository:
         fn: Callable[[BlobId, bytes], None],
         *,
         workers: int = 4,
+        where: Where | None = None,
     ) -> None:
         """Fetch, verify and hand every blob of ``ids`` to ``fn`` (called in worker threads).
 
         Each pack is fetched once, by ranges in offset order, with nearby blobs coalesced
-        into one request of at most ``SEGMENT`` bytes; packs are fetched ``workers`` at
-        a time, and never more than ``FETCH_SLOTS`` segments at once in the whole process
-        (a login storm of many restores stays bounded in memory). Each distinct id is
-        passed to ``fn`` once; ``fn`` must not fetch blobs itself. The first error (from
-        the store, verification or ``fn``) stops the work and is raised.
+        into one request of at most ``fetch.SEGMENT`` bytes; packs are fetched ``workers``
+        at a time, and never more than ``FETCH_SLOTS`` segments at once in the whole
+        process (a login storm of many restores stays bounded in memory). Each distinct
+        id is passed to ``fn`` once; ``fn`` must not fetch blobs itself. A pack that is
+        gone (a prune moved its blobs) makes ``where`` look again, once. The first error
+        (from the store, verification or ``fn``) stops the work and is raised.
         """
-        # Only (offset, end, id) per blob while grouping: a restore may ask for millions.
-        by_pack: dict[bytes, list[tuple[int, int, bytes]]] = {}
-        seen: set[bytes] = set()
-        for bid in ids:
-            if bid in seen:
-                continue
-            seen.add(bid)
-            loc = self.locate(bid)
-            by_pack.setdefault(loc.pack, []).append((loc.offset, loc.offset + loc.stored_len, bid))
-        del seen
-        jobs: list[tuple[bytes, list[bytes], int, int]] = []
-        for pack, items in sorted(by_pack.items()):
-            items.sort()
-            start = end = -1
-            members: list[bytes] = []
-            for off, stop, key in items:
-                if members and (off - end > GAP or stop - start > SEGMENT):
-                    jobs.append((pack, members, start, end))
-                    members = []
-                if not members:
-                    start = off
-                members.append(key)
-                end = max(end, stop) if len(members) > 1 else stop
-            if members:
-                jobs.append((pack, members, start, end))
-        by_pack.clear()
+        todo = list(dict.fromkeys(ids))
+        done: set[bytes] = set()
+        lock = threading.Lock()
 
         def run(job: tuple[bytes, list[bytes], int, int]) -> None:
             pack, members, start, end = job
@@ -306,24 +442,37 @@ class Repository:
                 (data,) = self.store.get_ranges(pack_key(PackId(pack)), [(start, end)])
                 view = memoryview(data)
                 for bid in members:
-                    loc = self.locate(BlobId(bid))
+                    loc = self.locate(BlobId(bid), where)
                     rel = loc.offset - start
                     try:
-                        data = self.decode_blob(BlobId(bid), loc, view[rel : rel + loc.stored_len])
+                        blob = self.decode_blob(BlobId(bid), loc, view[rel : rel + loc.stored_len])
                     except IntegrityError as exc:
-                        data = self._read_again(BlobId(bid), loc, exc)
-                    fn(BlobId(bid), data)
+                        blob = self._read_again(BlobId(bid), loc, exc)
+                    fn(BlobId(bid), blob)
+                    with lock:
+                        done.add(bid)
                 view.release()
                 del data
 
-        _run_bounded(run, jobs, workers)
+        try:
+            run_bounded(run, plan_jobs(todo, lambda b: self.locate(b, where)), workers)
+        except ObjectNotFound:
+            if where is None or not where.refresh():
+                raise
+            log.warning("a pack moved while it was read; reading the rest again")
+            rest = [b for b in todo if b not in done]
+            run_bounded(run, plan_jobs(rest, lambda b: self.locate(b, where)), workers)
 
     # --- snapshots ----------------------------------------------------------------
 
-    def save_snapshot(self, snap: Snapshot) -> SnapshotId:
-        """Write a snapshot document; its blobs must already be durable and indexed."""
+    def save_snapshot(self, snap: Snapshot, locations: LocatorBuilder | None = None) -> SnapshotId:
+        """Write a snapshot document, after its locator when ``locations`` is given;
+        its blobs must already be durable and indexed."""
         data = snap.to_bytes()
         sid = SnapshotId(plain_hash(data).hex())
+        if locations is not None:
+            self.write_locator(sid, locations.records())
+            faults.point("after_locator")
         try:
             self.store.put(f"snapshots/{user_key(snap.user)}/{sid}", data, if_absent=True)
         except ObjectExists:
@@ -344,13 +493,15 @@ class Repository:
                 raise IntegrityError(f"snapshot {sid} does not match its name")
             return Snapshot.from_bytes(data, sid)
 
-        return _read_twice(f"snapshot {sid[:12]}", read)
+        return read_twice(f"snapshot {sid[:12]}", read)
 
     def list_snapshots(
         self, user: str | None = None, workers: int = 8, *, errors: list[str] | None = None
     ) -> list[Snapshot]:
         """Snapshots (of one user, or all), oldest first. A damaged snapshot raises
         ``IntegrityError`` or, when ``errors`` is given, is recorded there and left out."""
+        from concurrent.futures import ThreadPoolExecutor
+
         keys = self.snapshot_keys(user)
         if not keys:
             return []
@@ -393,38 +544,21 @@ class Repository:
         return snap
 
     def delete_snapshot(self, snap: Snapshot) -> None:
+        """Forget a snapshot: its document, then its locator."""
         self.store.delete(f"snapshots/{user_key(snap.user)}/{snap.id}")
+        for key in self.locator_keys(snap.id):
+            self.store.delete(key)
+        with self._lock:
+            self._locators.pop(snap.id, None)
 
 
-def _read_twice(what: str, read: Callable[[], T]) -> T:
-    """``read()``, and once more if what it read failed verification (the object's hash,
-    its length): a transfer can go wrong where the stored object is fine, as restic
-    also assumes. A second failure is the object's own and is raised."""
-    try:
-        return read()
-    except IntegrityError as exc:
-        log.warning("%s failed verification (%s); reading it again", what, exc)
-        return read()
+_PRIVATE: list[str] = []
 
 
-def _run_bounded(fn: Callable[[Any], None], jobs: list[Any], workers: int) -> None:
-    """Run ``fn`` over ``jobs`` with at most ``workers`` at once; raise the first error."""
-    if not jobs:
-        return
-    workers = max(1, min(workers, len(jobs)))
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: set[Future[None]] = set()
-        it = iter(jobs)
-        try:
-            for job in it:
-                pending.add(pool.submit(fn, job))
-                if len(pending) >= workers * 2:
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for f in done:
-                        f.result()
-            for f in pending:
-                f.result()
-        except BaseException:
-            for f in pending:
-                f.cancel()
-            raise
+def _private_cache() -> str:
+    """A temporary cache folder for repositories opened without ``cache_dir``."""
+    if not _PRIVATE:
+        path = tempfile.mkdtemp(prefix="hometier-cache-")
+        _PRIVATE.append(path)
+        atexit.register(shutil.rmtree, path, True)
+    return _PRIVATE[0]

@@ -1,16 +1,24 @@
-"""``BlobWriter``: deduplicate, compress and pack blobs, upload packs in the background."""
+"""``SharedWriter``: deduplicate, compress and pack blobs, upload packs in the background.
+
+One ``SharedWriter`` per repository and process is shared by every backup running in it,
+each through its own ``BlobWriter``: content that one backup is still uploading is
+not stored again by another (it waits for it instead), and each session collects the
+locations of every blob its snapshot reaches, for the snapshot's locator.
+"""
 
 from __future__ import annotations
 
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hometier import faults
+from hometier.errors import IntegrityError
 from hometier.repo import codec
 from hometier.repo.ids import BlobId, BlobType, PackId, pack_key
 from hometier.repo.index import PackRecord
+from hometier.repo.locator import LocatorBuilder
 from hometier.repo.pack import Entry, PackBuilder
 
 if TYPE_CHECKING:
@@ -28,136 +36,288 @@ class WriterStats:
     packs: int = 0
 
 
-class BlobWriter:
-    """Adds blobs to a repository; thread-safe.
+class _Builder(PackBuilder):
+    """A pack being filled, and the sessions whose blobs it holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sessions: set[BlobWriter] = set()
+
+
+class SharedWriter:
+    """Adds blobs to a repository; thread-safe; shared by the sessions of one process.
 
     ``add`` returns at once for a blob the repository (or this writer) already has.
     New blobs are compressed in the calling thread and appended to the open pack (one
     for data, one for trees); a full pack is sealed and uploaded on a background thread,
     ``uploads`` at a time. At most ``uploads + 1`` sealed packs wait or travel: ``add``
     blocks, holding no pack, until one is durable. Memory is therefore bounded by about
-    ``(uploads + 3) * pack_size`` whatever the number of calling threads. Nothing is
-    visible to readers until ``flush`` returns: packs first, then the index object
-    that names them.
+    ``(uploads + 3) * pack_size`` whatever the number of calling threads and sessions.
+    A blob is visible to readers only once the index object naming its pack is written
+    (every ``INDEX_EVERY`` packs, and at every ``flush``); until then it is *pending*.
     """
 
     def __init__(self, repo: Repository, *, pack_size: int, uploads: int) -> None:
         self.repo = repo
         self.pack_size = pack_size
-        self.stats = WriterStats()
         self._lock = threading.Lock()
         self._pending: set[bytes] = set()
         # Trees go in packs of their own: reading a snapshot's trees (restore, the parent
         # of an incremental backup) must not drag file data along with them.
-        self._builders = {BlobType.DATA: PackBuilder(), BlobType.TREE: PackBuilder()}
-        # Sealed packs not yet uploaded, at most ``uploads + 1``: a thread that would start
-        # filling another pack waits, without holding any data (memory stays bounded).
+        self._builders = {BlobType.DATA: _Builder(), BlobType.TREE: _Builder()}
         self._max_sealed = uploads + 1
         self._sealed = 0
         self._room = threading.Condition(self._lock)
         self._pool = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="upload")
-        self._futures: list[Future[PackRecord]] = []
+        # Every sealed pack has a number; ``_state`` holds those not indexed yet: 0 while
+        # it uploads, 1 once durable (and in ``_unindexed``). A flush waits for the
+        # numbers up to the last pack it sealed, whoever uploads and indexes them.
+        self._next = 0
+        self._state: dict[int, int] = {}
+        self._seq_of: dict[bytes, int] = {}
         self._unindexed: list[PackRecord] = []
-        self._error: BaseException | None = None
-        self._closed = False
+        self._index_lock = threading.Lock()
+        self.error: BaseException | None = None
+        self.closed = False
+        self.users = 0
+        self.joined = 0
+        """Blobs a session found in flight (pending) instead of storing them again."""
 
-    def has(self, bid: BlobId) -> bool:
-        return self.repo.known(bid) or bid in self._pending
-
-    def add(self, typ: BlobType, data: bytes, bid: BlobId | None = None) -> tuple[BlobId, bool]:
-        """Store ``data`` unless it is already known; returns (id, whether it was new)."""
-        if self._error is not None:
-            raise self._error
-        if bid is None:
-            bid = self.repo.blob_id(data)
+    def pending(self, bid: bytes) -> bool:
         with self._lock:
-            if bid in self._pending or self.repo.known(bid):
-                return bid, False
+            return bid in self._pending
+
+    def _number(self) -> int:
+        """Count a sealed pack (the caller holds the lock)."""
+        seq = self._next
+        self._next += 1
+        self._state[seq] = 0
+        self._sealed += 1
+        return seq
+
+    def add(
+        self, session: BlobWriter, typ: BlobType, data: bytes, bid: BlobId, *, force: bool = False
+    ) -> bool:
+        """Store ``data`` unless pending or (without ``force``) known; returns whether it
+        was new."""
+        if self.error is not None:
+            raise self.error
+        with self._lock:
+            if bid in self._pending:
+                return False
+            if not force and self.repo.known(bid):
+                return False
             self._pending.add(bid)
         comp, stored = codec.encode(data)
-        sealed: PackBuilder | None = None
+        sealed: tuple[_Builder, int] | None = None
         with self._room:
-            while self._sealed >= self._max_sealed and self._error is None:
+            while self._sealed >= self._max_sealed and self.error is None:
                 self._room.wait()
             builder = self._builders[typ]
             builder.add(bid, typ, comp, stored, len(data))
-            self.stats.blobs_new += 1
-            self.stats.bytes_new_raw += len(data)
-            self.stats.bytes_new_stored += len(stored)
+            builder.sessions.add(session)
+            session.count_new(len(data), len(stored))
             if builder.size >= self.pack_size:
-                sealed, self._builders[typ] = builder, PackBuilder()
-                self._sealed += 1
+                self._builders[typ] = _Builder()
+                sealed = builder, self._number()
         if sealed is not None:
-            self._upload(sealed)
-        return bid, True
+            self._upload(*sealed)
+        return True
 
-    def _upload(self, builder: PackBuilder) -> None:
-        """Seal and queue one pack; the caller counted it in ``_sealed``."""
+    def _upload(self, builder: _Builder, seq: int) -> None:
+        """Seal and queue one pack numbered ``seq``."""
         try:
             pid, data, entries = builder.seal()
-            fut = self._pool.submit(self._put, pid, data, entries)
-        except BaseException:
+            sessions = list(builder.sessions)
+            self._pool.submit(self._put, seq, pid, data, entries, sessions)
+        except BaseException as exc:
+            self._fail(exc)
             self._done_one()
             raise
-        with self._lock:
-            self._futures.append(fut)
-            self.stats.packs += 1
+        for s in sessions:
+            s.stats.packs += 1
 
     def _done_one(self) -> None:
         with self._room:
             self._sealed -= 1
             self._room.notify_all()
 
-    def _put(self, pid: PackId, data: bytearray, entries: list[Entry]) -> PackRecord:
+    def _fail(self, exc: BaseException) -> None:
+        with self._room:
+            if self.error is None:
+                self.error = exc
+            self._room.notify_all()
+
+    def _put(
+        self,
+        seq: int,
+        pid: PackId,
+        data: bytearray,
+        entries: list[Entry],
+        sessions: list[BlobWriter],
+    ) -> None:
         try:
             self.repo.store.put(pack_key(pid), data)
             faults.point("after_pack")
             rec = PackRecord(pid, len(data), entries)
-            flush_now: list[PackRecord] = []
-            with self._lock:
+            for s in sessions:
+                s.packed(rec)
+            with self._room:
+                self._state[seq] = 1
+                self._seq_of[pid] = seq
                 self._unindexed.append(rec)
-                if len(self._unindexed) >= INDEX_EVERY:
-                    flush_now, self._unindexed = self._unindexed, []
-            if flush_now:
-                self.repo.write_index(flush_now)
-            return rec
-        except BaseException as exc:
-            self._error = exc
-            raise
+                full = len(self._unindexed) >= INDEX_EVERY
+                self._room.notify_all()
+            if full:
+                self._index_unindexed()
+        except BaseException as exc:  # noqa: BLE001 - every waiter sees it
+            self._fail(exc)
         finally:
             self._done_one()
 
-    def flush(self) -> None:
-        """Upload the open pack, wait for every upload, write the index; raise any error.
+    def _index_unindexed(self) -> None:
+        """Index every durable pack not indexed yet; their blobs stop being pending."""
+        with self._index_lock:
+            with self._lock:
+                recs, self._unindexed = self._unindexed, []
+            if not recs:
+                return
+            self.repo.write_index(recs)
+            with self._room:
+                for rec in recs:
+                    self._state.pop(self._seq_of.pop(rec.id, -1), None)
+                    for e in rec.entries:
+                        self._pending.discard(e.id)
+                self._room.notify_all()
 
-        After ``flush`` returns every blob added so far is durable and indexed.
+    def _wait(self, until: int, state: int) -> None:
+        """Wait until no pack numbered up to ``until`` is below ``state`` + 1."""
+        with self._room:
+            while self.error is None and any(
+                s <= until and st <= state for s, st in self._state.items()
+            ):
+                self._room.wait()
+            if self.error is not None:
+                raise self.error
+
+    def flush(self) -> None:
+        """Upload the open packs, wait for every upload, write the index; raise any error.
+
+        After ``flush`` returns every blob added so far, by any session, is durable and
+        indexed (concurrent flushes and uploads of other sessions included).
         """
+        sealed: list[tuple[_Builder, int]] = []
         with self._lock:
-            open_builders = list(self._builders.values())
-            self._builders = {BlobType.DATA: PackBuilder(), BlobType.TREE: PackBuilder()}
-        for builder in open_builders:
-            if len(builder):
-                with self._lock:
-                    self._sealed += 1
-                self._upload(builder)
-        with self._lock:
-            futures, self._futures = self._futures, []
-        for f in futures:
-            f.result()
-        if self._error is not None:
-            raise self._error
-        with self._lock:
-            rest, self._unindexed = self._unindexed, []
-        if rest:
-            self.repo.write_index(rest)
-        with self._lock:
-            self._pending.clear()
+            for typ, builder in list(self._builders.items()):
+                if len(builder):
+                    self._builders[typ] = _Builder()
+                    sealed.append((builder, self._number()))
+            until = self._next - 1
+        for builder, seq in sealed:
+            self._upload(builder, seq)
+        self._wait(until, 0)  # every pack up to ours is durable
+        self._index_unindexed()
+        self._wait(until, 1)  # and indexed, by us or by whoever took it
 
     def close(self) -> None:
         """Stop the upload threads (after ``flush``, or to abandon the work)."""
+        if not self.closed:
+            self.closed = True
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+class BlobWriter:
+    """One backup's use of the repository's shared ``SharedWriter``: its own statistics,
+    and the location of every blob it added or found present (its snapshot's locator).
+    """
+
+    def __init__(self, shared: SharedWriter, *, locate: bool = True) -> None:
+        self.shared = shared
+        self.locate = locate
+        self.repo = shared.repo
+        self.stats = WriterStats()
+        self.locations = LocatorBuilder()
+        self._waiting: set[bytes] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def count_new(self, raw: int, stored: int) -> None:
+        with self._lock:
+            self.stats.blobs_new += 1
+            self.stats.bytes_new_raw += raw
+            self.stats.bytes_new_stored += stored
+
+    def packed(self, rec: PackRecord) -> None:
+        """A pack holding some of this session's blobs is durable: note their places."""
+        with self._lock:
+            if not self._waiting:
+                return
+            for e in rec.entries:
+                if e.id in self._waiting:
+                    self._waiting.discard(e.id)
+                    self.locations.note(rec.id, rec.size, e)
+
+    def _located(self, bid: BlobId) -> bool:
+        """Note where a present blob is; False if it is not usable (absent, marked)."""
+        loc = self.repo.blobs.get(bid, unmarked=True)
+        if loc is None:
+            return False
+        if not self.locate:
+            return True
+        size = self.repo.blobs.size_of(loc.pack)
+        with self._lock:
+            self.locations.note_location(bid, loc, size)
+        return True
+
+    def has(self, bid: BlobId) -> bool:
+        """True if the blob is present (indexed in an unmarked pack) or being written;
+        the snapshot may then reference it without storing it."""
+        with self._lock:
+            if bid in self.locations or bid in self._waiting:
+                return True
+        if self.shared.pending(bid):
+            if self.locate:
+                with self._lock:
+                    self._waiting.add(bid)
+            self.shared.joined += 1
+            return True
+        return self._located(bid)
+
+    def add(
+        self, typ: BlobType, data: bytes, bid: BlobId | None = None, *, force: bool = False
+    ) -> tuple[BlobId, bool]:
+        """Store ``data`` unless it is already present; returns (id, whether it was new).
+        ``force`` stores it again even if indexed elsewhere (prune's repacking)."""
+        if bid is None:
+            bid = self.repo.blob_id(data)
+        if not force and self.has(bid):
+            return bid, False
+        if self.locate:
+            with self._lock:
+                self._waiting.add(bid)
+        if self.shared.add(self, typ, data, bid, force=force):
+            return bid, True
+        # Indexed or pending meanwhile (another session): wait for it like any other.
+        return bid, False
+
+    def flush(self) -> None:
+        """Make every blob of this session durable and indexed, and locate each."""
+        self.shared.flush()
+        with self._lock:
+            waiting, self._waiting = self._waiting, set()
+        for bid in waiting:
+            if bid in self.locations:
+                continue
+            loc = self.repo.blobs.get(BlobId(bid))
+            if loc is None:
+                raise IntegrityError(f"blob {bid.hex()[:16]} was written but is not indexed")
+            with self._lock:
+                self.locations.note_location(BlobId(bid), loc, self.repo.blobs.size_of(loc.pack))
+
+    def close(self) -> None:
         if not self._closed:
             self._closed = True
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self.repo.release_writer(self.shared)
 
     def __enter__(self) -> BlobWriter:
         return self

@@ -10,26 +10,40 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
+from sqlalchemy import text
 from tornado import web
 from tornado.httpserver import HTTPServer
 
 from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.loop import run_forever
+from hometier.notify import Notifier
+from hometier.repo.config import CONFIG_KEY
 from hometier.service.api import spaces as spaces_api
 from hometier.service.api.base import BaseHandler
 from hometier.service.api.homes import ArchiveHandler, ExemptHandler, HomeHandler, HomesHandler
+from hometier.service.api.jobs import job_routes
 from hometier.service.api.leases import LeaseHandler, LeasesHandler
 from hometier.service.api.meta import HealthHandler, MetricsHandler, OpenAPIHandler
+from hometier.service.api.mounts import mount_routes
 from hometier.service.api.restores import RestoredHandler, RestoreEventsHandler, RestoreHandler
 from hometier.service.api.snapshots import DownloadHandler, SnapshotsHandler, TreeHandler
+from hometier.service.auth import hub_auth_defaults
 from hometier.service.dashboard import handlers as dash
-from hometier.service.dashboard import spaces_pages
+from hometier.service.dashboard import jobs_pages, spaces_pages
+from hometier.service.dashboard.archives import BackgroundArchives
+from hometier.service.dashboard.mounts_pages import mount_pages
+from hometier.service.dashboard.preview import PreviewImage, PreviewPage
 from hometier.service.dashboard.summary import Dashboard
 from hometier.service.metrics import Metrics
+from hometier.service.notices import archive_notice, chain, restore_notice
+from hometier.service.outages import HealthCheck
 from hometier.service.tracker import Tracker
+from hometier.store import open_store
+from hometier.store.base import Retry
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +68,25 @@ class ServiceContext:
     metrics_public: bool = False
     spaces: Any = None
     """Shared spaces (``hometier.spaces.context.SpacesContext``), or None when off."""
+    jobs: Any = None
+    """``hometier.jobs.context.JobsContext``, or None when jobs are disabled."""
+    scheduler: Any = None
+    health: HealthCheck | None = None
+    """The database and the store, probed with a timeout, cached (``/health``, banner)."""
+    archives: Any = None
+    """Archives started from the dashboard, running in the background."""
+    notifier: Any = None
+    """Tells admins and users what happened (``hometier.notify``)."""
+    mounts: Any = None
+    """The bucket folders' ``MountManager`` (None: this service mounts nothing)."""
+    sealer: Any = None
+    """Seals bucket credentials when ``mounts`` is None (it holds its own otherwise)."""
 
 
 class NotFoundHandler(BaseHandler):
     public = True
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         raise web.HTTPError(404, "no such endpoint")
 
 
@@ -82,6 +109,7 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"{p}/api/homes/{USER}/snapshots/{SNAP}/tree", TreeHandler),
         (rf"{p}/api/homes/{USER}/snapshots/{SNAP}/(?P<kind>file|archive)", DownloadHandler),
         *spaces_api.routes(p),
+        *job_routes(p),
         (rf"{p}/oauth_callback", HubOAuthCallbackHandler),
         # The dashboard (HTML, Hub OAuth login): hometier.service.dashboard.
         (rf"{p}/?", dash.OwnHomePage),
@@ -89,8 +117,13 @@ def routes(prefix: str) -> list[tuple[str, type[web.RequestHandler]]]:
         (rf"{p}/homes/{USER}", dash.HomePage),
         (rf"{p}/homes/{USER}/(?P<action>archive|restore|exempt|unexempt)", dash.HomeAction),
         (rf"{p}/homes/{USER}/snapshots/{SNAP}/browse", dash.BrowsePage),
+        *jobs_pages.routes(p),
+        (rf"{p}/homes/{USER}/snapshots/{SNAP}/preview", PreviewPage),
+        (rf"{p}/homes/{USER}/snapshots/{SNAP}/image", PreviewImage),
         (rf"{p}/static/(?P<path>.+)", dash.StaticHandler),
         *spaces_pages.routes(p),
+        *mount_routes(p),
+        *mount_pages(p),
     ]
 
 
@@ -102,6 +135,8 @@ def make_context(
     metrics_public: bool = False,
     service_name: str = "hometier",
     restore_concurrency: int = 8,
+    config: Any = None,
+    notifier: Notifier | None = None,
 ) -> ServiceContext:
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="api")
     downloads = ThreadPoolExecutor(max_workers=8, thread_name_prefix="download")
@@ -111,19 +146,50 @@ def make_context(
         max_workers=max(1, restore_concurrency), thread_name_prefix="restore"
     )
     metrics = Metrics(lc)
-    lc.on_archive = metrics.archived  # the loop's archives and the API's alike
-    tracker = Tracker(lc, restores, on_finish=metrics.restored)
-    return ServiceContext(
+    notifier = notifier or Notifier(config=config)
+    # The loop's archives, the API's and the dashboard's alike.
+    lc.on_archive = chain(metrics.archived, partial(archive_notice, notifier))
+    tracker = Tracker(
+        lc, restores, on_finish=chain(metrics.restored, partial(restore_notice, notifier))
+    )
+    ctx = ServiceContext(
         lc, executor, downloads, tracker, metrics, prefix, service_name, metrics_public
     )
+    ctx.health = make_health(lc)
+    ctx.notifier = notifier
+    ctx.archives = BackgroundArchives(lc)
+    return ctx
+
+
+def make_health(lc: Lifecycle) -> HealthCheck:
+    def database() -> None:
+        with lc.db.transaction(write=False) as s:
+            s.execute(text("SELECT 1"))
+
+    # The probe's own store, without hometier's retries: a health check must say "down"
+    # within its timeout and be ready to say "up" again soon after the store is back.
+    try:
+        probe = open_store(lc.repo.store.url, retry=Retry(attempts=1))
+    except Exception:  # noqa: BLE001 - the repository's store works as a probe too
+        probe = lc.repo.store
+
+    def store() -> None:
+        probe.head(CONFIG_KEY)
+
+    return HealthCheck({"database": database, "store": store})
 
 
 def make_app(
     ctx: ServiceContext, *, cookie_secret: bytes | None = None, config: Any = None
 ) -> web.Application:
-    # A short cache: a revoked or expired token (the one-spawn token included) stops
-    # working within seconds. (0 would mean "cache forever" to HubAuth.)
-    auth = HubOAuth.instance(cache_max_age=5)
+    # A short cache: a revoked or expired Hub token stops working within seconds (0
+    # would mean "cache forever" to HubAuth). A login storm does not go through it: spawn
+    # hooks send restore tickets, checked here without the Hub (hometier.tickets).
+    hub = ctx.lc.hub
+    auth = HubOAuth.instance(
+        cache_max_age=5,
+        **hub_auth_defaults(ctx.prefix, hub.api_url if hub else "", hub.token if hub else ""),
+    )
     return web.Application(
         routes(ctx.prefix),
         hometier=ctx,
@@ -153,10 +219,16 @@ def run_service(
     loop in a thread beside it; with ``spaces``, their reconcile loop every
     ``spaces_interval`` seconds too. Returns on SIGTERM/SIGINT after all have stopped."""
     ctx = make_context(
-        lc, prefix=prefix, metrics_public=metrics_public, restore_concurrency=restore_concurrency
+        lc,
+        prefix=prefix,
+        metrics_public=metrics_public,
+        restore_concurrency=restore_concurrency,
+        config=config,
     )
     ctx.spaces = spaces
+    scheduler = _start_jobs(ctx, config)
     stop = threading.Event()
+    mounts_thread = _start_mounts(ctx, lc, config, stop)
     loop_thread = None
     if interval is not None:
         loop_thread = threading.Thread(
@@ -192,12 +264,58 @@ def run_service(
         asyncio.run(main())
     finally:
         stop.set()
+        if scheduler is not None:
+            scheduler.stop()
         if loop_thread is not None:
             loop_thread.join(timeout=60)
         if spaces_thread is not None:
             spaces_thread.join(timeout=60)
+        if mounts_thread is not None:
+            mounts_thread.join(timeout=60)
         for pool in (ctx.executor, ctx.downloads, ctx.tracker.executor):
             pool.shutdown(wait=False, cancel_futures=True)
+        ctx.archives.close()
+        if ctx.health is not None:
+            ctx.health.close()
+        ctx.notifier.close(wait=False)
+
+
+def _start_jobs(ctx: ServiceContext, config: Any) -> Any:
+    """The jobs scheduler beside the API (hometier.jobs), when configured."""
+    if config is None:
+        return None
+    from hometier.jobs.context import make_jobs_context
+    from hometier.jobs.scheduler import Scheduler
+
+    ctx.jobs = make_jobs_context(config, ctx.lc)
+    if ctx.jobs is None:
+        log.info("jobs are disabled (c.Jobs.enabled, or no Hub API configured)")
+        return None
+    ctx.scheduler = Scheduler(ctx.jobs)
+    ctx.scheduler.start()
+    return ctx.scheduler
+
+
+def _start_mounts(
+    ctx: ServiceContext, lc: Lifecycle, config: Any, stop: threading.Event
+) -> threading.Thread | None:
+    """Bucket folders: the manager for the API, and its check loop (adopting at once
+    what an earlier run left mounted). Without root nothing is mounted here."""
+    if config is None:
+        return None
+    from hometier.mounts.setup import make_manager, run_checks
+
+    mgr, settings = make_manager(config, lc.db)
+    if not settings.enabled or os.geteuid() != 0:
+        ctx.mounts = None
+        ctx.sealer = mgr.sealer
+        return None
+    ctx.mounts = mgr
+    thread = threading.Thread(
+        target=run_checks, args=(mgr, settings.check_interval, stop), name="mounts", daemon=True
+    )
+    thread.start()
+    return thread
 
 
 __all__ = ["ServiceContext", "make_app", "make_context", "routes", "run_service"]

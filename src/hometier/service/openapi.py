@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from hometier import __version__
+from hometier.service.api.jobs import openapi_paths as jobs_paths
+from hometier.state import HOME_STATES
+from hometier.state.listing import MAX_LIMIT, SORTS
 
 _USER = {"name": "user", "in": "path", "required": True, "schema": {"type": "string"}}
 _SNAP = {
@@ -112,14 +115,55 @@ def openapi(prefix: str) -> dict[str, Any]:
         "paths": {
             "/api/homes": {
                 "get": _op(
-                    "List homes (filters: state, q; sort; limit, offset)",
+                    "List homes: one page, filtered, sorted and paged by the database",
                     "custom:hometier:admin",
                     [
-                        {"name": "state", "in": "query", "schema": {"type": "string"}},
-                        {"name": "q", "in": "query", "schema": {"type": "string"}},
-                        {"name": "sort", "in": "query", "schema": {"type": "string"}},
-                        {"name": "limit", "in": "query", "schema": {"type": "integer"}},
-                        {"name": "offset", "in": "query", "schema": {"type": "integer"}},
+                        {
+                            "name": "state",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": list(HOME_STATES)},
+                        },
+                        {
+                            "name": "q",
+                            "in": "query",
+                            "schema": {"type": "string", "maxLength": 255},
+                            "description": "Part of the user name, any case.",
+                        },
+                        {
+                            "name": "sort",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": list(SORTS), "default": "user"},
+                            "description": "A leading `-` sorts descending (as order=desc). "
+                            "`size` is the measured size, else the newest snapshot's. Missing "
+                            "values sort last; ties by creation.",
+                        },
+                        {
+                            "name": "order",
+                            "in": "query",
+                            "schema": {"type": "string", "enum": ["asc", "desc"]},
+                        },
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 1,
+                                "maximum": MAX_LIMIT,
+                                "default": 500,
+                            },
+                        },
+                        {
+                            "name": "cursor",
+                            "in": "query",
+                            "schema": {"type": "string"},
+                            "description": "The previous page's `next_cursor`: the next page, "
+                            "stable while homes change (preferred to offset).",
+                        },
+                        {
+                            "name": "offset",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 0, "default": 0},
+                        },
                     ],
                 )
             },
@@ -219,6 +263,7 @@ def openapi(prefix: str) -> dict[str, Any]:
                 ),
                 "delete": _op("Lift the exemption", "custom:hometier:admin", [_USER]),
             },
+            **jobs_paths(_op),
             "/health": {
                 "get": {
                     "summary": "Liveness and database reachability",

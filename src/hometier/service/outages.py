@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
 from typing import ClassVar
 
 from sqlalchemy import exc as sa_exc
@@ -139,8 +144,116 @@ def stand_in(exc: BaseException) -> StandIn | None:
     return public
 
 
+# --- health: is the database up, is the store up? ------------------------------------
+
+HEALTH_TIMEOUT = 3.0
+"""Seconds a health probe waits for the database or the store before calling it down."""
+HEALTH_TTL = 5.0
+"""Seconds a healthy answer is reused: a storm of health checks costs one probe."""
+HEALTH_TTL_DOWN = 1.0
+"""Seconds an answer naming a part down is reused: "back" shows within a second or so
+(and a hung part is never probed twice at once: callers share the probe in flight)."""
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    ok: bool
+    message: str
+    """For people: "reachable", "unreachable (timed out after 3 s)"."""
+    detail: str = ""
+    """For operators (admins, the log): the error's first line."""
+
+
+@dataclass(frozen=True)
+class Health:
+    parts: tuple[Part, ...]
+    checked: float
+
+    @property
+    def ok(self) -> bool:
+        return all(p.ok for p in self.parts)
+
+    def part(self, name: str) -> Part:
+        return next(p for p in self.parts if p.name == name)
+
+
+class HealthCheck:
+    """Probes the state database (``SELECT 1``) and the store (a ``head`` of the
+    repository's config object), each bounded by ``timeout``; a healthy answer is
+    cached for ``ttl`` seconds, one naming a part down for ``ttl_down``, and concurrent
+    callers share one probe in flight."""
+
+    def __init__(
+        self,
+        probes: dict[str, Callable[[], object]],
+        *,
+        timeout: float = HEALTH_TIMEOUT,
+        ttl: float = HEALTH_TTL,
+        ttl_down: float = HEALTH_TTL_DOWN,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.probes = probes
+        self.timeout = timeout
+        self.ttl = ttl
+        self.ttl_down = ttl_down
+        self.clock = clock
+        self.probe_count = 0
+        """Probes run so far (a test counts them)."""
+        self._lock = threading.Lock()
+        self._last: Health | None = None
+        # One thread per part: a hung probe occupies its own thread, never a caller's.
+        self._pool = ThreadPoolExecutor(max_workers=len(probes) * 2, thread_name_prefix="health")
+        self._busy: dict[str, Future[object]] = {}
+
+    def cached(self) -> Health | None:
+        """The last answer, if any (never probes)."""
+        return self._last
+
+    def check(self) -> Health:
+        """The health now (cached for ``ttl``); blocks at most about ``timeout``."""
+        with self._lock:
+            last = self._last
+            if last is not None:
+                ttl = self.ttl if last.ok else self.ttl_down
+                if self.clock() - last.checked < ttl:
+                    return last
+            parts = []
+            futures = {}
+            for name, probe in self.probes.items():
+                busy = self._busy.get(name)
+                if busy is None or busy.done():
+                    self.probe_count += 1
+                    busy = self._busy[name] = self._pool.submit(probe)
+                futures[name] = busy
+            deadline = self.clock() + self.timeout
+            for name, fut in futures.items():
+                try:
+                    fut.result(timeout=max(0.0, deadline - self.clock()))
+                    parts.append(Part(name, True, "reachable"))
+                except FutureTimeout:
+                    why = f"no answer within {self.timeout:g} s"
+                    parts.append(Part(name, False, f"unreachable ({why})", why))
+                except Exception as exc:  # noqa: BLE001 - any failure means "down"
+                    parts.append(Part(name, False, "unreachable", detail_of(exc)))
+            self._last = Health(tuple(parts), self.clock())
+            return self._last
+
+    def report(self, name: str, exc: BaseException) -> None:
+        """A request just met ``name`` down: the next check probes again at once."""
+        with self._lock:
+            if self._last is not None and self._last.part(name).ok:
+                self._last = None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 __all__ = [
     "RETRY_AFTER",
+    "Health",
+    "HealthCheck",
+    "Part",
     "ArchiveDamaged",
     "StandIn",
     "StateUnavailable",

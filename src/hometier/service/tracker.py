@@ -2,7 +2,14 @@
 
 The database decides who restores (``restore_home`` joins a restore running in another
 replica); this tracker only lets several requests in *this* process share one job and
-watch its progress.
+watch its progress, and decides which waiting restore runs next.
+
+Order: first come, first served, with a bounded overtake. A restore that costs nothing
+to speak of (the home is already on the volume, or its files are still in the quarantine:
+a few renames) may start before earlier ones that must download a home, but no waiting
+restore is passed by more than ``OVERTAKE`` later ones: when a class logs in at once, the
+students whose homes are still in the quarantine get in at once, and nobody waits
+behind an unbounded stream of them.
 
 A job's ``message`` and ``error`` are what its user is shown: for a failure, the words
 of ``restoring.user_message`` with a reference, never the detail (bucket, keys, paths).
@@ -40,6 +47,21 @@ log = logging.getLogger(__name__)
 KEEP_FINISHED = 600.0
 """Seconds a finished job stays visible to pollers."""
 
+OVERTAKE = 8
+"""How many later restores may start before a waiting one."""
+
+
+def restore_cost(home: Any) -> int:
+    """0 when restoring ``home`` costs nothing to speak of (it is on the volume, or its
+    quarantine still holds its files: a few renames), 1 when it must be downloaded.
+    Downloads are not ranked by size among themselves: they keep their arrival order."""
+    if home.state == "active":
+        return 0
+    quarantine = getattr(home, "quarantine_path", None)
+    if quarantine and os.path.isdir(quarantine):
+        return 0
+    return 1
+
 
 @dataclass
 class Job:
@@ -61,9 +83,19 @@ class Job:
     finished: float | None = None
     seq: int = 0
     """Grows on every change: streams send an event when it moves."""
+    queued: bool = False
+    """Waiting for a free slot of the restore pool."""
+    ahead: int = 0
+    """While queued: restores that will start before this one."""
+    began: float | None = None
+    """When it left the queue and started."""
+    cost: int | None = field(default=None, repr=False)
+    overtaken: int = field(default=0, repr=False)
+    actor: str = field(default="", repr=False)
 
     def doc(self, admin: bool = False) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        del d["cost"], d["overtaken"], d["actor"]
         if not admin:
             del d["detail"]
         d["progress"] = (
@@ -78,11 +110,16 @@ class Tracker:
         lc: Lifecycle,
         executor: Executor,
         on_finish: Callable[[Job, RestoreResult | None], None] | None = None,
+        *,
+        overtake: int = OVERTAKE,
     ) -> None:
         self.lc = lc
         self.executor = executor
         self.on_finish = on_finish
+        self.overtake = overtake
         self._jobs: dict[str, Job] = {}
+        self._pending: list[Job] = []
+        """Accepted, not started yet, in arrival order."""
         self._lock = threading.Lock()
 
     def get(self, user: str) -> Job | None:
@@ -93,16 +130,65 @@ class Tracker:
                 return None
             return job
 
-    def start(self, user: str, actor: str) -> tuple[Job, bool]:
-        """The running job for ``user`` (joined) or a new one; (job, started here)."""
+    def start(self, user: str, actor: str, cost: int | None = None) -> tuple[Job, bool]:
+        """The job for ``user`` (joined, whether it waits or runs) or a new one, queued;
+        (job, started here). ``cost`` (``restore_cost``) lets a cheap restore overtake;
+        None counts as expensive."""
         with self._lock:
             job = self._jobs.get(user)
             if job is not None and job.state == "running":
                 return job, False
-            job = Job(user)
+            job = Job(user, queued=True, cost=cost, actor=actor)
             self._jobs[user] = job
-        self.executor.submit(self._run, job, actor)
+            self._pending.append(job)
+            self._positions()
+        self.executor.submit(self._next)
         return job, True
+
+    def _positions(self) -> None:
+        """Tell every waiting job how many arrived before it and still wait (under the
+        lock). A cheap restore may start sooner than that; an expensive one later by at
+        most ``overtake``."""
+        for i, job in enumerate(self._pending):
+            if job.ahead != i or job.seq == 0:
+                job.ahead = i
+                job.message = "Waiting for a free restore slot" + (
+                    f": {i} restore(s) ahead of yours" if i else ""
+                )
+                job.seq += 1
+
+    def _choice(self, pending: list[Job]) -> int:
+        """Index of the job to start next: the head, unless a cheaper one waits behind it
+        and the head (passed at least as often as any job behind it, since every overtake
+        passes it too) has not been passed ``overtake`` times."""
+        head = pending[0]
+        if head.overtaken >= self.overtake:
+            return 0
+
+        def cost(j: Job) -> float:
+            return float("inf") if j.cost is None else j.cost
+
+        best = min(range(len(pending)), key=lambda i: (cost(pending[i]), i))
+        return best if cost(pending[best]) < cost(head) else 0
+
+    def _next(self) -> None:
+        """Run by a pool thread: start the job that is next, by ``_choice``."""
+        with self._lock:
+            if not self._pending:
+                return
+            i = self._choice(self._pending)
+            for j in self._pending[:i]:
+                j.overtaken += 1
+            job = self._pending.pop(i)
+            job.queued, job.ahead, job.began = False, 0, time.time()
+            job.message = "Restoring your files"
+            job.seq += 1
+            self._positions()
+        self._run(job, job.actor)
+
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._pending)
 
     def _run(self, job: Job, actor: str) -> None:
         def progress(p: RestoreProgress) -> None:

@@ -8,6 +8,7 @@ In-process through ``hometier.cli.main.main``, configured like an operator would
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from collections.abc import Iterator
@@ -96,7 +97,12 @@ def test_archive_status_and_restore(cli: Cli) -> None:
     assert sorted(p.name for p in home.iterdir()) == [NOTICE_NAME]
     status = cli("status", "alice", "--json").json
     assert status["state"] == "archived" and status["archived_at"]
-    assert status["hot_bytes"] > 0 and status["leases"] == []
+    # Nothing on the volume any more: its last size is the quarantine's, until it expires.
+    assert status["hot_bytes"] == 0 and status["leases"] == []
+    assert status["quarantine_bytes"] > 0
+    expires = dt.datetime.fromisoformat(status["quarantine_expires"])
+    archived_at = dt.datetime.fromisoformat(status["archived_at"])
+    assert expires - archived_at == dt.timedelta(days=3)  # c.Archiver.quarantine_for
     everyone = cli("status", "--json")
     assert [(h["user"], h["state"]) for h in everyone.json] == [("alice", "archived")]
     assert cli("status", "--state", "active", "--json").json == []

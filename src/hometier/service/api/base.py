@@ -20,8 +20,8 @@ from tornado import web
 
 from hometier.errors import Error, UsageError
 from hometier.lifecycle.homes import check_username
-from hometier.service.auth import Identity, Unauthorized
-from hometier.service.outages import StandIn, stand_in
+from hometier.service.auth import Identity, Unauthorized, identify
+from hometier.service.outages import StandIn, StateUnavailable, StorageUnavailable, stand_in
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,6 +52,12 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
     def ctx(self) -> Any:
         return self.settings["hometier"]
 
+    async def prepare(self) -> None:
+        # Identify the caller now, asynchronously (restore tickets without the Hub):
+        # ``current_user`` then reads what this stored.
+        if not self.public and not hasattr(self, "_hub_auth_user_cache"):
+            self._hub_auth_user_cache = await identify(self)
+
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.set_header("Cache-Control", "no-store")
@@ -67,8 +73,21 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
     def identity(self) -> Identity:
         model = self.current_user
         if not model:
+            if self._browser_get():
+                # A link followed in a browser whose sign-in expired (a download from
+                # the dashboard): back through the Hub's login, not a JSON 401.
+                self.set_header("Content-Type", "text/html; charset=utf-8")
+                self.redirect(self.get_login_url())
+                raise web.Finish()
             raise Unauthorized()
         return Identity.from_model(model, self.ctx.service_name)
+
+    def _browser_get(self) -> bool:
+        return (
+            self.request.method == "GET"
+            and not self.request.headers.get("Authorization")
+            and "text/html" in self.request.headers.get("Accept", "")
+        )
 
     def user_arg(self, user: str) -> str:
         return check_username(user)
@@ -144,6 +163,10 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):  # type: ignore[misc]
         public = stand_in(e)
         if public is not None:
             e = public
+        health = getattr(self.ctx, "health", None)
+        if health is not None and isinstance(e, StateUnavailable | StorageUnavailable):
+            # The cached health must not say "ok" about a part a request just found down.
+            health.report("database" if isinstance(e, StateUnavailable) else "store", e)
         if isinstance(e, Error):
             self.log_exception(type(e), e, e.__traceback__)
             if not self._finished:

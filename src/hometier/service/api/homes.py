@@ -8,9 +8,7 @@ from hometier.errors import UsageError
 from hometier.lifecycle.cycle import archive_home
 from hometier.lifecycle.restoring import recorded_failure
 from hometier.service.api.base import BaseHandler
-from hometier.state import HOME_STATES, queries
-
-SORTS = {"user", "state", "hot_bytes", "stored_bytes", "last_activity", "state_since"}
+from hometier.state import HOME_STATES, listing, queries
 
 
 def home_doc(h: Any, leases: list[Any] | None = None) -> dict[str, Any]:
@@ -63,29 +61,58 @@ class HomeHandler(BaseHandler):
         self.send(await self.blocking(load))
 
 
+def listing_args(handler: Any, default_limit: int = 100) -> dict[str, Any]:
+    """The listing's query arguments (``state``, ``q``, ``sort`` with an optional ``-``
+    or ``order=asc|desc``, ``limit``, ``cursor`` or ``offset``), checked."""
+    state = handler.get_query_argument("state", None) or None
+    if state is not None and state not in HOME_STATES:
+        raise UsageError(f"state must be one of {', '.join(HOME_STATES)}")
+    sort = handler.get_query_argument("sort", "user") or "user"
+    desc = sort.startswith("-")
+    sort = sort.lstrip("-")
+    order = handler.get_query_argument("order", None)
+    if order is not None:
+        if order not in ("asc", "desc"):
+            raise UsageError("order must be asc or desc")
+        desc = order == "desc"
+    if sort not in listing.SORTS:
+        raise UsageError(f"sort must be one of {', '.join(listing.SORTS)} (- for descending)")
+    try:
+        limit = int(handler.get_query_argument("limit", str(default_limit)))
+        offset = int(handler.get_query_argument("offset", "0"))
+    except ValueError:
+        raise UsageError("limit and offset must be integers") from None
+    if not 1 <= limit <= listing.MAX_LIMIT:
+        raise UsageError(f"limit must be between 1 and {listing.MAX_LIMIT}")
+    if offset < 0:
+        raise UsageError("offset must not be negative")
+    cursor = handler.get_query_argument("cursor", None) or None
+    if cursor is not None and offset:
+        raise UsageError("give cursor or offset, not both")
+    q = (handler.get_query_argument("q", "") or "").strip()[:255]
+    return dict(state=state, q=q, sort=sort, desc=desc, limit=limit, offset=offset, cursor=cursor)
+
+
 class HomesHandler(BaseHandler):
+    """``GET /api/homes``: one page of homes, filtered, sorted and paged by the database."""
+
     async def get(self) -> None:
         self.identity().require("admin", None)
-        state = self.get_query_argument("state", None)
-        if state is not None and state not in HOME_STATES:
-            raise UsageError(f"state must be one of {', '.join(HOME_STATES)}")
-        q = (self.get_query_argument("q", "") or "").lower()
-        sort = self.get_query_argument("sort", "user")
-        desc = sort.startswith("-")
-        if sort.lstrip("-") not in SORTS:
-            raise UsageError(f"sort must be one of {', '.join(sorted(SORTS))} (- for descending)")
-        try:
-            limit = min(int(self.get_query_argument("limit", "500")), 5000)
-            offset = max(int(self.get_query_argument("offset", "0")), 0)
-        except ValueError:
-            raise UsageError("limit and offset must be integers") from None
+        args = listing_args(self, default_limit=500)
 
         def load() -> dict[str, Any]:
-            homes = [h for h in queries.list_homes(self.ctx.lc.db, state) if q in h.user.lower()]
-            key = sort.lstrip("-")
-            homes.sort(key=lambda h: (getattr(h, key) is None, getattr(h, key) or 0), reverse=desc)
-            page = homes[offset : offset + limit]
-            return {"total": len(homes), "homes": [home_doc(h) for h in page]}
+            page = listing.page_homes(self.ctx.lc.db, **args)
+            homes = []
+            for row in page.rows:
+                doc = home_doc(row.home)
+                doc["size"] = row.size
+                homes.append(doc)
+            return {
+                "total": page.total,
+                "homes": homes,
+                "next_cursor": page.next_cursor,
+                "limit": args["limit"],
+            }
 
         self.send(await self.blocking(load))
 

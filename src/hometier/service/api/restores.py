@@ -9,6 +9,7 @@ from tornado.iostream import StreamClosedError
 
 from hometier.service.api.base import BaseHandler
 from hometier.service.outages import stand_in
+from hometier.service.tracker import restore_cost
 from hometier.state import queries
 
 KEEPALIVE = 15.0
@@ -19,8 +20,9 @@ class RestoreHandler(BaseHandler):
         user = self.user_arg(user)
         who = self.identity()
         who.require("restore", user)
-        await self.blocking(queries.get_home, self.ctx.lc.db, user)  # 404 for unknown users
-        job, started = self.ctx.tracker.start(user, f"api:{who.name}")
+        # 404 for unknown users; what it costs decides whether it may overtake.
+        cost = await self.blocking(lambda: restore_cost(queries.get_home(self.ctx.lc.db, user)))
+        job, started = self.ctx.tracker.start(user, f"api:{who.name}", cost)
         doc = job.doc(who.is_admin)
         doc["joined"] = not started
         self.send(doc, status=202)
@@ -47,7 +49,9 @@ class RestoreEventsHandler(BaseHandler):
         try:
             while True:
                 job = self.ctx.tracker.get(user)
-                if job is not None:
+                if job is not None and job.seq == seq and job.state == "running":
+                    doc = None  # nothing new: no document to build (500 streams in a storm)
+                elif job is not None:
                     doc = job.doc(admin)
                 else:
                     try:
@@ -61,12 +65,12 @@ class RestoreEventsHandler(BaseHandler):
                         self.write(f"event: error\ndata: {json.dumps(self.error_doc(down))}\n\n")
                         break
                 now_seq = job.seq if job else -2
-                if now_seq != seq:
+                if doc is not None and now_seq != seq:
                     seq = now_seq
                     self.write(f"event: progress\ndata: {json.dumps(doc, default=str)}\n\n")
                     await self.flush()
                     idle = 0.0
-                if doc.get("state") in ("done", "failed", "idle"):
+                if doc is not None and doc.get("state") in ("done", "failed", "idle"):
                     break
                 await asyncio.sleep(0.25)
                 idle += 0.25

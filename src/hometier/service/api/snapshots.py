@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import datetime as dt
 import logging
 import os
 import threading
@@ -152,7 +153,7 @@ class DownloadHandler(SnapshotBase):
         whole = kind == "archive" and ref == "latest" and not path.strip(b"/")
         whole = whole and self.get_query_argument("format", "tar") == "tar"
         _user, snap = await self.snapshot(user, ref, restore_ok=whole)
-        repo = self.ctx.lc.repo
+        repo = self.ctx.lc.repo.for_snapshot(snap)  # reads go through its locator
         node = await self.blocking(find, repo, snap, path)
         base = os.fsdecode(path.rstrip(b"/").rsplit(b"/", 1)[-1]) or snap.user
         pipe = _Pipe(asyncio.get_running_loop())
@@ -176,7 +177,10 @@ class DownloadHandler(SnapshotBase):
             self.set_header(
                 "Content-Type", "application/x-tar" if fmt == "tar" else "application/zip"
             )
-            name = f"{base}.{fmt}"
+            # Named by whose and when, so that several downloads do not collide.
+            day = snap.time.astimezone(dt.UTC).strftime("%Y-%m-%d")
+            folder = "" if base == snap.user else f"-{base}"
+            name = f"{snap.user}-{day}{folder}.{fmt}"
 
             def produce() -> None:
                 (write_tar if fmt == "tar" else write_zip)(repo, snap, path, pipe)  # type: ignore[arg-type]

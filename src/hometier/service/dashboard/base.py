@@ -22,7 +22,16 @@ from tornado import web
 from hometier.errors import Error
 from hometier.service.api.base import BaseHandler
 from hometier.service.auth import Identity
-from hometier.service.dashboard.summary import Dashboard, ago, human_bytes, money, stamp
+from hometier.service.dashboard.summary import (
+    Dashboard,
+    ago,
+    human_bytes,
+    iso,
+    money,
+    short_id,
+    stamp,
+    tidy,
+)
 from hometier.service.outages import StandIn
 
 HERE = Path(__file__).parent
@@ -31,6 +40,7 @@ STATIC = HERE / "static"
 FLASH = "hometier-flash"
 CSP = (
     "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 TITLES = {
@@ -136,7 +146,14 @@ class PageHandler(BaseHandler):
             human=human_bytes,
             money=money,
             stamp=stamp,
+            iso=iso,
+            short_id=short_id,
+            tidy=tidy,
             ago=lambda when: ago(when, now),
+            hub_logo=hub + "logo",
+            xsrf_token=self.xsrf_token.decode(),
+            hub_logout=hub + "logout",
+            health=None,
             me=me,
             me_admin=me_admin,
             hub_url=hub,

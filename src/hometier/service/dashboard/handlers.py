@@ -8,33 +8,34 @@ import datetime as dt
 import os
 from typing import Any
 
-from sqlalchemy import func, or_, select
 from tornado import web
 
 from hometier.engine.export import list_dir
 from hometier.errors import Error, UsageError
 from hometier.lifecycle.restoring import recorded_failure
 from hometier.service.dashboard.actions import HomeAction
+from hometier.service.dashboard.admin import AdminPage
 from hometier.service.dashboard.base import (
-    AdminOnly,
     NotAUser,
     PageHandler,
     StaticHandler,
     path_query,
 )
-from hometier.service.dashboard.summary import (
-    SERIES,
-    SnapSize,
-    Transition,
-    home_size,
-    make_chart,
-    make_totals,
-    tier_history,
-)
+from hometier.service.dashboard.explain import event_detail, explain
 from hometier.service.outages import stand_in
-from hometier.state import HOME_STATES, Event, Home, Snapshot, queries
+from hometier.state import listing, queries
 
-SORTS = ("user", "state", "hot_bytes", "stored_bytes", "last_activity", "state_since")
+NOTIFIED = [
+    (
+        "Please tell your hub's administrators and quote the reference",
+        "Your hub's administrators have been told",
+    ),
+    (
+        "if it keeps failing, tell your hub's administrators and quote the reference",
+        "your hub's administrators have been told",
+    ),
+]
+"""With an admin channel configured (``hometier.notify``), the user's page says so."""
 
 STATE_TEXT = {
     "active": "The files are on the volume.",
@@ -72,9 +73,16 @@ class HomePageBase(PageHandler):
             home_error = None
             failed = recorded_failure(lc, user) if home and home.state == "failed" else None
             if home is not None and failed is not None:
-                # The recorded error names paths and objects: only admins read it.
-                home_error = home.error if admin else failed.user_message()
+                # The recorded error names paths and objects: only admins read its detail.
+                home_error = failed.user_message()
+                if notified:
+                    for plain, told in NOTIFIED:
+                        home_error = home_error.replace(plain, told)
+            recorded = None
+            if admin and home is not None and home.error:
+                recorded = listing.last_errors(lc.db, [user]).get(user)
             return dict(
+                recorded=recorded,
                 home=home,
                 leases=leases,
                 events=events,
@@ -83,12 +91,20 @@ class HomePageBase(PageHandler):
                 home_error=home_error,
             )
 
+        notifier = self.ctx.notifier
+        notified = notifier is not None and notifier.enabled
         data = await self.blocking(load)
         job = self.ctx.tracker.get(user)
+        archiving = self.ctx.archives.get(user) if admin and self.ctx.archives else None
         home = data["home"]
-        running = (job is not None and job.state == "running") or (
-            home is not None and home.state in ("restoring", "archiving")
+        running = (
+            (job is not None and job.state == "running")
+            or (archiving is not None and archiving.state == "running")
+            or (home is not None and home.state in ("restoring", "archiving"))
         )
+        why = None
+        if admin and home is not None and home.error:
+            why = explain(home.error, data["recorded"])
         self.take_flash()
         self.render(
             "home.html",
@@ -98,6 +114,10 @@ class HomePageBase(PageHandler):
             may_restore=who.may("restore", user),
             state_text=STATE_TEXT,
             job=job.doc(admin) if job else None,
+            archiving=archiving,
+            why=why,
+            event_detail=event_detail,
+            explain=explain,
             refresh=2 if running else None,
             back="own" if own else "home",
             **data,
@@ -124,94 +144,6 @@ class HomePage(HomePageBase):
         who = self.identity()
         who.require("read", user)
         await self.home_page(user, own=who.kind == "user" and who.name == user)
-
-
-class AdminPage(PageHandler):
-    """``/admin``: totals, bytes per tier over time, every home, failures."""
-
-    @web.authenticated
-    async def get(self) -> None:
-        who = self.identity()
-        if not who.is_admin:
-            raise AdminOnly(who.name)
-        q = (self.get_query_argument("q", "") or "").strip()
-        state = self.get_query_argument("state", "") or ""
-        if state and state not in HOME_STATES:
-            raise UsageError(f"state must be one of {', '.join(HOME_STATES)}")
-        sort = self.get_query_argument("sort", "user") or "user"
-        if sort.lstrip("-") not in SORTS:
-            raise UsageError(f"sort must be one of {', '.join(SORTS)} (- for descending)")
-        lc, prices = self.ctx.lc, self.dashboard
-        today = lc.now().astimezone(dt.UTC).date()
-        first_day = today - dt.timedelta(days=max(prices.history_days, 1) - 1)
-        start = dt.datetime.combine(first_day, dt.time(), tzinfo=dt.UTC)
-
-        def load() -> dict[str, Any]:
-            homes = queries.list_homes(lc.db)
-            with lc.db.transaction(write=False) as s:
-                stored = int(s.scalar(select(func.sum(Snapshot.stored_bytes))) or 0)
-                # The window's transitions, and the last one of each home before it (its
-                # state when the window opens): the log can be long, the chart is not.
-                moved = (Event.to_state.is_not(None), Event.user.is_not(None))
-                last_before = (
-                    select(func.max(Event.id)).where(*moved, Event.at < start).group_by(Event.user)
-                )
-                moves = s.execute(
-                    select(Event.user, Event.at, Event.to_state, Event.from_state)
-                    .where(*moved, or_(Event.at >= start, Event.id.in_(last_before)))
-                    .order_by(Event.id)
-                ).all()
-                sizes = s.execute(
-                    select(Home.user, Snapshot.time, Snapshot.bytes, Snapshot.stored_bytes).join(
-                        Home, Home.id == Snapshot.home_id
-                    )
-                ).all()
-            errors = queries.events(lc.db, kind="error", limit=20, newest_first=True)
-            snaps = sorted((SnapSize(*z) for z in sizes), key=lambda z: z.time)
-            last = {z.user: z.bytes for z in snaps}
-            totals = make_totals(homes, stored, prices, last)
-            history = tier_history(
-                [Transition(*m) for m in moves],
-                snaps,
-                {h.user: home_size(h, last) for h in homes},
-                totals,
-                today,
-                prices.history_days,
-            )
-            return dict(homes=homes, totals=totals, history=history, errors=errors, last=last)
-
-        data = await self.blocking(load)
-        homes = data["homes"]
-        failed = [h for h in homes if h.state == "failed"]
-        shown = [
-            h for h in homes if q.lower() in h.user.lower() and (not state or h.state == state)
-        ]
-        key = sort.lstrip("-")
-        last = data["last"]
-
-        def order(h: Any) -> tuple[bool, Any]:
-            value = home_size(h, last) if key == "hot_bytes" else getattr(h, key)
-            return value is None, value or 0
-
-        shown.sort(key=order)
-        if sort.startswith("-"):
-            shown.reverse()
-        self.take_flash()
-        self.render(
-            "admin.html",
-            totals=data["totals"],
-            chart=make_chart(data["history"]),
-            series=SERIES,
-            errors=data["errors"],
-            failed=failed,
-            homes=shown,
-            q=q,
-            state=state,
-            sort=sort,
-            states=HOME_STATES,
-            sorts=SORTS,
-            size=lambda h: home_size(h, data["last"]),
-        )
 
 
 class BrowsePage(PageHandler):
@@ -256,6 +188,9 @@ class BrowsePage(PageHandler):
                     else None,
                     "zip": self.url(*api, "archive", format="zip", **where)
                     if n.type == "dir"
+                    else None,
+                    "preview": self.url("homes", user, "snapshots", snap.id, "preview", **where)
+                    if n.type == "file" and n.error is None
                     else None,
                 }
             )

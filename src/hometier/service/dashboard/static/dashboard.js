@@ -1,5 +1,5 @@
-// hometier dashboard: sort a table by clicking a column header, filter rows as you type.
-// The pages work without it (the search form and the sort menu run on the server).
+// hometier dashboard: sort a small table by clicking a column header; search homes as you
+// type. The pages work without it (the search form and the column links run on the server).
 "use strict";
 
 function sortKey(cell) {
@@ -23,6 +23,46 @@ function sortTable(table, column, th) {
   for (const row of rows) body.appendChild(row);
 }
 
+// The homes table is one page of many: a search asks the server for the first page of
+// matches and swaps the table in place (the address bar follows, so it is a link).
+function searchAsYouType(form) {
+  let timer = null;
+  let seq = 0;
+  const run = async () => {
+    try {
+      await swap();
+    } catch (e) {
+      form.submit(); // whatever went wrong, the server-side search still works
+    }
+  };
+  const swap = async () => {
+    const url = form.action + "?" + new URLSearchParams(new FormData(form)).toString();
+    const mine = ++seq;
+    // The Hub's cookie counts for a script's GET only with the XSRF token (JupyterHub
+    // >= 4.1), which the page carries.
+    const resp = await fetch(url, {
+      credentials: "same-origin",
+      redirect: "error",
+      headers: { Accept: "text/html", "X-XSRFToken": form.dataset.xsrf || "" },
+    });
+    if (!resp.ok || mine !== seq) return;
+    const doc = new DOMParser().parseFromString(await resp.text(), "text/html");
+    const fresh = doc.getElementById("homes-section");
+    const here = document.getElementById("homes-section");
+    if (fresh && here) {
+      here.replaceWith(document.adoptNode(fresh));
+      history.replaceState(null, "", url);
+    }
+  };
+  for (const input of form.querySelectorAll("[data-autosubmit]")) {
+    const event = input.tagName === "SELECT" ? "change" : "input";
+    input.addEventListener(event, () => {
+      clearTimeout(timer);
+      timer = setTimeout(run, 250);
+    });
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   for (const table of document.querySelectorAll("table.sortable")) {
     Array.from(table.tHead.rows[0].cells).forEach((th, column) => {
@@ -34,14 +74,6 @@ document.addEventListener("DOMContentLoaded", () => {
       });
     });
   }
-  for (const input of document.querySelectorAll("input[data-filter]")) {
-    const table = document.getElementById(input.dataset.filter);
-    if (!table) continue;
-    input.addEventListener("input", () => {
-      const text = input.value.trim().toLowerCase();
-      for (const row of table.tBodies[0].rows) {
-        row.hidden = text !== "" && !(row.dataset.user || "").toLowerCase().includes(text);
-      }
-    });
-  }
+  const form = document.getElementById("homes-filter");
+  if (form) searchAsYouType(form);
 });
