@@ -39,7 +39,11 @@ MAX_PENDING = 1024
 RACY_NS = 2_000_000_000
 """An entry whose ctime is this close to (or after) the start of the parent snapshot may
 have changed again within the same clock tick after the parent read it: its extended
-attributes are read again even when its ctime did not move (git's "racy" entries)."""
+attributes are read again even when its ctime did not move (git's "racy" entries).
+This assumes the filesystem stamps ctimes with a clock within ``RACY_NS`` of this host's
+(a network filesystem whose server runs seconds behind would defeat it), and that the
+parent listed attributes with the same privileges (a parent made without root lists no
+``trusted.*`` attribute, and a root backup on top of it keeps none)."""
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 

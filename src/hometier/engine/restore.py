@@ -4,7 +4,9 @@ Every filesystem call is made relative to an open descriptor of the staging fold
 (``dir_fd``), never by re-resolving a path from ``/``: the staging folder may sit inside
 a home its user can write to, and a user who swaps it for a symlink must not make a root
 restore write, chown or chmod anything outside it. The staging folder is root's own
-(0700) until the end, so nobody else can touch what is inside while it is built.
+(0700) until the end, so nobody else can touch what is inside while it is built. Its
+*name* inside a home is the user's to rename or exchange: it is emptied through its
+descriptor and removed under whatever name shows its inode (``_drop_staging``).
 """
 
 from __future__ import annotations
