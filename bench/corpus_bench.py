@@ -356,6 +356,19 @@ def ensure_corpus(root: Path, users: int, scale: float, seed: str, log: Any) -> 
     return homes
 
 
+def ensure_real_corpus(root: Path, a: argparse.Namespace, log: Any) -> Path:
+    """``root/homes/<user>`` of ``real_corpus.py`` (built, or reused when up to date)."""
+    sys.path.insert(0, str(benchlib.HERE))
+    import real_corpus
+
+    argv = ["--out", str(root), "--homes", str(a.real_homes)]
+    for g in a.git:
+        argv += ["--git", g]
+    if real_corpus.main(argv) != 0:
+        raise SystemExit("real_corpus.py failed")
+    return root / "homes"
+
+
 def spread(items: list[str], k: int) -> list[str]:
     """``k`` items evenly spaced over ``items`` (which is sorted), first and last included."""
     if k >= len(items):
@@ -388,8 +401,12 @@ class ToolFailed(Exception):
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, work: Path, out: Path) -> None:
+    def __init__(
+        self, args: argparse.Namespace, work: Path, out: Path, kind: str = "generated"
+    ) -> None:
         self.a = args
+        self.kind = kind
+        self.doc: dict[str, Any] = {}
         self.work = work
         self.out = out
         self.log_path = work / "bench.log"
@@ -889,15 +906,25 @@ class Bench:
         a = self.a
         self.stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         t_start = time.monotonic()
+        load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
         # Before anything runs: the commit (and uncommitted src/ changes) measured.
         tool_info = tool_versions()
-        corpus = Path(a.corpus_dir) if a.corpus_dir else self.work / "corpus"
-        corpus.mkdir(parents=True, exist_ok=True)
-        self.homes_dir = ensure_corpus(corpus.resolve(), a.users, a.scale, a.seed, self.log)
+        if self.kind == "real":
+            corpus = Path(a.real_dir)
+            self.homes_dir = ensure_real_corpus(corpus.resolve(), a, self.log)
+        else:
+            corpus = Path(a.corpus_dir) if a.corpus_dir else self.work / "corpus"
+            corpus.mkdir(parents=True, exist_ok=True)
+            self.homes_dir = ensure_corpus(corpus.resolve(), a.users, a.scale, a.seed, self.log)
         users = sorted(p.name for p in self.homes_dir.iterdir() if p.is_dir())
         self.sizes = {u: tree_size(self.homes_dir / u) for u in users}
         by_size = sorted(users, key=lambda u: (self.sizes[u][1], u))
         sample = spread(by_size, a.sample)
+        # The home of the most files (site-packages, node_modules, a conda env) is
+        # always restored by every tool: per-file cost is what it measures.
+        many = max(users, key=lambda u: (self.sizes[u][0], u))
+        if many not in sample:
+            sample = sorted([*sample, many], key=lambda u: (self.sizes[u][1], u))
         storm = spread(by_size, a.storm)
         # The median home, and the largest (whose first archive is not mostly dedup).
         incr = list(dict.fromkeys([by_size[len(by_size) // 2], by_size[-1]]))
@@ -945,6 +972,9 @@ class Bench:
             "versions": tool_info,
             "params": {k: v for k, v in vars(a).items()},
             "corpus": corpus_summary(corpus, self.sizes),
+            "corpus_kind": self.kind,
+            "many_files_home": many,
+            "load_before": load_before,
             "sample": sample,
             "storm_homes": storm,
             "sizes": self.sizes,
@@ -957,14 +987,7 @@ class Bench:
             "setup_seconds": round(gen_seconds, 1),
             "total_seconds": round(time.monotonic() - t_start, 1),
         }
-        md = render(doc)
-        print(md)
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / f"corpus-{self.stamp}.md").write_text(md)
-        (self.out / f"corpus-{self.stamp}.json").write_text(
-            json.dumps(doc, indent=1, default=str) + "\n"
-        )
-        self.log(f"wrote {self.out / f'corpus-{self.stamp}.md'} and .json")
+        self.doc = doc
         for e in self.errors:
             self.log(f"FAILED: {e}")
         for e in self.mismatch:
@@ -1104,7 +1127,7 @@ def targets(doc: dict[str, Any], fig: dict[str, dict[str, Any]]) -> list[tuple[s
         "restore, median home ÷ tar\\|zstd",
         ht.get("restore_median"),
         tz.get("restore_median"),
-        1.0,
+        0.8,
         "s",
     )
     add(
@@ -1118,17 +1141,43 @@ def targets(doc: dict[str, Any], fig: dict[str, dict[str, Any]]) -> list[tuple[s
         "restore, largest home ÷ tar\\|zstd",
         ht.get("restore_largest"),
         tz.get("restore_largest"),
-        1.0,
+        0.8,
+        "s",
+    )
+    many = doc.get("many_files_home")
+    if many:
+        files = doc["sizes"][many][0]
+        add(
+            f"restore, the home of most files ({many}, {files:,} files) ÷ tar\\|zstd",
+            _restore_times(doc, "hometier").get(many),
+            _restore_times(doc, "tar|zstd").get(many),
+            1.0,
+            "s",
+        )
+    storm_ht, storm_tz = doc["storms"].get("hometier", {}), doc["storms"].get("tar|zstd", {})
+    add(
+        "login storm p50 ÷ tar\\|zstd pipelines", storm_ht.get("p50"), storm_tz.get("p50"), 0.7, "s"
+    )
+    add(
+        "login storm p95 ÷ tar\\|zstd pipelines", storm_ht.get("p95"), storm_tz.get("p95"), 0.8, "s"
+    )
+    cold, warm = _restore_times(doc, "hometier CLI"), _restore_times(doc, "hometier")
+    both = [u for u in cold if u in warm]
+    add(
+        "cold `hometier restore` ÷ the service's restore (sum over the sample)",
+        sum(cold[u] for u in both) if both else None,
+        sum(warm[u] for u in both) if both else None,
+        1.1,
         "s",
     )
     add(
         "archive all homes (empty bucket) ÷ tar\\|zstd",
         ht.get("archive_s"),
         tz.get("archive_s"),
-        1.0,
+        0.7,
         "s",
     )
-    add("stored bytes ÷ restic", ht.get("stored_mb"), rs.get("stored_mb"), 1.0, "MB")
+    add("stored bytes ÷ restic", ht.get("stored_mb"), rs.get("stored_mb"), 0.98, "MB")
     for inc in doc.get("incremental") or [{}]:
         add(
             f"incremental ({inc.get('files_changed', '?')} files changed) ÷ first archive of {inc.get('home', '?')}",
@@ -1182,7 +1231,13 @@ def render(doc: dict[str, Any]) -> str:
     fig = summary_figures(doc)
     p = doc["params"]
     c = doc["corpus"]
-    out = [f"## hometier corpus benchmark, {doc['when']}", "", f"`{doc['command']}`", ""]
+    kind = doc.get("corpus_kind", "generated")
+    out = [
+        f"## hometier corpus benchmark, {kind} corpus, {doc['when']}",
+        "",
+        f"`{doc['command']}`; load average before this corpus {doc.get('load_before', '?')}",
+        "",
+    ]
     m, v = doc["machine"], doc["versions"]
     out.append(
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), {benchlib.mem(m['free_g'])}, load average "
@@ -1192,9 +1247,19 @@ def render(doc: dict[str, Any]) -> str:
     )
     out.append("")
     sizes = sorted(s[1] for s in doc["sizes"].values())
+    if kind == "real":
+        made = (
+            f"Corpus: {c['homes']} homes of real material (`real_corpus.py`: site-packages, "
+            f"a conda-like env, JupyterLab env, node_modules, git clones and sdist repositories, "
+            f"executed notebooks, Debian docs, CSVs, random data)"
+        )
+    else:
+        made = (
+            f"Corpus: {c['homes']} homes (seed {c.get('seed', p['seed'])}, scale "
+            f"{c.get('scale', p['scale'])})"
+        )
     out.append(
-        f"Corpus: {c['homes']} homes (seed {c.get('seed', p['seed'])}, scale "
-        f"{c.get('scale', p['scale'])}), {c['files_counted']:,} files, "
+        f"{made}, {c['files_counted']:,} files, "
         f"{c['bytes_counted'] / MB:,.0f} MB (home sizes {sizes[0] / MB:.1f}–{sizes[-1] / MB:.1f} "
         f"MB, median {median(sizes) / MB:.1f} MB); "
         f"{100 * c.get('cross_user_duplicate_fraction', 0):.0f}% of the bytes are whole-file "
@@ -1443,7 +1508,20 @@ def main(argv: list[str] | None = None) -> int:
         "--corpus-dir", help="keep the corpus here (ROOT/homes, ROOT/summary.json) and reuse it"
     )
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    p.add_argument(
+        "--corpora",
+        default="generated,real",
+        help="which corpora, in turn: generated (make_corpus.py), real (real_corpus.py)",
+    )
+    p.add_argument("--real-dir", default="/var/tmp/hb-real", help="real_corpus.py --out")
+    p.add_argument("--real-homes", type=int, default=16, help="real_corpus.py --homes")
+    p.add_argument(
+        "--git", action="append", default=[], help="real_corpus.py --git (a repository to clone)"
+    )
     a = p.parse_args(argv)
+    a.corpora = [c.strip() for c in a.corpora.split(",") if c.strip()]
+    if a.smoke and "real" in a.corpora:
+        a.corpora = ["generated"]  # the real corpus takes minutes to build the first time
     if a.smoke:
         a.users, a.scale = 3, 0.01
         a.sample, a.storm = min(a.sample, 2), min(a.storm, 2)
@@ -1474,9 +1552,23 @@ def main(argv: list[str] | None = None) -> int:
         work.mkdir(parents=True, exist_ok=True)
     else:
         work = Path(tempfile.mkdtemp(prefix="hometier-corpus-bench-", dir=base))
-    bench = Bench(a, work, Path(a.out).resolve())
+    out = Path(a.out).resolve()
     try:
-        return bench.main()
+        code, docs = 0, []
+        for kind in a.corpora:
+            sub = work / kind
+            sub.mkdir(parents=True, exist_ok=True)
+            bench = Bench(a, sub, out, kind)
+            code |= bench.main()
+            docs.append(bench.doc)
+        stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        md = "\n".join(render(d) for d in docs)
+        print(md)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"corpus-{stamp}.md").write_text(md)
+        (out / f"corpus-{stamp}.json").write_text(json.dumps(docs, indent=1, default=str) + "\n")
+        print(f"wrote {out / f'corpus-{stamp}.md'} and .json", file=sys.stderr)
+        return code
     finally:
         if a.keep or a.work_dir:
             print(f"scratch kept at {work}", file=sys.stderr)

@@ -36,6 +36,14 @@ INLINE_BYTES = 256 * 1024
 walking thread (see ``_archive_open_dir``)."""
 MAX_PENDING = 1024
 """Walked folders whose trees may wait for their readers before the walk waits too."""
+RACY_NS = 2_000_000_000
+"""An entry whose ctime is this close to (or after) the start of the parent snapshot may
+have changed again within the same clock tick after the parent read it: its extended
+attributes are read again even when its ctime did not move (git's "racy" entries).
+This assumes the filesystem stamps ctimes with a clock within ``RACY_NS`` of this host's
+(a network filesystem whose server runs seconds behind would defeat it), and that the
+parent listed attributes with the same privileges (a parent made without root lists no
+``trusted.*`` attribute, and a root backup on top of it keeps none)."""
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
 
 
@@ -117,6 +125,9 @@ class _Archiver:
         self.lock = threading.Lock()
         self.hardlinks: dict[tuple[int, int], bytes] = {}
         self.parent_trees: TreeCache | None = None
+        self.trust_ctime_before = 0
+        """Entries whose ctime is older than this and unchanged since the parent keep the
+        parent's extended attributes without listing them again (0: never)."""
         self.pending: deque[_Pending] = deque()
         self._last_report = 0.0
 
@@ -344,11 +355,23 @@ class _Archiver:
                     self._note("skipped", sub, f"{what} not archived")
                     continue
                 # Every attribute (user.*, ACLs, capabilities, trusted.* as root), read
-                # through the folder's descriptor and never through a symlink.
-                try:
-                    node.xattrs = read_xattrs(full)
-                except PermissionError as exc:
-                    self._note("errors", sub, f"extended attributes unreadable: {exc.strerror}")
+                # through the folder's descriptor and never through a symlink -- unless
+                # the entry's ctime, which every change of an attribute moves, is the
+                # parent's and old enough not to hide a change in the same clock tick.
+                prev = old.get(name)
+                if (
+                    prev is not None
+                    and prev.ctime_ns == st.st_ctime_ns
+                    and prev.ino == st.st_ino
+                    and prev.type == node.type
+                    and st.st_ctime_ns < self.trust_ctime_before
+                ):
+                    node.xattrs = prev.xattrs
+                else:
+                    try:
+                        node.xattrs = read_xattrs(full)
+                    except PermissionError as exc:
+                        self._note("errors", sub, f"extended attributes unreadable: {exc.strerror}")
             except FileNotFoundError:
                 self._note("changed", sub, "vanished")
                 continue
@@ -552,6 +575,8 @@ def backup(
             if parent is not None:
                 cache = TreeCache(repo.for_snapshot(parent), [parent.tree], workers=workers)
                 arch.parent_trees = cache
+                if parent.stats.complete:
+                    arch.trust_ctime_before = parent.time_ns - RACY_NS
             top = arch.archive_dir(src, b"", parent.tree if parent else None, 0)
             arch._drain(until=0)
             assert top.bid is not None

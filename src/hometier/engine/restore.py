@@ -4,7 +4,9 @@ Every filesystem call is made relative to an open descriptor of the staging fold
 (``dir_fd``), never by re-resolving a path from ``/``: the staging folder may sit inside
 a home its user can write to, and a user who swaps it for a symlink must not make a root
 restore write, chown or chmod anything outside it. The staging folder is root's own
-(0700) until the end, so nobody else can touch what is inside while it is built.
+(0700) until the end, so nobody else can touch what is inside while it is built. Its
+*name* inside a home is the user's to rename or exchange: it is emptied through its
+descriptor and removed under whatever name shows its inode (``_drop_staging``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import queue
 import secrets
 import stat
 import struct
@@ -22,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from hometier.engine import writers
 from hometier.engine.export import find
 from hometier.engine.fsutil import (
     Swapped,
@@ -30,6 +34,7 @@ from hometier.engine.fsutil import (
     rename_noreplace,
 )
 from hometier.engine.trees import TreeCache
+from hometier.engine.writers import Writers
 from hometier.engine.xattrs import apply_metadata
 from hometier.errors import Conflict, Error, IntegrityError
 from hometier.repo import BlobId, Repository
@@ -42,6 +47,12 @@ STAGING_PREFIX = ".hometier-restore-"
 CONFLICTS_PREFIX = "hometier-conflicts-"
 MAX_NODES = 20_000_000
 MAX_DEPTH = 1000
+MAX_WRITERS = 4
+WRITERS_FROM = 256
+"""Forked writers: at most ``MAX_WRITERS``, and one per this many files of one blob."""
+DIR_THREADS = 4
+DIR_BATCH = 64
+"""Folders' metadata: threads, and the fewest folders one of them takes at a time."""
 MAX_REPORTED = 200
 """Attributes that could not be restored are listed up to this many, then counted."""
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -134,6 +145,7 @@ class _Plan:
         self.dest: dict[bytes, int | list[int]] = {}
         self.regular: set[bytes] = set()
         self.count = 0
+        self.bytes_total = 0
 
     def add_dest(self, bid: bytes, idx: int, pos: int) -> None:
         value = idx * _POS + pos
@@ -191,8 +203,52 @@ def _open_staging(parent_fd: int, name: bytes) -> int:
     """Create and open a fresh staging folder, and prove it is ours (root's, 0700)."""
     try:
         return make_private_dir(name, parent_fd)
-    except Swapped:
-        raise RestoreError("-", os.fsdecode(name), "the staging folder was tampered with") from None
+    except OSError as exc:
+        # Swapped, or (ELOOP, ENOTDIR, ENOENT) renamed or exchanged with a symlink
+        # between ``mkdir`` and ``open`` by the user of the folder it is made in.
+        if isinstance(exc, Swapped) or exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.ENOENT):
+            for _attempt in range(3):  # ours is empty: rmdir removes nothing else
+                try:
+                    os.rmdir(name, dir_fd=parent_fd)
+                    break
+                except OSError:
+                    continue
+            raise RestoreError(
+                "-", os.fsdecode(name), "the staging folder was tampered with"
+            ) from None
+        raise
+
+
+def _drop_staging(parent_fd: int, name: bytes, sfd: int) -> None:
+    """Remove the staging folder: what is in it through its descriptor, then the folder
+    under the name it has now. Inside a home its user cannot enter it but may rename
+    it, or exchange its name with a symlink or a folder of theirs (never move it to
+    another folder: that needs write access to it): the name is trusted only once it
+    shows the folder's inode, and ``rmdir`` removes nothing but an empty folder. Never
+    raises; a staging folder that keeps being swapped is left empty (root's, 0700) and
+    logged, for the next restore's clean-up."""
+    try:
+        for entry in map(os.fsencode, os.listdir(sfd)):
+            remove_tree(entry, sfd)
+        me = os.fstat(sfd)
+    except OSError as exc:
+        log.warning("could not empty a restore's staging folder: %s", exc)
+        return
+    for _attempt in range(3):
+        names = [name]
+        try:
+            names += [n for n in map(os.fsencode, os.listdir(parent_fd)) if n != name]
+        except OSError:
+            pass
+        for n in names:
+            try:
+                st = os.stat(n, dir_fd=parent_fd, follow_symlinks=False)
+                if (st.st_dev, st.st_ino) == (me.st_dev, me.st_ino):
+                    os.rmdir(n, dir_fd=parent_fd)
+                    return
+            except OSError:
+                continue  # swapped between stat and rmdir: look again
+    log.warning("a restore's staging folder kept being renamed; left it empty")
 
 
 def _clean_stale(parent_fd: int, prefix: bytes) -> None:
@@ -232,6 +288,73 @@ def _plan(
     include: list[bytes] | None = None,
 ) -> _Plan:
     plan = _Plan()
+    maker = _Maker(sfd)
+    try:
+        _walk_plan(repo, trees, snap, plan, maker, include)
+    except BaseException:
+        maker.close(check=False)  # the walk's error is the one to report
+        raise
+    maker.close()
+    return plan
+
+
+class _Maker:
+    """The plan's filesystem work (folders, files of several blobs), done in plan order
+    on a thread of its own so that the kernel's work overlaps decoding the trees (the
+    calls release the GIL). ``close()`` waits for it and raises its first error."""
+
+    _STOP = (b"", -2)
+
+    def __init__(self, sfd: int) -> None:
+        self.sfd = sfd
+        self.jobs: queue.SimpleQueue[tuple[bytes, int]] = queue.SimpleQueue()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="restore-plan", daemon=True)
+        self.thread.start()
+
+    def mkdir(self, rel: bytes) -> None:
+        self.jobs.put((rel, -1))
+
+    def create(self, rel: bytes, size: int) -> None:
+        """An empty file (``size`` > 0: sparse, truncated to it)."""
+        self.jobs.put((rel, size))
+
+    def _run(self) -> None:
+        sfd = self.sfd
+        while True:
+            rel, size = self.jobs.get()
+            if size == -2:
+                return
+            if self.error is not None:
+                continue
+            try:
+                if size == -1:
+                    os.mkdir(rel, 0o700, dir_fd=sfd)
+                else:
+                    fd = os.open(rel, _CREATE, 0o600, dir_fd=sfd)
+                    try:
+                        if size:
+                            os.ftruncate(fd, size)
+                    finally:
+                        os.close(fd)
+            except BaseException as exc:  # noqa: BLE001 - raised by close()
+                self.error = exc
+
+    def close(self, *, check: bool = True) -> None:
+        self.jobs.put(self._STOP)
+        self.thread.join()
+        if check and self.error is not None:
+            raise self.error
+
+
+def _walk_plan(
+    repo: Repository,
+    trees: TreeCache,
+    snap: Snapshot,
+    plan: _Plan,
+    maker: _Maker,
+    include: list[bytes] | None,
+) -> None:
     only = _included(include)
     found: set[bytes] = set()
     # (tree, path, depth, whole): ``whole`` is False on the way down to an included path.
@@ -255,7 +378,7 @@ def _plan(
                 raise IntegrityError(f"snapshot holds more than {MAX_NODES} entries")
             if n.type == "dir":
                 assert n.subtree is not None
-                os.mkdir(sub, 0o700, dir_fd=sfd)
+                maker.mkdir(sub)
                 plan.dirs.append((sub, n))
                 stack.append((n.subtree, sub, depth + 1, inside))
             elif n.type == "file" and n.error is not None:
@@ -263,7 +386,7 @@ def _plan(
             elif n.link is not None:
                 plan.links.append((sub, n.link))
             elif n.type == "file":
-                _plan_file(repo, plan, sfd, sub, n)
+                _plan_file(repo, plan, maker, sub, n)
             else:
                 plan.specials.append((sub, n))
     if only is not None:
@@ -279,26 +402,20 @@ def _plan(
             if link not in plan.regular and not any(link == s for s, _n in plan.specials):
                 first = find(repo, snap, link)
                 if first.type == "file" and first.error is None and first.link is None:
-                    _plan_file(repo, plan, sfd, sub, first)
+                    _plan_file(repo, plan, maker, sub, first)
                     plan.links[i] = (sub, b"")
         plan.links = [(s, ln) for s, ln in plan.links if ln]
-    return plan
 
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _REOPEN = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _plan_file(repo: Repository, plan: _Plan, sfd: int, rel: bytes, n: Node) -> None:
+def _plan_file(repo: Repository, plan: _Plan, maker: _Maker, rel: bytes, n: Node) -> None:
     idx = len(plan.files)
     if n.sparse is not None or len(n.content) > 1:
         # Several writers (or holes): the file must exist before any of them runs.
-        fd = os.open(rel, _CREATE, 0o600, dir_fd=sfd)
-        try:
-            if n.sparse is not None:
-                os.ftruncate(fd, n.size)
-        finally:
-            os.close(fd)
+        maker.create(rel, n.size if n.sparse is not None else 0)
         plan.created.add(idx)
     plan.files.append((rel, _META.pack(n.mode, n.uid, n.gid, n.atime_ns, n.mtime_ns, n.size)))
     plan.left.append(len(n.content))
@@ -311,6 +428,7 @@ def _plan_file(repo: Repository, plan: _Plan, sfd: int, rel: bytes, n: Node) -> 
         pos, left = extents[0]
     for bid in n.content:
         length = repo.locate(bid).raw_len
+        plan.bytes_total += length
         while left == 0 and ext_i + 1 < len(extents):
             ext_i += 1
             pos, left = extents[ext_i]
@@ -399,6 +517,7 @@ def restore(
     progress: ProgressFn | None = None,
     merge: bool = False,
     include: list[bytes] | None = None,
+    processes: int | None = None,
 ) -> RestoreStats:
     """Restore ``snap`` into ``target``, which must be absent or an empty folder.
 
@@ -418,6 +537,11 @@ def restore(
     ``include``: restore only these paths (relative to the snapshot's root; folders with
     everything in them) and the folders above them. A hard link whose first name is not
     included is restored as a copy of it.
+
+    ``processes``: forked writer processes that create the files of one blob (most
+    files), beside the ``workers`` fetch threads; ``None`` picks one per core (at most
+    ``MAX_WRITERS``) when the snapshot has enough files to be worth a fork, ``0`` writes
+    everything from the fetch threads (see ``engine.writers``).
     """
     started = time.monotonic()
     tgt = os.fsencode(os.path.abspath(target))
@@ -449,7 +573,8 @@ def restore(
             repo = repo.for_snapshot(snap)  # blobs are found through its locator
             trees = TreeCache(repo, [snap.tree], workers=workers)
             plan = _plan(repo, trees, snap, sfd, include)
-            _write_contents(repo, plan, sfd, stats, workers, progress, as_root, lost)
+            procs = _writer_count(processes, len(plan.files) - len(plan.created))
+            _write_contents(repo, plan, sfd, stats, workers, progress, as_root, lost, procs)
             _finish(plan, sfd, stats, as_root, lost)
             if exists:
                 _move_into(sfd, parent_fd, staging, snap, stats, tgt)
@@ -458,7 +583,7 @@ def restore(
                 lost.add(b"", apply_root_meta(sfd, snap, as_root=as_root))
                 rename_noreplace(staging, name, src_dir_fd=parent_fd, dst_dir_fd=parent_fd)
         except BaseException as exc:
-            remove_tree(staging, parent_fd)
+            _drop_staging(parent_fd, staging, sfd)
             if isinstance(exc, KeyboardInterrupt):
                 raise
             detail = exc.get_message() if isinstance(exc, Error) else _describe(exc)
@@ -478,6 +603,17 @@ def restore(
         stats.seconds,
     )
     return stats
+
+
+def _writer_count(asked: int | None, files: int) -> int:
+    """How many writer processes a restore of ``files`` single-blob files forks."""
+    if not writers.available():
+        return 0
+    if asked is not None:
+        return max(0, asked)
+    if files < WRITERS_FROM:
+        return 0  # a fork costs more than a few hundred files' creation
+    return max(1, min(MAX_WRITERS, len(os.sched_getaffinity(0)), files // WRITERS_FROM))
 
 
 def _move_into(
@@ -503,7 +639,7 @@ def _move_into(
             os.close(conflicts[1])
     if conflicts is not None:
         stats.conflicts_dir = os.fsdecode(tgt + b"/" + conflicts[0])
-    os.rmdir(staging, dir_fd=tfd)
+    _drop_staging(tfd, staging, sfd)
 
 
 def make_conflicts_dir(dir_fd: int, tag: str, uid: int, gid: int) -> tuple[bytes, int]:
@@ -549,34 +685,100 @@ def _write_contents(
     progress: ProgressFn | None,
     as_root: bool,
     lost: _Lost,
+    processes: int = 0,
 ) -> None:
-    """Fetch every blob and write it where it belongs, in the fetch workers.
+    """Fetch every blob and write it where it belongs.
 
-    A file of one blob is created, written and given its metadata with one open by the
-    worker that brings the blob (most files of a home); a file of several blobs was
-    created by the plan, and the worker that writes its last blob finishes it. Empty
-    files are made last, in the same pool. Nothing here follows a link: every name is
-    relative to the staging folder and opened with ``O_NOFOLLOW`` (and ``O_EXCL`` when
-    created).
+    A file of one blob (most files of a home) is created, written and given its metadata
+    with one open: by one of ``processes`` forked writers (``engine.writers``) that the
+    fetch threads hand the verified blob to, or without them by the fetch thread itself.
+    A file of several blobs was created by the plan; the fetch thread that writes its
+    last blob finishes it. Empty files go to the writers (or a thread pool) first.
+    Nothing here follows a link: every name is relative to the staging folder and
+    opened with ``O_NOFOLLOW`` (and ``O_EXCL`` when created).
     """
-    prog = RestoreProgress(files_total=len(plan.files))
-    for bid, dests in plan.dest.items():
-        copies = 1 if isinstance(dests, int) else len(dests)
-        prog.bytes_total += repo.locate(BlobId(bid)).raw_len * copies
+    prog = RestoreProgress(files_total=len(plan.files), bytes_total=plan.bytes_total)
+    created = plan.created
+    empty = [i for i, n in enumerate(plan.left) if n == 0]
+
+    def finish(fd: int, idx: int) -> list[str]:
+        return _set_file_meta(fd, plan, idx, as_root=as_root)
+
+    pool: Writers | None = None
+    if processes > 0:
+        pool = Writers(plan.files, sfd, processes, finish)
+    try:
+        if pool is not None:
+            for idx in empty:
+                if idx not in created:  # sparse files made by the plan stay here
+                    pool.send(idx, b"")
+            empty = [idx for idx in empty if idx in created]
+        _fetch_and_write(repo, plan, sfd, stats, workers, progress, lost, pool, prog, finish)
+        if pool is not None:
+            for rel, what in pool.close():
+                lost.add(rel, what)
+    finally:
+        if pool is not None:
+            pool.abort()
+
+    def finish_empty(batch: list[int]) -> None:
+        for idx in batch:
+            rel = plan.files[idx][0]
+            fd = os.open(rel, _REOPEN if idx in created else _CREATE, 0o600, dir_fd=sfd)
+            try:
+                lost.add(rel, finish(fd, idx))
+            finally:
+                os.close(fd)
+
+    if empty:
+        step = -(-len(empty) // workers)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as tp:
+            for f in [
+                tp.submit(finish_empty, empty[i : i + step]) for i in range(0, len(empty), step)
+            ]:
+                f.result()
+    if progress is not None:
+        progress(prog)
+
+
+def _fetch_and_write(
+    repo: Repository,
+    plan: _Plan,
+    sfd: int,
+    stats: RestoreStats,
+    workers: int,
+    progress: ProgressFn | None,
+    lost: _Lost,
+    pool: Writers | None,
+    prog: RestoreProgress,
+    finish: Callable[[int, int], list[str]],
+) -> None:
     lock = threading.Lock()
     last = [0.0]
     left = plan.left
     created = plan.created
-    empty = [i for i, n in enumerate(left) if n == 0]
 
     def write(bid: BlobId, data: bytes) -> None:
+        dest = plan.dest[bid]
+        if pool is not None and isinstance(dest, int):
+            one, pos = divmod(dest, _POS)
+            if pos == 0 and one not in created:
+                # The common case: the only place of this blob is a file of this one
+                # blob, made by a writer process.
+                pool.send(one, data)
+                with lock:
+                    stats.blobs += 1
+                    prog.bytes_done += len(data)
+                return
         targets = plan.dests(bid)
         for idx, off in targets:
-            rel = plan.files[idx][0]
-            if idx in created:
-                fd = os.open(rel, _REOPEN, dir_fd=sfd)
+            if idx not in created:
+                if pool is not None:
+                    pool.send(idx, data)  # a file of this one blob, at offset 0
+                    continue
+                fd = os.open(plan.files[idx][0], _CREATE, 0o600, dir_fd=sfd)
             else:
-                fd = os.open(rel, _CREATE, 0o600, dir_fd=sfd)
+                fd = os.open(plan.files[idx][0], _REOPEN, dir_fd=sfd)
             try:
                 view = memoryview(data)
                 while view:
@@ -590,7 +792,7 @@ def _write_contents(
                 else:
                     done = True
                 if done:
-                    lost.add(rel, _set_file_meta(fd, plan, idx, as_root=as_root))
+                    lost.add(plan.files[idx][0], finish(fd, idx))
             finally:
                 os.close(fd)
         with lock:
@@ -602,25 +804,6 @@ def _write_contents(
                 progress(prog)
 
     repo.for_each_blob([BlobId(b) for b in plan.dest], write, workers=workers)
-
-    def finish_empty(batch: list[int]) -> None:
-        for idx in batch:
-            rel = plan.files[idx][0]
-            fd = os.open(rel, _REOPEN if idx in created else _CREATE, 0o600, dir_fd=sfd)
-            try:
-                lost.add(rel, _set_file_meta(fd, plan, idx, as_root=as_root))
-            finally:
-                os.close(fd)
-
-    if empty:
-        step = -(-len(empty) // workers)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as pool:
-            for f in [
-                pool.submit(finish_empty, empty[i : i + step]) for i in range(0, len(empty), step)
-            ]:
-                f.result()
-    if progress is not None:
-        progress(prog)
 
 
 def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool, lost: _Lost) -> None:
@@ -657,6 +840,24 @@ def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool, lost: _Lo
             raise IntegrityError(f"hardlink {os.fsdecode(rel)} points at a file not restored")
         os.link(link, rel, src_dir_fd=sfd, dst_dir_fd=sfd, follow_symlinks=False)
         stats.files += 1
-    for rel, n in reversed(plan.dirs):
-        lost.add(rel, _set_meta(sfd, rel, n, as_root=as_root))
-        stats.dirs += 1
+    # Folders last, deepest first, so that a folder's times are set after everything
+    # inside it was made, and (not as root) a folder is narrowed only after everything
+    # below it was done. Folders of one depth do not touch each other: a level is
+    # shared out to a few threads (the calls release the GIL).
+    levels: dict[int, list[tuple[bytes, Node]]] = {}
+    for rel, n in plan.dirs:
+        levels.setdefault(rel.count(b"/"), []).append((rel, n))
+
+    def finish_dirs(batch: list[tuple[bytes, Node]]) -> None:
+        for rel, n in batch:
+            lost.add(rel, _set_meta(sfd, rel, n, as_root=as_root))
+
+    with ThreadPoolExecutor(max_workers=DIR_THREADS, thread_name_prefix="restore-dirs") as tp:
+        for depth in sorted(levels, reverse=True):
+            level = levels[depth]
+            step = max(DIR_BATCH, -(-len(level) // DIR_THREADS))
+            for f in [
+                tp.submit(finish_dirs, level[i : i + step]) for i in range(0, len(level), step)
+            ]:
+                f.result()
+    stats.dirs += len(plan.dirs)
