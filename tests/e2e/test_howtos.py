@@ -161,7 +161,14 @@ def _hometier_lines(text: str) -> Iterator[list[str]]:
                 i == 0 or words[i - 1] in ("sudo", "exec", "--") or words[i - 1][0] in ";|&("
             ):
                 argv = []
-                for a in words[i + 1 :]:
+                rest = iter(words[i + 1 :])
+                for a in rest:
+                    if a == "<(":  # process substitution: one argument, a /dev/fd path
+                        for b in rest:
+                            if b.startswith(")"):
+                                break
+                        argv.append("/dev/fd/63")
+                        continue
                     if a and a[0] in ";|&<>()":
                         break
                     argv.append(a)
