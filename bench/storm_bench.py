@@ -154,7 +154,7 @@ def _archive_all(env: dict[str, str], users: list[str]) -> float:
 
     cfg = Hometier(homes=env["HOMETIER_HOMES"], store=env["HOMETIER_STORE"], db=env["HOMETIER_DB"])
     began = time.monotonic()
-    lc = make_lifecycle(cfg, Archiver(quarantine_for="0", hub_api_url=""))
+    lc = make_lifecycle(cfg, Archiver(quarantine_for="0", hub_api_url="", use_hub=False))
     try:
         with ThreadPoolExecutor(4) as pool:
             results = list(pool.map(lambda u: archive_home(lc, u), users))
