@@ -64,11 +64,11 @@ def chown_tree(path: Path, uid: int, gid: int) -> None:
 def fill_home(home: Path, uid: int, gid: int) -> None:
     home.mkdir(mode=0o700, exist_ok=True)
     (home / "notes.txt").write_text("my notes\n" * 50)
-    (home / "work").mkdir()
-    (home / "work" / "analysis.py").write_text("print('hi')\n")
-    (home / "work" / "data").mkdir()
+    (home / "project").mkdir()
+    (home / "project" / "analysis.py").write_text("print('hi')\n")
+    (home / "project" / "data").mkdir()
     for i in range(5):
-        (home / "work" / "data" / f"d{i}.csv").write_text(f"{i},{i * i}\n" * 100)
+        (home / "project" / "data" / f"d{i}.csv").write_text(f"{i},{i * i}\n" * 100)
     os.chmod(home, 0o700)
     chown_tree(home, uid, gid)
     old = 1_600_000_000_000_000_000

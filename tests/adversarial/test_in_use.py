@@ -104,13 +104,13 @@ def test_a_home_in_use_otherwise_is_kept_too(lc: Lifecycle, victim: Victim, how:
         if how == "cwd":
             os.chdir(victim.user)
         elif how == "cwd-deep":
-            os.chdir(f"{victim.user}/work/data")
+            os.chdir(f"{victim.user}/project/data")
         elif how == "mmap":
-            f = open(f"{victim.user}/work/analysis.py", "rb")
+            f = open(f"{victim.user}/project/analysis.py", "rb")
             held.append(mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ))
             f.close()
         else:
-            held.append(os.open(f"{victim.user}/work", os.O_RDONLY | os.O_DIRECTORY))
+            held.append(os.open(f"{victim.user}/project", os.O_RDONLY | os.O_DIRECTORY))
 
     with UserProcess(victim, use):
         result = archive_home(lc, victim.user)
@@ -184,9 +184,9 @@ def test_a_changed_quarantine_fetches_only_what_differs(
     assert archive_home(lc, victim.user).outcome == "archived"
     quarantine = Path(queries.get_home(lc.db, victim.user).quarantine_path or "")
     # Something with the file open across the move wrote to one and deleted another.
-    with open(quarantine / "work" / "analysis.py", "a") as f:
+    with open(quarantine / "project" / "analysis.py", "a") as f:
         f.write("# edited after the archive\n")
-    os.unlink(quarantine / "work" / "data" / "d3.csv")
+    os.unlink(quarantine / "project" / "data" / "d3.csv")
     got_before = _fetched(lc)
 
     restore_home(lc, victim.user, "login")
@@ -194,13 +194,13 @@ def test_a_changed_quarantine_fetches_only_what_differs(
     fetched = _fetched(lc) - got_before
     assert fetched < 2 * 1024 * 1024, f"fetched {fetched} bytes for two small files"
     after = manifest(victim.home)
-    assert after["work/data/d3.csv"] == before["work/data/d3.csv"]  # back in its place
-    assert "edited after the archive" in (victim.home / "work" / "analysis.py").read_text()
+    assert after["project/data/d3.csv"] == before["project/data/d3.csv"]  # back in its place
+    assert "edited after the archive" in (victim.home / "project" / "analysis.py").read_text()
     boxes = [p for p in victim.home.iterdir() if p.name.startswith("hometier-conflicts-")]
     assert len(boxes) == 1
     kept = sorted(str(p.relative_to(boxes[0])) for p in boxes[0].rglob("*") if p.is_file())
-    assert kept == ["work/analysis.py"]
-    for name in ("big/blob0", "notes.txt", "work/data/d0.csv"):
+    assert kept == ["project/analysis.py"]
+    for name in ("big/blob0", "notes.txt", "project/data/d0.csv"):
         assert after[name] == before[name]
 
 

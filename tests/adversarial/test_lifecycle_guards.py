@@ -60,8 +60,8 @@ def test_a_rewrite_with_its_mtime_put_back_is_caught(
     lc: Lifecycle, victim: Victim, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
     if where == "hard-linked":
-        os.link(victim.home / "work" / "data" / "d1.csv", victim.home / "work" / "d1-link")
-        target = victim.home / "work" / "data" / "d1.csv"
+        os.link(victim.home / "project" / "data" / "d1.csv", victim.home / "project" / "d1-link")
+        target = victim.home / "project" / "data" / "d1.csv"
     else:
         target = victim.home / "notes.txt"
     size = target.stat().st_size

@@ -156,7 +156,7 @@ def test_conflicts_folder_swapped_for_a_symlink_redirects_nothing(
             if result.outcome != "archived":
                 continue
             # While archived, the user makes new files under the archived names.
-            for name in ("notes.txt", "work", "extra"):
+            for name in ("notes.txt", "project", "extra"):
                 p = victim.home / name
                 p.write_text("made while archived\n")
                 os.lchown(p, victim.uid, victim.gid)
@@ -166,7 +166,7 @@ def test_conflicts_folder_swapped_for_a_symlink_redirects_nothing(
             restored = restore_home(lc, user, "login")
             rounds += 1
             landed += a.landed(m)
-            assert set(restored.conflicts) >= {"notes.txt", "work"}
+            assert set(restored.conflicts) >= {"notes.txt", "project"}
             assert canary.changes() == [], canary.changes()
     print(report("conflicts folder exchanged with a symlink (7)", rounds, landed, a))
     assert rounds >= ROUNDS // 2
@@ -263,9 +263,9 @@ def test_a_moving_home_cannot_be_swapped_under_root(
         if random.random() < 0.02:
             time.sleep(random.random())  # quiet for a while
             return
-        exchange(f"{user}/work", link)
-        exchange(f"{user}/work/data", link)
-        exchange(f"{user}/work", link)
+        exchange(f"{user}/project", link)
+        exchange(f"{user}/project/data", link)
+        exchange(f"{user}/project", link)
 
     os.symlink(str(canary.path), victim.home / "evil")
     os.lchown(victim.home / "evil", victim.uid, victim.gid)

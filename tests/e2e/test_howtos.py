@@ -202,10 +202,6 @@ def test_every_hometier_command_line_parses(page: Path) -> None:
 
 
 def test_readme_install_and_try_it(checkout: Path, tmp_path: Path) -> None:
-    from hometier.config import Archiver
-
-    if "use_hub" not in Archiver.class_traits():
-        pytest.skip("the try-it uses c.Archiver.use_hub, which comes with the root-safety change")
     install, try_it = [b for b in blocks(REPO / "README.md") if b.runs][:2]
     subs = [("/tmp/hometier-try", str(tmp_path / "venv")), ("/tmp/try", str(tmp_path / "try"))]
     run_sh(substitute(install.text, subs), checkout, base_env())
