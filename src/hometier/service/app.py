@@ -38,6 +38,7 @@ from hometier.service.dashboard.archives import BackgroundArchives
 from hometier.service.dashboard.mounts_pages import mount_pages
 from hometier.service.dashboard.preview import PreviewImage, PreviewPage
 from hometier.service.dashboard.summary import Dashboard
+from hometier.service.lookups import HomeLookup
 from hometier.service.metrics import Metrics
 from hometier.service.notices import archive_notice, chain, restore_notice
 from hometier.service.outages import HealthCheck
@@ -50,6 +51,11 @@ log = logging.getLogger(__name__)
 USER = r"(?P<user>[^/]+)"
 SNAP = r"(?P<ref>[^/]+)"
 MAX_BODY = 1024 * 1024
+LISTEN_BACKLOG = 2048
+"""Connections the kernel queues before the service accepts them (capped by
+``net.core.somaxconn``). tornado's default, 128, is less than a class logging in at once:
+the rest of a 500-login storm had their handshakes dropped and retried after 1 s, 3 s, …
+(or reset), which is where its time to be accepted went."""
 
 
 @dataclass
@@ -81,6 +87,8 @@ class ServiceContext:
     """The bucket folders' ``MountManager`` (None: this service mounts nothing)."""
     sealer: Any = None
     """Seals bucket credentials when ``mounts`` is None (it holds its own otherwise)."""
+    homes: Any = None
+    """Home rows for request handlers, read many at a time (``service.lookups``)."""
 
 
 class NotFoundHandler(BaseHandler):
@@ -158,6 +166,7 @@ def make_context(
     ctx.health = make_health(lc)
     ctx.notifier = notifier
     ctx.archives = BackgroundArchives(lc)
+    ctx.homes = HomeLookup(lc.db, executor)
     return ctx
 
 
@@ -250,7 +259,7 @@ def run_service(
     async def main() -> None:
         app = make_app(ctx, config=config)
         server = HTTPServer(app, max_body_size=MAX_BODY, idle_connection_timeout=120)
-        server.listen(port, address=ip)
+        server.listen(port, address=ip, backlog=LISTEN_BACKLOG)
         log.info("hometier service on http://%s:%d%s", ip, port, prefix)
         done = asyncio.Event()
         aloop = asyncio.get_running_loop()

@@ -189,6 +189,12 @@ def get_home(target: Target, user: str) -> Home:
         return _home(s, user)
 
 
+def get_homes(target: Target, users: Iterable[str]) -> dict[str, Home]:
+    """The homes of those of ``users`` that exist, by user name (one statement)."""
+    with _tx(target, write=False) as s:
+        return {h.user: h for h in s.scalars(select(Home).where(Home.user.in_(list(users))))}
+
+
 def get_or_create_home(
     target: Target, user: str, path: str, now: datetime, actor: str = "hometier"
 ) -> Home:
