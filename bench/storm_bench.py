@@ -226,14 +226,25 @@ def _direct_storm(
     return accepted, restored, failed
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` and of its children it has waited for."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except OSError:
-        return 0.0
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+def _cpu_seconds(pid: int, tree: bool = False) -> float:
+    """User + system CPU of process ``pid`` and of its children it has waited for; with
+    ``tree``, of its live descendants too (PostgreSQL's backends)."""
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc") if tree else [str(pid)]:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stats[int(entry)] = f.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+    wanted, grew = {pid}, True
+    while tree and grew:
+        more = {p for p, f in stats.items() if int(f[1]) in wanted} - wanted
+        wanted |= more
+        grew = bool(more)
+    ticks = sum(sum(int(v) for v in stats[p][11:15]) for p in wanted if p in stats)
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run_storm(
@@ -319,14 +330,18 @@ def run_storm(
         if direct:
             say(f"service up; {logins} restores requested at once (load {loadavg()})")
             began = time.monotonic()
-            cpu = _cpu_seconds(svc.proc.pid if svc.proc else 0)
+            pids = {"service": svc.proc.pid if svc.proc else 0, "postgresql": pg.pid or 0}
+            pids["s3"] = s3.pid or 0
+            cpu = {k: _cpu_seconds(p, tree=k == "postgresql") for k, p in pids.items()}
             acc, res, failed_direct = _direct_storm(service_url, token, users, timeout)
             figures["storm_seconds"] = round(time.monotonic() - began, 1)
-            # CPU time is steadier than wall time on a shared machine: the service's own
-            # (and its finished writer processes'), for comparing two runs.
-            figures["service_cpu_seconds"] = round(
-                _cpu_seconds(svc.proc.pid if svc.proc else 0) - cpu, 1
-            )
+            # CPU time is steadier than wall time on a shared machine, and says what one
+            # restore costs the machine: the service's own (and its finished writer
+            # processes'), PostgreSQL's and the S3 server's.
+            for k, p in pids.items():
+                figures[f"{k}_cpu_seconds"] = round(
+                    _cpu_seconds(p, tree=k == "postgresql") - cpu[k], 1
+                )
             figures["load_after"] = figures["load_during"] = loadavg()
             wrong = [
                 u for u in users if u not in failed_direct and _tree(homes / u) != originals[u]
@@ -496,7 +511,8 @@ def main() -> int:
             f"{figures['refused']} refused, {figures['wrong_content']} wrong; "
             f"storm {figures['storm_seconds']} s"
             + (
-                f" (service CPU {figures['service_cpu_seconds']} s)"
+                f" (CPU: service {figures['service_cpu_seconds']} s, PostgreSQL "
+                f"{figures['postgresql_cpu_seconds']} s, S3 {figures['s3_cpu_seconds']} s)"
                 if "service_cpu_seconds" in figures
                 else ""
             )

@@ -253,3 +253,71 @@ def test_writer_owner_keeps_runs_of_a_folder_together() -> None:
     assert len(set(owners[: writers_mod.RUN])) == 1
     assert len(set(owners[600:])) == 1
     assert len(set(owners[:600])) > 1  # a big folder is shared out in runs
+
+
+def test_restores_at_once_share_one_budget_of_writers(
+    tmp_path: Path, spy: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four restores of many files at once in one process (the service's pool) fork at
+    most the budget's writers between them; those left without write from their threads,
+    every home comes back exactly, and the budget is whole again afterwards, failures
+    included."""
+    import threading
+
+    budget = writers_mod.Budget(3)
+    monkeypatch.setattr(writers_mod, "BUDGET", budget)
+    monkeypatch.setattr(restore_mod, "_writer_count", lambda asked, files: 2)
+    running: list[int] = []
+    peak = [0]
+    real = restore_mod.Writers
+
+    def counting(*args: Any, **kw: Any) -> Any:
+        w = real(*args, **kw)
+        n = len(w.pids)
+        running.append(n)
+        peak[0] = max(peak[0], sum(running))
+        close, counted = w.close, [True]
+
+        def closed() -> Any:
+            try:
+                return close()
+            finally:
+                if counted and counted.pop():
+                    running.remove(n)
+
+        w.close = closed
+        return w
+
+    monkeypatch.setattr(restore_mod, "Writers", counting)
+    src = many_files(tmp_path / "home", n=400)
+    expected = snapshot_of_tree(src)
+    repo = open_repo(f"memory://{uuid.uuid4().hex}")
+    snap = backup(repo, src, user="bob")
+    gate = threading.Barrier(4)
+    errors: list[BaseException] = []
+
+    def one(i: int) -> None:
+        gate.wait()
+        try:
+            restore(repo, snap, tmp_path / f"r{i}")
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    for i in range(4):
+        assert_same_tree(expected, snapshot_of_tree(tmp_path / f"r{i}"))
+    print(f"writers at once: at most {peak[0]} of a budget of 3")
+    assert 1 <= peak[0] <= 3
+    assert budget.free == 3
+    # A restore that fails gives its writers back too.
+    monkeypatch.setattr(restore_mod, "_set_file_meta", _fails_in_writer(b"m7.py", "raise"))
+    with pytest.raises(RestoreError):
+        restore(repo, snap, tmp_path / "bad")
+    assert budget.free == 3
+    # The caller's explicit count is not the budget's to cut.
+    assert restore_mod._writer_count(2, 10_000) == 2

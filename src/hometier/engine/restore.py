@@ -574,7 +574,13 @@ def restore(
             trees = TreeCache(repo, [snap.tree], workers=workers)
             plan = _plan(repo, trees, snap, sfd, include)
             procs = _writer_count(processes, len(plan.files) - len(plan.created))
-            _write_contents(repo, plan, sfd, stats, workers, progress, as_root, lost, procs)
+            if processes is None:  # what the caller did not ask for comes from the budget
+                procs = writers.BUDGET.take(procs)
+            try:
+                _write_contents(repo, plan, sfd, stats, workers, progress, as_root, lost, procs)
+            finally:
+                if processes is None:
+                    writers.BUDGET.give(procs)
             _finish(plan, sfd, stats, as_root, lost)
             if exists:
                 _move_into(sfd, parent_fd, staging, snap, stats, tgt)

@@ -266,3 +266,36 @@ def _describe(exc: BaseException) -> str:
 def available() -> bool:
     """Writer processes need ``fork`` and ``/proc/self/fd`` (Linux)."""
     return hasattr(os, "fork") and os.path.isdir("/proc/self/fd") and sys.platform == "linux"
+
+
+class Budget:
+    """Writer processes one process may run at once, shared by its restores: the
+    service restores several homes at a time, and each forking its own writers put up
+    to 32 processes on a 2-core machine while the largest homes waited for a slot.
+    ``take(n)`` gets at most ``n`` of what is free (never waits: a restore that gets
+    none writes from its threads), ``give`` returns them."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.free = size
+        self._lock = threading.Lock()
+
+    def take(self, n: int) -> int:
+        with self._lock:
+            got = max(0, min(n, self.free))
+            self.free -= got
+            return got
+
+    def give(self, n: int) -> None:
+        with self._lock:
+            self.free = min(self.size, self.free + n)
+
+
+def _cores() -> int:
+    affinity = getattr(os, "sched_getaffinity", None)
+    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
+
+
+BUDGET = Budget(2 * _cores())
+"""Two per core: a writer spends part of its time waiting for its pipe and the disk."""
+
