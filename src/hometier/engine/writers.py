@@ -298,4 +298,3 @@ def _cores() -> int:
 
 BUDGET = Budget(2 * _cores())
 """Two per core: a writer spends part of its time waiting for its pipe and the disk."""
-
