@@ -172,11 +172,11 @@ def restore_home(
     """
     started = time.monotonic()
     try:
-        queries.get_home(lc.db, user)
+        mine = queries.request_restore(lc.db, user, actor, lc.now())
     except queries.HomeNotFound:
         return RestoreResult(user, ACTIVE)
-    if queries.request_restore(lc.db, user, actor, lc.now()):
-        return _perform(lc, user, actor, progress, started)
+    if mine is not None:
+        return _perform(lc, mine, actor, progress, started)
     waited = False
     while True:
         home = queries.get_home(lc.db, user)
@@ -186,7 +186,7 @@ def restore_home(
         if lc.now() - home.state_since > TAKEOVER_GRACE and lock_is_free(lc.quarantine_root, user):
             log.warning("restore of %s was abandoned (its process is gone); taking it over", user)
             try:
-                queries.transition(
+                took = queries.transition(
                     lc.db,
                     user,
                     RESTORING,
@@ -198,7 +198,7 @@ def restore_home(
                 )
             except queries.StateConflict:
                 continue
-            return _perform(lc, user, actor, progress, started)
+            return _perform(lc, took, actor, progress, started)
         if time.monotonic() - started > lc.restore_wait.total_seconds():
             busy = RestoreFailed(
                 user, "another restore of this home is still running", reason="busy"
@@ -244,9 +244,11 @@ def recorded_snapshot(lc: Lifecycle, home: Home) -> Snapshot:
 
 
 def _perform(
-    lc: Lifecycle, user: str, actor: str, progress: ProgressFn | None, started: float
+    lc: Lifecycle, home: Home, actor: str, progress: ProgressFn | None, started: float
 ) -> RestoreResult:
-    home = queries.get_home(lc.db, user)
+    """Restore ``home``, which this process just made ``restoring`` (its row as that
+    step returned it: no second read)."""
+    user = home.user
     result = RestoreResult(user, "restored")
     try:
         snap = recorded_snapshot(lc, home)

@@ -431,20 +431,20 @@ def finish_archive(
 # -- restoring ----------------------------------------------------------------------------
 
 
-def request_restore(target: Target, user: str, actor: str, now: datetime) -> bool:
-    """Ask for the home's files to be hot; True if this call started a restore.
+def request_restore(target: Target, user: str, actor: str, now: datetime) -> Home | None:
+    """Ask for the home's files to be hot; the home (now ``restoring``) if this call
+    started a restore, else None.
 
-    Idempotent: ``archived`` (or ``failed`` while cold) becomes ``restoring`` (True);
-    ``archiving`` becomes ``active`` again, a login during archiving cancels the deletion
-    (False); ``restoring`` is joined and ``active`` is left alone (False); ``failed``
-    while hot becomes ``active`` (False). Raises ``HomeNotFound``.
+    Idempotent: ``archived`` (or ``failed`` while cold) becomes ``restoring`` (started);
+    ``archiving`` becomes ``active`` again, a login during archiving cancels the deletion;
+    ``restoring`` is joined and ``active`` is left alone; ``failed`` while hot becomes
+    ``active`` (none of these starts one). Raises ``HomeNotFound``.
     """
     _aware(now)
     with _tx(target) as s:
         home = _home(s, user, lock=True)
         if home.state == ARCHIVED or (home.state == FAILED and home.is_cold):
-            _cas(s, home, RESTORING, actor, now)
-            return True
+            return _cas(s, home, RESTORING, actor, now)
         if home.state in (ARCHIVING, FAILED):
             # The request is activity: without it the next cycle would claim the home again.
             fields = _newer_activity(home, now)
@@ -452,7 +452,7 @@ def request_restore(target: Target, user: str, actor: str, now: datetime) -> boo
             if home.state == FAILED:
                 why = {"reason": "login while failed, files still on the volume"}
             _cas(s, home, ACTIVE, actor, now, detail=why, **fields)
-        return False
+        return None
 
 
 def _newer_activity(home: Home, now: datetime) -> dict[str, Any]:
