@@ -17,8 +17,9 @@ walk).
 
 It reports, with ``uptime``'s load average beside every figure: one dry run (the deciding
 part alone), one real cycle with ``max_per_cycle`` = 50 (seconds, homes walked, database
-transactions, homes archived), and with ``--drain`` the cycles and seconds until every
-idle home is archived. It runs whatever ``hometier`` is importable (its file is printed):
+transactions, homes archived, and the seconds spent deciding, archiving, in recovery and
+quarantine purge, and discovering homes), and with ``--drain`` the cycles and seconds
+until every idle home is archived. It runs whatever ``hometier`` is importable (its file is printed):
 to compare with another version, run the bench under that version, e.g. from a checkout
 of it with ``PYTHONPATH=that/src``.
 """
@@ -31,6 +32,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -82,8 +84,14 @@ def seed_database(lc: Any, idle: list[str], active: list[str], seed: int) -> Non
             os.utime(f, (t, t))
 
 
+PHASES = ("recover", "discover_homes", "archive_claimed", "purge_quarantine")
+"""Steps of a cycle timed by wrapping them where the loop calls them (every version has
+them); what is left of a cycle's time is gathering facts and deciding."""
+
+
 class Counters:
-    """Walks (``scan_home`` where the loop calls it) and database transactions begun."""
+    """Walks (``scan_home`` where the loop calls it), database transactions begun, and
+    seconds spent in each of ``PHASES``."""
 
     def __init__(self, lc: Any) -> None:
         from sqlalchemy import event
@@ -92,6 +100,7 @@ class Counters:
 
         self.walks = 0
         self.transactions = 0
+        self.seconds = dict.fromkeys(PHASES, 0.0)
         real = loop.scan_home
 
         def counting(*a: Any, **kw: Any) -> Any:
@@ -99,14 +108,33 @@ class Counters:
             return real(*a, **kw)
 
         loop.scan_home = counting  # type: ignore[assignment]
+        for name in PHASES:
+            setattr(loop, name, self._timed(name, getattr(loop, name)))
         event.listen(lc.db.engine, "begin", self._begin)
+
+    def _timed(self, name: str, real: Any) -> Any:
+        def timed(*a: Any, **kw: Any) -> Any:
+            t = time.monotonic()
+            try:
+                return real(*a, **kw)
+            finally:
+                self.seconds[name] += time.monotonic() - t
+
+        return timed
 
     def _begin(self, conn: Any) -> None:
         self.transactions += 1
 
-    def take(self) -> tuple[int, int]:
-        out = self.walks, self.transactions
+    def take(self, total: float) -> dict[str, Any]:
+        out: dict[str, Any] = {"seconds": round(total, 3)}
+        out["walks"], out["transactions"] = self.walks, self.transactions
+        phases = {k: round(v, 3) for k, v in self.seconds.items()}
+        out["deciding_s"] = round(total - sum(self.seconds.values()), 3)
+        out["archiving_s"] = phases.pop("archive_claimed")
+        out["recover_purge_s"] = round(phases["recover"] + phases["purge_quarantine"], 3)
+        out["discover_s"] = phases["discover_homes"]
         self.walks = self.transactions = 0
+        self.seconds = dict.fromkeys(PHASES, 0.0)
         return out
 
 
@@ -152,11 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         t = time.monotonic()
         dry = run_cycle(lc, dry_run=True)
-        walks, txs = counters.take()
-        out["dry_run"] = {
-            "seconds": round(time.monotonic() - t, 3),
-            "walks": walks,
-            "transactions": txs,
+        out["dry_run"] = counters.take(time.monotonic() - t) | {
             "would_archive": sum(d.chosen for d in dry.decisions),
             "load": load(),
         }
@@ -168,20 +192,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         while True:
             t = time.monotonic()
             report = run_cycle(lc)
-            seconds = time.monotonic() - t
-            walks, txs = counters.take()
+            figures = counters.take(time.monotonic() - t)
             done = sum(r.outcome == "archived" for r in report.results)
             left -= done
             cycles.append(
-                {
-                    "seconds": round(seconds, 3),
-                    "walks": walks,
-                    "transactions": txs,
-                    "archived": done,
-                    "errors": len(report.errors),
-                    "idle_left": left,
-                    "load": load(),
-                }
+                figures
+                | {"archived": done, "errors": len(report.errors), "idle_left": left}
+                | {"load": load()}
             )
             _say(args, f"cycle {len(cycles)}", cycles[-1])
             if report.errors:
@@ -195,6 +212,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "seconds": round(time.monotonic() - drain_began, 1),
                 "walks": sum(c["walks"] for c in cycles),
                 "transactions": sum(c["transactions"] for c in cycles),
+                "deciding_s": round(sum(c["deciding_s"] for c in cycles), 1),
+                "archiving_s": round(sum(c["archiving_s"] for c in cycles), 1),
+                "recover_purge_s": round(sum(c["recover_purge_s"] for c in cycles), 1),
                 "archived": sum(c["archived"] for c in cycles),
                 "idle_left": left,
                 "finished": left == 0,
@@ -223,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", default=None, help="where the temporary homes go (local disk)")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
+    # A stopped bench still removes its temporary homes (the ``finally`` in ``run``).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out = run(args)
     if args.json:
         print(json.dumps(out, indent=2))
