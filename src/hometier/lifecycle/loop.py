@@ -1,7 +1,10 @@
 """One archiver cycle, and the loop that runs it every ``interval``.
 
-A cycle: recover interrupted work → learn about homes on disk → gather activity (Hub,
-file times, leases) → ``select_idle`` → archive the chosen ones → purge the quarantine.
+A cycle: recover interrupted work → learn about homes on disk → gather what the database
+and the Hub say (activity, leases, running servers) → walk the files of only the homes
+that could be chosen, oldest first, until ``max_per_cycle`` are confirmed idle → archive
+the chosen ones → purge the quarantine. A cycle costs O(homes it can archive), not a walk
+of every idle home.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import os
 import re
 import stat
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from hometier.errors import Error
 from hometier.lifecycle.activity import HubUnavailable, scan_home
@@ -22,7 +25,7 @@ from hometier.lifecycle.homes import QUARANTINE_DIR, InvalidUsername
 from hometier.lifecycle.inuse import hardlinks_protected
 from hometier.lifecycle.policy import Decision, HomeFacts, select_idle
 from hometier.lifecycle.retention import apply_retention
-from hometier.state import ACTIVE, queries
+from hometier.state import ACTIVE, candidates, queries
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +40,9 @@ class CycleReport:
     errors: list[str] = field(default_factory=list)
     skipped: str | None = None
     """Why nothing was archived this cycle (the Hub could not be read), if so."""
+    walked: int = 0
+    """Homes whose files were walked this cycle (at most ``max_per_cycle`` plus those
+    found active or out of the size bounds)."""
 
 
 NOT_HOMES = frozenset({"lost+found"})
@@ -80,66 +86,114 @@ def discover_homes(lc: Lifecycle) -> list[str]:
     return found
 
 
-def gather_facts(lc: Lifecycle, report: CycleReport) -> list[HomeFacts]:
+NEXT_CYCLE = "over max_per_cycle; next cycle"
+"""Why a home that could be archived was not (and not walked): the cycle's budget is spent."""
+
+
+def gather_facts(lc: Lifecycle, report: CycleReport) -> tuple[list[HomeFacts], dict[str, str]]:
+    """What the database and the Hub say about every home, without walking any: the facts
+    (recorded activity and sizes) and each home's path. Hub activity newer than the
+    database's is recorded first, in one transaction. Raises ``HubUnavailable``."""
     now = lc.now()
+    homes = candidates.cycle_homes(lc.db, now)
     running: set[str] = set()
     if lc.hub is not None:
-        # Only activity newer than what the database holds is written (one statement for
-        # all users to compare, rather than one update per Hub user per cycle).
-        seen = {h.user: h.last_activity for h in queries.list_homes(lc.db)}
+        seen = {h.user: h.last_activity for h in homes}
+        newer: list[tuple[str, dt.datetime]] = []
         try:
             for u in lc.hub.users():
-                known = seen.get(u.name)
-                if u.last_activity is not None and (known is None or u.last_activity > known):
-                    try:
-                        queries.record_activity(lc.db, u.name, u.last_activity, "hub")
-                    except queries.HomeNotFound:
-                        pass
+                # Only activity newer than what the database holds is written, for users
+                # with a home here (the Hub also knows users who never had one).
+                if u.last_activity is not None and u.name in seen:
+                    known = seen[u.name]
+                    if known is None or u.last_activity > known:
+                        newer.append((u.name, u.last_activity))
                 if u.running:
                     running.add(u.name)
         except HubUnavailable as exc:
             # Without the Hub nobody can tell who is logged in: archive nothing this time.
             report.errors.append(exc.get_message())
             raise
-    threshold = now - lc.policy.inactive_after
-    facts: list[HomeFacts] = []
-    lease_counts = queries.active_lease_counts(lc.db, now)
-    for home in queries.list_homes(lc.db):
-        hot_bytes = home.hot_bytes
-        if (
-            home.state == ACTIVE
-            and not home.exempt
-            and (home.last_activity is None or home.last_activity < threshold)
-        ):
-            scan = scan_home(home.path, stop_after=threshold)
-            if scan.newest is not None:
-                queries.record_activity(lc.db, home.user, scan.newest, "files")
-            if scan.complete:
-                queries.set_sizes(lc.db, home.user, scan.bytes, scan.files)
-                hot_bytes = scan.bytes
-            home = queries.get_home(lc.db, home.user)
-        leases = lease_counts.get(home.user, 0) if home.state == ACTIVE else 0
-        facts.append(
-            HomeFacts(
-                user=home.user,
-                state=home.state,
-                hot_bytes=hot_bytes,
-                exempt=home.exempt,
-                last_activity=home.last_activity,
-                activity_source=home.last_activity_source,
-                server_running=home.user in running,
-                leases=leases,
-                folder_missing=home.state == ACTIVE and not os.path.isdir(home.path),
-            )
+        if newer and candidates.record_activities(lc.db, newer, "hub"):
+            homes = candidates.cycle_homes(lc.db, now)
+    facts = [
+        HomeFacts(
+            user=h.user,
+            state=h.state,
+            hot_bytes=h.hot_bytes,
+            exempt=h.exempt,
+            last_activity=h.last_activity,
+            activity_source=h.activity_source,
+            server_running=h.user in running,
+            leases=h.leases if h.state == ACTIVE else 0,
+            folder_missing=h.state == ACTIVE and not os.path.isdir(h.path),
         )
-    return facts
+        for h in homes
+    ]
+    return facts, {h.user: h.path for h in homes}
+
+
+def decide(
+    lc: Lifecycle, facts: list[HomeFacts], paths: dict[str, str], report: CycleReport
+) -> list[Decision]:
+    """``select_idle``'s decisions, walking only the homes that could be chosen.
+
+    Everything the database and the Hub can refuse (state, exemption, a running server,
+    leases, recorded activity, a missing folder, quiet hours) is refused without touching
+    the volume. The rest are walked in the order ``select_idle`` chooses (least recently
+    active first, then user) until ``max_per_cycle`` are confirmed idle and within the
+    size bounds; the ones after that are left for the next cycle, unwalked. A walk records
+    what it found (a recent file takes the home out of the candidates until it ages).
+    """
+    now = lc.now()
+    policy = lc.policy
+    threshold = now - policy.inactive_after
+    # Sizes are checked after the walk: the recorded ones may be stale, and a home refused
+    # for its size must not use up the cycle's budget.
+    unbounded = replace(policy, min_size=0, max_size=0, max_per_cycle=len(facts))
+    one = replace(policy, max_per_cycle=1)
+    by_user = {f.user: f for f in facts}
+    chosen: list[Decision] = []
+    kept: list[Decision] = []
+    for d in select_idle(facts, now, unbounded):
+        if not d.chosen:
+            kept.append(d)
+        elif len(chosen) >= policy.max_per_cycle:
+            kept.append(Decision(d.user, False, NEXT_CYCLE, d.idle_for))
+        else:
+            walked = _walk(lc, by_user[d.user], paths[d.user], threshold)
+            report.walked += 1
+            if walked is None:
+                kept.append(Decision(d.user, False, "no longer known", d.idle_for))
+                continue
+            [final] = select_idle([walked], now, one)
+            (chosen if final.chosen else kept).append(final)
+    return chosen + kept
+
+
+def _walk(lc: Lifecycle, f: HomeFacts, path: str, threshold: dt.datetime) -> HomeFacts | None:
+    """Walk one home (stopping at a change newer than ``threshold``) and record what it
+    found in one statement; the home's facts after that, or None if it is gone."""
+    scan = scan_home(path, stop_after=threshold)
+    sizes = (scan.bytes, scan.files) if scan.complete else None
+    row = candidates.record_walk(lc.db, f.user, scan.newest, sizes)
+    if row is None:
+        return None
+    return replace(
+        f,
+        last_activity=row.last_activity,
+        activity_source=row.activity_source,
+        hot_bytes=row.hot_bytes,
+    )
 
 
 def run_cycle(lc: Lifecycle, *, dry_run: bool = False) -> CycleReport:
     """Run one archiver cycle; never raises for one home's failure (it is reported).
 
-    ``dry_run`` registers homes and gathers activity (database only) and reports the
-    decisions, but archives, recovers and purges nothing.
+    ``dry_run`` registers homes, gathers activity (recording it in the database) and
+    reports the decisions, but archives, recovers and purges nothing. It walks exactly the
+    homes the real cycle would walk, so its decisions are that cycle's: homes past
+    ``max_per_cycle`` say so, unwalked (``hometier plan`` walks every home).
     """
     report = CycleReport(started=lc.now())
     if lc.use_hub and lc.hub is None:
@@ -155,12 +209,12 @@ def run_cycle(lc: Lifecycle, *, dry_run: bool = False) -> CycleReport:
         report.recovered = recover(lc, report.errors)
     discover_homes(lc)
     try:
-        facts = gather_facts(lc, report)
+        facts, paths = gather_facts(lc, report)
     except HubUnavailable:
         report.skipped = report.errors[-1]
         log.error("skipping this cycle: %s", report.skipped)
         return report
-    report.decisions = select_idle(facts, lc.now(), lc.policy)
+    report.decisions = decide(lc, facts, paths, report)
     if dry_run:
         return report
     idle_before = lc.now() - lc.policy.inactive_after

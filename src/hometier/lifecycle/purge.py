@@ -76,6 +76,16 @@ def purge_quarantine(lc: Lifecycle, errors: list[str] | None = None) -> list[str
             else:
                 key, _, rest = name.partition(".")
             user = user_from_key(key)
+            listed = homes.get(str(root / name))
+            if (
+                listed is not None
+                and listed.archived_at is not None
+                and listed.archived_at > cutoff
+            ):
+                # Archived within quarantine_for by the listing: not due, so neither a lock
+                # nor a query for it (a cycle costs O(homes due), not O(homes in
+                # quarantine)). Skipping is always safe: the next cycle looks again.
+                continue
             try:
                 with _locked(lc, user):
                     if q.exists(name) is None:
