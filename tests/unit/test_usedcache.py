@@ -69,6 +69,8 @@ def test_racing_writers_never_show_a_reader_half_an_entry(tmp_path: Path) -> Non
     reader = SummaryCache(str(tmp_path), TAG)
     seen = {"whole": 0, "none": 0}
     try:
+        while not (tmp_path / f"{SID}.sum").exists():
+            threading.Event().wait(0.001)
         for _ in range(300):
             got = _read(reader)
             assert got is None or got == want
