@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import datetime as dt
+import inspect
 import io
 import os
 import pstats
@@ -114,15 +115,33 @@ def measured(
         threads.append(tp)
         tp.enable()
 
+    by_prefix: dict[str, int] = {}
+    store = repo.store
+    get, get_ranges = type(store).get, type(store).get_ranges
+
+    def counted(fn: Any) -> Any:
+        def call(key: str, *a: Any) -> Any:
+            top = key.split("/", 1)[0]
+            by_prefix[top] = by_prefix.get(top, 0) + 1
+            return fn(store, key, *a)
+
+        return call
+
+    store.get = counted(get)  # type: ignore[method-assign]
+    store.get_ranges = counted(get_ranges)  # type: ignore[method-assign]
     t0 = time.perf_counter()
     if prof:
         threading.setprofile(in_thread)
         prof.enable()
-    report = prune(repo, now=now, summaries=summaries)
+    # Without ``summaries`` (hometier before the cache) every prune walks everything.
+    kw = {"summaries": summaries} if "summaries" in inspect.signature(prune).parameters else {}
+    report = prune(repo, now=now, **kw)
+    walked = getattr(report, "snapshots_walked", report.snapshots)
     if prof:
         prof.disable()
         threading.setprofile(None)  # type: ignore[arg-type]
     wall = time.perf_counter() - t0
+    del store.get, store.get_ranges
     s = repo.store.stats.snapshot()
     gets = s["requests"].get("get", 0) + s["requests"].get("get_range", 0)
     got = s["bytes"].get("get", 0) + s["bytes"].get("get_range", 0)
@@ -134,16 +153,18 @@ def measured(
         "lists": s["requests"].get("list", 0),
         "snapshots": report.snapshots,
         "marked": report.packs_marked,
-        "walked": report.snapshots_walked,
+        "walked": walked,
         "rss_mb": round(rss_mb(), 1),
         "load": load(),
+        "gets_by_prefix": by_prefix,
     }
     print(
         f"  {label:<6} {wall:7.2f} s  {gets:6d} GETs  {got / 1e6:7.2f} MB fetched  "
-        f"{report.snapshots:5d} snapshots ({report.snapshots_walked:5d} walked)  "
+        f"{report.snapshots:5d} snapshots ({walked:5d} walked)  "
         f"peak RSS {rss_mb():.0f} MB  load {load()}",
         flush=True,
     )
+    print(f"         GETs by prefix: {dict(sorted(by_prefix.items()))}")
     if prof:
         out = io.StringIO()
         st = pstats.Stats(prof, stream=out)
