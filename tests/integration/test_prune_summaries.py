@@ -272,3 +272,24 @@ def test_forgotten_snapshot_stops_counting_and_shared_blobs_stay(world: World) -
     assert shared_pack in left  # what gus shares with the forgotten s3 stays
     assert w.restore_all() == 4
     assert {s.id for s in w.repo.list_snapshots()} == {fay[0].id, fay[1].id, s4.id, gus.id}
+
+
+def test_snapshots_without_a_locator_are_summarised_too(tmp_path: Path) -> None:
+    """A repository written by hometier 0.1 (format 1: no locators) prunes the same way:
+    its trees are found through the index, walked once, then read from the cache."""
+    from treeutil import snapshot_of_tree
+
+    copy = tmp_path / "v1"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "golden" / "repo-v1", copy)
+    url, cache = f"file://{copy}", str(tmp_path / "cache")
+    repo = Repository.open(open_store(url), cache_dir=cache)
+    (snap,) = repo.list_snapshots()
+    restore(repo, snap, tmp_path / "before", workers=2, processes=0)
+    first = prune(repo, now=_later(), grace=dt.timedelta(0))
+    assert (first.snapshots, first.snapshots_walked) == (1, 1) and first.trees_read > 0
+    repo = Repository.open(open_store(url), cache_dir=cache)
+    second = prune(repo, now=_later(2), grace=dt.timedelta(0))
+    assert (second.snapshots, second.snapshots_walked, second.trees_read) == (1, 0, 0)
+    assert second.packs_deleted == 0
+    restore(repo, snap, tmp_path / "after", workers=2, processes=0)
+    assert snapshot_of_tree(tmp_path / "after") == snapshot_of_tree(tmp_path / "before")
