@@ -38,8 +38,8 @@ MAGIC = b"HTUSED\x00\x01"
 HEAD = struct.Struct("<8s16s32sQ")
 ID = 32
 DIGEST = 32
-CHUNK = 1 << 20
-"""Ids read at once (32 MiB): files of bigger homes are read in several slices."""
+CHUNK = 1 << 18
+"""Ids read at once (8 MiB): files of bigger homes are read in several slices."""
 SUFFIX = ".sum"
 STALE_PART = 3600.0
 """Seconds after which a temporary file left by a killed writer is removed."""
@@ -147,7 +147,12 @@ class SummaryCache:
         keep = set(sids)
         removed = 0
         now = time.time()
-        for entry in os.scandir(self.folder):
+        try:
+            entries = list(os.scandir(self.folder))
+        except OSError as exc:
+            log.warning("could not list the used-blob summaries: %s", exc)
+            return 0
+        for entry in entries:
             name = entry.name
             try:
                 if name.endswith(SUFFIX) and name[: -len(SUFFIX)] not in keep:
@@ -155,6 +160,6 @@ class SummaryCache:
                     removed += 1
                 elif name.endswith(".part") and now - entry.stat().st_mtime > STALE_PART:
                     os.unlink(entry.path)
-            except FileNotFoundError:
-                pass
+            except OSError:
+                pass  # gone meanwhile, or a disk that refuses: the next prune tries again
         return removed
