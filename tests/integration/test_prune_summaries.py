@@ -20,7 +20,7 @@ import pytest
 
 from hometier.engine import backup, restore
 from hometier.engine.prune import forget, prune
-from hometier.engine.usage import _Memo, reach
+from hometier.engine.usage import Memo, reach
 from hometier.repo import Repository
 from hometier.repo.ids import pack_key
 from hometier.repo.snapshot import Snapshot
@@ -131,7 +131,7 @@ class Reads:
 
 def _trees(repo: Repository, snap: Snapshot) -> set[bytes]:
     """Every blob the snapshot reaches that is a tree (found by walking it)."""
-    ids, _ = reach(repo, snap, _Memo())
+    ids, _ = reach(repo, snap, Memo())
     trees = set()
     for bid in ids:
         loc = repo.blobs.get(bid)  # type: ignore[arg-type]

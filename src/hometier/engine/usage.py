@@ -90,7 +90,7 @@ class Walked:
     """Cache entries that did not verify (walked again)."""
 
 
-class _Memo:
+class Memo:
     """Folders already read in this prune: tree id -> (subtree ids, data blob ids
     joined). Snapshots of one user share most of their trees, so walking them one
     after the other reads each shared tree once; bounded by ``MEMO_BYTES``."""
@@ -112,7 +112,7 @@ class _Memo:
 
 
 def reach(
-    repo: Repository, snap: Snapshot, memo: _Memo, *, workers: int = 4
+    repo: Repository, snap: Snapshot, memo: Memo, *, workers: int = 4
 ) -> tuple[list[bytes], int]:
     """Every blob (trees and data) one snapshot reaches, sorted and distinct, and how
     many trees were fetched. Trees are read through the snapshot's locator, level by
@@ -191,7 +191,7 @@ def used_blobs(
             for data in slices:
                 used.add_joined(data)
         snaps = _load(repo, misses, workers)
-        memo = _Memo()
+        memo = Memo()
         for snap in sorted(snaps, key=lambda s: (s.user, s.time_ns, s.id)):
             ids, fetched = reach(repo, snap, memo, workers=workers)
             used.add(ids)
