@@ -20,7 +20,8 @@ Packs that no index names (left by a backup that crashed before writing its inde
 deleted once they are older than ``grace``. Only one prune runs at a time
 (``locks/prune``). Memory stays bounded: the used blobs and the index are read from
 local disk in blob id order (``usage``), one snapshot's trees, one locator, one pack and
-one index object at a time.
+one index object at a time. What each snapshot reaches is cached on local disk
+(``usedcache``), so a prune reads the trees of new snapshots only.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 
 from hometier.engine.rewrite import repack, rewrite_index, rewrite_locators
 from hometier.engine.usage import pack_usage, used_blobs
+from hometier.engine.usedcache import SummaryCache, repo_tag
 from hometier.errors import Conflict
 from hometier.repo import PackId, Repository
 from hometier.repo.ids import pack_key, parse_pack_key
@@ -82,6 +84,12 @@ class PruneReport:
     index_objects_written: int = 0
     index_objects_deleted: int = 0
     locators_rewritten: int = 0
+    snapshots_walked: int = 0
+    """Snapshots whose trees were read (the others' used blobs came from the local
+    summary cache, ``usedcache``)."""
+    trees_read: int = 0
+    summaries_refused: int = 0
+    """Cached summaries that did not verify and were computed again."""
     notes: list[str] = field(default_factory=list)
 
 
@@ -198,6 +206,7 @@ def prune(
     workers: int = 4,
     repack_waste: float | None = None,
     repack_max: int = REPACK_MAX,
+    summaries: bool = True,
 ) -> PruneReport:
     """Mark unreferenced packs (and repack wasteful ones), sweep marks older than
     ``grace``; see the module doc.
@@ -206,7 +215,9 @@ def prune(
     running). A mark is swept only if it is older than ``grace`` and than that time.
     ``repack_waste``: repack a partly used pack whose unused bytes are at least this
     fraction of its size (None: never), at most ``repack_max`` pack bytes per run.
-    ``dry_run`` reports what would happen and changes nothing. Raises ``PruneBusy``.
+    ``dry_run`` reports what would happen and changes nothing. ``summaries``: use (and
+    fill) the local cache of what each snapshot reaches (``usedcache``; False walks
+    every snapshot's trees). Raises ``PruneBusy``.
     """
     report = PruneReport()
     started = time.monotonic()
@@ -224,9 +235,22 @@ def prune(
         # Read the snapshots only now: a snapshot written after the marks were read is
         # still seen, and one written after this point was written by an archive that
         # loaded the marks (or that began before them, which ``archives_since`` covers).
-        snaps = repo.list_snapshots()
-        report.snapshots = len(snaps)
-        used, _trees = used_blobs(repo, snaps, blobs.folder, workers=workers)
+        # Only the keys: a snapshot summarised at an earlier prune is not read again.
+        keys = repo.snapshot_keys()
+        cache = (
+            SummaryCache(
+                os.path.join(blobs.folder, "used"), repo_tag(repo.config.id, repo.config.blob_key)
+            )
+            if summaries
+            else None
+        )
+        used, walked = used_blobs(repo, keys, blobs.folder, workers=workers, cache=cache)
+        sids = {k.rsplit("/", 1)[-1] for k in keys}
+        report.snapshots = walked.snapshots
+        report.snapshots_walked, report.trees_read = walked.walked, walked.trees
+        report.summaries_refused = walked.refused
+        if cache is not None and not dry_run:
+            cache.keep_only(sids)
         try:
             usage = pack_usage(repo, used, marked_no)
 
@@ -311,9 +335,7 @@ def prune(
             # never finds an entry whose pack is gone without also finding that its
             # locator or index objects changed (and reading them again).
             keep = set(table) - {by_id[p] for p in delete if p in by_id}
-            report.locators_rewritten = rewrite_locators(
-                repo, {s.id for s in snaps}, delete, now=now, grace=grace
-            )
+            report.locators_rewritten = rewrite_locators(repo, sids, delete, now=now, grace=grace)
             written, deleted = rewrite_index(repo, {by_id[p] for p in delete if p in by_id}, keep)
             report.index_objects_written, report.index_objects_deleted = written, deleted
             for pid in delete:
