@@ -157,3 +157,75 @@ def test_a_long_backup_adding_many_objects_keeps_few_runs(tmp_path: Path) -> Non
         bi.add(f"index/{i:064x}", [PackRecord(p.id, p.size, decode_entries(p.table, p.count))])
     assert len(bi._runs) <= 12, len(bi._runs)
     assert all(bi.known(BlobId(p.table[:32])) for p in packs)
+
+
+def test_lookups_racing_merges_never_read_a_closed_run(tmp_path: Path) -> None:
+    """Several backups in one process look blobs up while others add index objects,
+    which merges runs and retires the old ones. A retired run used to be closed one
+    reload later, while a lookup that started before could still be reading it: the
+    lookup failed with EBADF, and the descriptor's number could be reused by a file being
+    archived. Runs are now closed only when no lookup is in flight."""
+    import threading
+
+    from hometier.repo.index import PackRecord
+    from hometier.repo.pack import decode_entries
+
+    bi = BlobIndex(str(tmp_path / "c"))
+    first = [_pack(40) for _ in range(4)]
+    for i, p in enumerate(first):
+        bi.add(f"index/{i:064x}", [PackRecord(p.id, p.size, decode_entries(p.table, p.count))])
+    wanted = [BlobId(p.table[k * 46 : k * 46 + 32]) for p in first for k in range(0, 40, 7)]
+    more = [_pack(30) for _ in range(300)]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    lookups = [0]
+
+    def look() -> None:
+        try:
+            while not stop.is_set():
+                for bid in wanted:
+                    assert bi.get(bid) is not None
+                    lookups[0] += 1
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=look) for _ in range(4)]
+    for t in readers:
+        t.start()
+    try:
+        for i, p in enumerate(more):
+            key = f"index/{i + 100:064x}"
+            bi.add(key, [PackRecord(p.id, p.size, decode_entries(p.table, p.count))])
+    finally:
+        stop.set()
+        for t in readers:
+            t.join(30)
+    print(f"{lookups[0]} lookups during 300 additions; {len(errors)} failed")
+    assert errors == []
+    assert all(bi.get(b) is not None for b in wanted)
+    bi.close()
+
+
+def test_a_run_closed_by_two_threads_closes_its_descriptor_once(tmp_path: Path) -> None:
+    import threading
+
+    with RunBuilder(str(tmp_path)) as b:
+        b.extend([REC.pack(rng.randbytes(32), 1, 0, 0, 0, 1, 1)])
+        b.finish(str(tmp_path / "r.run"))
+    for _ in range(200):
+        run = Run(str(tmp_path / "r.run"))
+        gate = threading.Barrier(3)
+
+        def close(r: Run = run, g: threading.Barrier = gate) -> None:
+            g.wait()
+            r.close()
+
+        closers = [threading.Thread(target=close) for _ in range(2)]
+        for t in closers:
+            t.start()
+        gate.wait()
+        other = os.open(tmp_path / "r.run", os.O_RDONLY)  # may take the run's old number
+        for t in closers:
+            t.join()
+        os.fstat(other)  # still open: no second close took it
+        os.close(other)

@@ -99,6 +99,9 @@ class BlobIndex:
             self._clean_orphans()
         self._runs: list[Run] = []
         self._retired: list[Run] = []
+        self._readers = 0
+        """Lookups and scans in flight: runs merged away are closed only when none is
+        (any of them may still read one)."""
         self._dead: set[int] = set()
         self.marked: set[int] = set()
         """Pack numbers that a prune mark names: readable, never deduplicated against."""
@@ -130,11 +133,12 @@ class BlobIndex:
                 path = os.path.join(self.folder, name)
                 old = have.pop(path, None)
                 runs.append(old if old is not None else Run(path))
-            # Runs merged away may still be in use by a lookup on another thread: close
-            # them one reload later.
-            for r in self._retired:
-                r.close()
-            self._retired = list(have.values())
+            # Runs merged away may still be read by a lookup on another thread: they are
+            # closed once no lookup is in flight. (Closing them one reload later was not
+            # enough: with several backups in one process a lookup outlived two reloads
+            # and read a closed descriptor.)
+            self._retired.extend(have.values())
+            self._close_retired()
             self._runs = runs
             self._dead = {r[0] for r in self._db.execute("SELECT no FROM packs WHERE alive=0")}
             self._count = sum(len(r) for r in runs)
@@ -192,12 +196,32 @@ class BlobIndex:
         pid, _size = self.pack(no)
         return Location(pid, off, stored, raw_len, BlobType(typ), Compression(comp))
 
+    def _close_retired(self) -> None:
+        """Close the runs merged away if no lookup is in flight (under the lock)."""
+        if self._readers == 0:
+            for r in self._retired:
+                r.close()
+            self._retired = []
+
+    def _reading(self) -> tuple[list[Run], set[int]]:
+        with self._lock:
+            self._readers += 1
+            return list(self._runs), self._dead
+
+    def _done_reading(self) -> None:
+        with self._lock:
+            self._readers -= 1
+            self._close_retired()
+
     def _records(self, bid: bytes) -> Iterator[bytes]:
-        dead = self._dead
-        for run in reversed(self._runs):
-            for rec in run.find(bid):
-                if NO.unpack_from(rec, 32)[0] not in dead:
-                    yield rec
+        runs, dead = self._reading()
+        try:
+            for run in reversed(runs):
+                for rec in run.find(bid):
+                    if NO.unpack_from(rec, 32)[0] not in dead:
+                        yield rec
+        finally:
+            self._done_reading()
 
     def get(self, bid: BlobId, *, unmarked: bool = False) -> Location | None:
         """Where a blob is: a location in a pack that no mark names if there is one,
@@ -265,11 +289,14 @@ class BlobIndex:
         id order (copies of one blob are adjacent). For prune: bounded memory."""
         import heapq
 
-        dead = self._dead
-        for rec in heapq.merge(*list(self._runs)):
-            bid, no, _t, _c, _off, stored, _raw = REC.unpack(rec)
-            if no not in dead:
-                yield bid, no, stored
+        runs, dead = self._reading()
+        try:
+            for rec in heapq.merge(*runs):
+                bid, no, _t, _c, _off, stored, _raw = REC.unpack(rec)
+                if no not in dead:
+                    yield bid, no, stored
+        finally:
+            self._done_reading()
 
     def set_marked(self, pack_ids: Iterable[bytes]) -> None:
         marked = set()

@@ -22,6 +22,7 @@ import heapq
 import os
 import struct
 import tempfile
+import threading
 from array import array
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator
@@ -110,8 +111,13 @@ def write_chunks(path: str, chunks: Iterable[list[bytes]], count: int) -> None:
     os.replace(tmp, path)
 
 
+_CLOSING = threading.Lock()
+
+
 class Run:
-    """An open run; thread-safe (``pread`` only)."""
+    """An open run; thread-safe (``pread`` only). Closing one that a lookup still reads
+    fails that lookup (``EBADF``), never redirects it: ``BlobIndex`` closes a run only
+    when no lookup is in flight."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -140,9 +146,13 @@ class Run:
         self._shift = 32 - self.bits
 
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        # The number is taken and cleared before the descriptor is closed, under a lock:
+        # two threads closing one run must not both close the number, the second time
+        # a descriptor another thread has just opened (a file being archived).
+        with _CLOSING:
+            fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     def __len__(self) -> int:
         return self.count
