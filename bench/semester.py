@@ -72,6 +72,10 @@ def args_of(argv: list[str] | None) -> argparse.Namespace:
                    help="idle days/quarantine days, comma-separated")  # fmt: skip
     p.add_argument("--interval", type=float, default=1.0, help="archiver interval, hours")
     p.add_argument("--max-per-cycle", type=int, default=50)
+    p.add_argument(
+        "--archive-concurrency", type=int, default=1,
+        help="homes a cycle archives at once (c.Archiver.archive_concurrency) [1]",
+    )
     p.add_argument("--restore-concurrency", type=int, default=8)
     p.add_argument("--every-cycle", action="store_true", help="run every hourly cycle")
     # Weekly, not hometier's default daily: a prune reads every snapshot's trees, so on a
@@ -194,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = sr.Options(
         interval=dt.timedelta(hours=a.interval),
         max_per_cycle=a.max_per_cycle,
+        archive_concurrency=a.archive_concurrency,
         restore_concurrency=a.restore_concurrency,
         every_cycle=a.every_cycle,
         keep=a.keep,

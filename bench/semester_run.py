@@ -86,6 +86,8 @@ class PolicySpec:
 class Options:
     interval: dt.timedelta = dt.timedelta(hours=1)
     max_per_cycle: int = 50
+    archive_concurrency: int = 1
+    """``c.Archiver.archive_concurrency``: homes a cycle archives at once."""
     restore_concurrency: int = 8
     workers: int = 4
     every_cycle: bool = False
@@ -324,6 +326,7 @@ class PolicyRun:
             use_hub=True,
             quarantine_for=dt.timedelta(days=self.spec.quarantine_days),
             workers=self.opts.workers,
+            archive_concurrency=self.opts.archive_concurrency,
         )
         self.service = ServiceThread(self.lc, self.opts.restore_concurrency, self._archived)
         self.s3_before = scrape(self.s3.metrics_port)

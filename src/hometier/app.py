@@ -119,6 +119,7 @@ def make_lifecycle(
         quarantine_for=parse_duration(arch.quarantine_for),
         read_back=arch.read_back,
         restore_from_quarantine=arch.restore_from_quarantine,
+        archive_concurrency=max(1, arch.archive_concurrency),
         workers=cfg.workers,
         pack_size=cfg.pack_size_mb * 1024 * 1024,
     )

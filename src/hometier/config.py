@@ -121,6 +121,14 @@ class Archiver(Configurable):
         config=True
     )
     max_per_cycle = Integer(50, help="Archive at most this many homes per cycle.").tag(config=True)
+    archive_concurrency = Integer(
+        1,
+        help=(
+            "Homes one archiver archives at once within a cycle. Raise it (2-4) to drain a "
+            "backlog of idle homes sooner, e.g. when archiving is first turned on: the "
+            "archives share one upload of content they have in common."
+        ),
+    ).tag(config=True)
     quiet_hours = Unicode(
         "", help="Local times when nothing is archived, e.g. 08:00-20:00 (may wrap midnight)."
     ).tag(config=True)

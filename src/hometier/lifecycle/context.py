@@ -48,6 +48,8 @@ class Lifecycle:
     restore_from_quarantine: bool = True
     """Bring a home back from its quarantine (instant) when it is still intact."""
     workers: int = 4
+    archive_concurrency: int = 1
+    """Homes a cycle archives at once (threads; their backups share one writer)."""
     pack_size: int = 32 * 1024 * 1024
     claim_for: dt.timedelta = dt.timedelta(minutes=5)
     """A worker's claim on a home it archives; renewed every quarter of it while the

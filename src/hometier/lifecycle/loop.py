@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from hometier.errors import Error
@@ -218,30 +219,44 @@ def run_cycle(lc: Lifecycle, *, dry_run: bool = False) -> CycleReport:
     if dry_run:
         return report
     idle_before = lc.now() - lc.policy.inactive_after
-    for d in report.decisions:
-        if not d.chosen:
-            continue
+    chosen = [d.user for d in report.decisions if d.chosen]
+    outcomes: dict[str, ArchiveResult | str | None] = {}
+
+    def one(user: str) -> None:
         claimed = queries.begin_archive_claim(
             lc.db,
             lc.worker,
             lc.now(),
             limit=1,
-            candidates=[d.user],
+            candidates=[user],
             idle_before=idle_before,
             claim_for=lc.claim_for,
         )
         if not claimed:
-            continue  # another worker took it, or it became active meanwhile
+            outcomes[user] = None  # another worker took it, or it became active meanwhile
+            return
         try:
-            result = archive_claimed(lc, d.user, claimed[0].version, lc.layout.path(d.user))
+            outcomes[user] = archive_claimed(lc, user, claimed[0].version, lc.layout.path(user))
         except Exception as exc:  # noqa: BLE001 - one home must not stop the cycle for all
             msg = exc.get_message() if isinstance(exc, Error) else f"{type(exc).__name__}: {exc}"
-            log.error("archiving %s failed: %s", d.user, msg)
-            report.errors.append(f"{d.user}: {msg}")
-            continue
-        report.results.append(result)
-        if result.outcome == "failed":
-            report.errors.append(f"{d.user}: {result.reason}")
+            log.error("archiving %s failed: %s", user, msg)
+            outcomes[user] = msg
+
+    if lc.archive_concurrency > 1 and len(chosen) > 1:
+        with ThreadPoolExecutor(lc.archive_concurrency, thread_name_prefix="archive") as pool:
+            for done in [pool.submit(one, u) for u in chosen]:
+                done.result()  # ``one`` reports its own failures
+    else:
+        for user in chosen:
+            one(user)
+    for user in chosen:  # reported in the order they were chosen
+        outcome = outcomes.get(user)
+        if isinstance(outcome, str):
+            report.errors.append(f"{user}: {outcome}")
+        elif outcome is not None:
+            report.results.append(outcome)
+            if outcome.outcome == "failed":
+                report.errors.append(f"{user}: {outcome.reason}")
     report.purged = purge_quarantine(lc, report.errors)
     return report
 
