@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from hometier.state.db import open_database
+
 
 @pytest.fixture(
     params=[
@@ -16,3 +18,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path):
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'state.db'}"
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def db(db_url):
+    """A fresh state database on each backend (a suite may override it)."""
+    database = open_database(db_url)
+    yield database
+    database.dispose()

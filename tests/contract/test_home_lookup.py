@@ -18,13 +18,6 @@ T0 = datetime(2026, 9, 1, 9, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def db(db_url):
-    database = open_database(db_url)
-    yield database
-    database.dispose()
-
-
-@pytest.fixture
 def pool():
     with ThreadPoolExecutor(4) as ex:
         yield ex

@@ -11,17 +11,9 @@ import pytest
 from hometier.errors import UsageError
 from hometier.state import listing
 from hometier.state import queries as q
-from hometier.state.db import open_database
 from hometier.state.queries import SnapshotInfo
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def db(db_url):
-    database = open_database(db_url)
-    yield database
-    database.dispose()
 
 
 def _populate(db, n: int = 30, seed: int = 7) -> dict[str, dict]:

@@ -22,13 +22,6 @@ T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 KEY = Fernet.generate_key().decode()
 
 
-@pytest.fixture
-def db(db_url):
-    database = open_database(db_url)
-    yield database
-    database.dispose()
-
-
 def register(db, name="data", **kw):
     doc = {"name": name, "bucket": "lab", "access": ["group:staff:rw"]}
     doc.update(kw)

@@ -10,11 +10,7 @@ archives each. The test prints how many homes both chose in a round (the race hi
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +22,11 @@ from hometier.repo.snapshot import user_key
 from hometier.state import ARCHIVED, ARCHIVING, open_database, queries
 
 from .conftest import manifest
+from .released import archivers_at_once
 from .test_cycle_budget import tiny_home
 
 USERS = [f"user{i:02d}" for i in range(14)]
 BUDGET = 4
-
-ARCHIVER = """
-import os, sys, time
-from hometier.cli.main import main
-go = sys.argv[1]
-while not os.path.exists(go):
-    time.sleep(0.002)
-sys.exit(main(["serve", "--once", "--json"]))
-"""
 
 CONFIG = f"""
 c.Archiver.inactive_after = "0s"
@@ -49,24 +37,7 @@ c.Hometier.workers = 1
 
 
 def _round(tmp_path: Path, env: dict[str, str], n: int) -> list[dict[str, Any]]:
-    go = tmp_path / f"go-{n}"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", ARCHIVER, str(go)],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    time.sleep(0.5)  # both are importing; the start file releases them together
-    go.write_text("")
-    outputs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, f"archiver exited {p.returncode}:\n{out}\n{err}"
-    return [json.loads(out) for out, _ in outputs]
+    return archivers_at_once(tmp_path, env, tmp_path / f"go-{n}")
 
 
 @pytest.mark.slow

@@ -9,13 +9,8 @@ byte-identical afterwards.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -29,17 +24,9 @@ from hometier.state import ACTIVE, ARCHIVED, ARCHIVING, open_database, queries
 from hometier.store import open_store
 
 from .conftest import manifest, write_home
+from .released import archivers_at_once
 
 USERS = [f"user{i:02d}" for i in range(10)]
-
-ARCHIVER = """
-import os, sys, time
-from hometier.cli.main import main
-go = sys.argv[1]
-while not os.path.exists(go):
-    time.sleep(0.002)
-sys.exit(main(["serve", "--once", "--json"]))
-"""
 
 CONFIG = """
 c.Archiver.inactive_after = "0s"
@@ -67,24 +54,7 @@ def test_two_archivers_archive_every_home_exactly_once(
         "HOMETIER_HOMES": str(homes),
     }
     env.pop("HOMETIER_FAULTS", None)
-    go = tmp_path / "go"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", ARCHIVER, str(go)],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
-    ]
-    time.sleep(0.5)  # both are importing; the start file releases them together
-    go.write_text("")
-    outputs = [p.communicate(timeout=120) for p in procs]
-    for p, (out, err) in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, f"archiver exited {p.returncode}:\n{out}\n{err}"
-    reports: list[dict[str, Any]] = [json.loads(out) for out, _ in outputs]
+    reports = archivers_at_once(tmp_path, env, tmp_path / "go")
 
     archived_by = [
         sorted(r["user"] for r in rep["results"] if r["outcome"] == "archived") for rep in reports
