@@ -736,7 +736,9 @@ def _write_contents(
             finally:
                 os.close(fd)
 
-    if empty:
+    if 0 < len(empty) <= DIR_BATCH:
+        finish_empty(empty)  # a few: no threads to start
+    elif empty:
         step = -(-len(empty) // workers)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="restore") as tp:
             for f in [
@@ -858,6 +860,11 @@ def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool, lost: _Lo
         for rel, n in batch:
             lost.add(rel, _set_meta(sfd, rel, n, as_root=as_root))
 
+    stats.dirs += len(plan.dirs)
+    if len(plan.dirs) <= DIR_BATCH:  # a few: no threads to start
+        for depth in sorted(levels, reverse=True):
+            finish_dirs(levels[depth])
+        return
     with ThreadPoolExecutor(max_workers=DIR_THREADS, thread_name_prefix="restore-dirs") as tp:
         for depth in sorted(levels, reverse=True):
             level = levels[depth]
@@ -866,4 +873,3 @@ def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool, lost: _Lo
                 tp.submit(finish_dirs, level[i : i + step]) for i in range(0, len(level), step)
             ]:
                 f.result()
-    stats.dirs += len(plan.dirs)

@@ -85,6 +85,12 @@ def run_bounded(fn: Callable[[Any], None], jobs: list[Any], workers: int) -> Non
     if not jobs:
         return
     workers = max(1, min(workers, len(jobs)))
+    if workers == 1:
+        # One job (a small home's pack, one level of its trees) or one worker: a pool's
+        # thread would only hand the work over.
+        for job in jobs:
+            fn(job)
+        return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: set[Future[None]] = set()
         it = iter(jobs)
