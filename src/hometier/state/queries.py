@@ -481,7 +481,8 @@ def finish_restore(
     with _tx(target) as s:
         home = _home(s, user, lock=True)
         fields.update(_newer_activity(home, now))
-        return transition(s, user, RESTORING, ACTIVE, actor, now, version=home.version, **fields)
+        # The row just read under its lock is the one compared: no second read.
+        return _cas(s, home, ACTIVE, actor, now, from_states=(RESTORING,), **fields)
 
 
 # -- leases -------------------------------------------------------------------------------
