@@ -20,6 +20,7 @@ import pytest
 import hometier.engine.archive as archive_mod
 from hometier.engine import TargetNotEmpty, backup, check, restore
 from hometier.repo import Repository
+from hometier.repo.repository import SnapshotNotFound
 from hometier.repo.snapshot import Snapshot
 from hometier.store import open_store
 from treeutil import (
@@ -399,3 +400,34 @@ def test_an_unreadable_file_is_reported_not_fatal(
     assert not snap.stats.complete
     restore(repo, snap, tmp_path / "restored")
     assert (tmp_path / "restored" / "readable").read_bytes() == b"fine"
+
+
+def test_a_snapshot_named_by_its_whole_id_is_read_without_a_listing(
+    store_url: str, tmp_path: Path
+) -> None:
+    """What a restore at login does with the id its archive recorded: one read of the
+    known key, no LIST of the user's snapshots; another user's name, a missing id and
+    a short prefix still answer as before."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine\n")
+    repo = open_repo(store_url)
+    snap = backup(repo, str(home), user="alice")
+    other = backup(repo, str(home), user="bob")
+
+    again = Repository.open(open_store(store_url))
+    listed: list[str] = []
+    real_list = again.store.list
+
+    def spy(prefix: str, *a: Any, **kw: Any) -> Any:
+        listed.append(prefix)
+        return real_list(prefix, *a, **kw)
+
+    again.store.list = spy  # type: ignore[method-assign]
+    assert again.find_snapshot(snap.id, "alice").id == snap.id
+    assert not [p for p in listed if p.startswith("snapshots/")]
+    with pytest.raises(SnapshotNotFound):
+        again.find_snapshot(other.id, "alice")  # bob's snapshot is not alice's
+    with pytest.raises(SnapshotNotFound):
+        again.find_snapshot("0" * 64, "alice")
+    assert again.find_snapshot(snap.id[:10], "alice").id == snap.id

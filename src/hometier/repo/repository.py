@@ -539,6 +539,17 @@ class Repository:
         ref = ref.lower()
         if len(ref) < 6 or any(c not in "0123456789abcdef" for c in ref):
             raise SnapshotNotFound(ref)
+        if user is not None and len(ref) == 64:
+            # A whole id (what the database records): its key is known, no listing
+            # (which stays the answer when that key holds nothing).
+            try:
+                snap = self._load_snapshot_key(f"snapshots/{user_key(user)}/{ref}")
+            except ObjectNotFound:
+                pass
+            else:
+                if snap.user != user:
+                    raise SnapshotNotFound(ref)
+                return snap
         matches = [k for k in self.snapshot_keys(user) if k.rsplit("/", 1)[-1].startswith(ref)]
         if len(matches) != 1:
             raise SnapshotNotFound(ref if not matches else f"{ref} (ambiguous)")
