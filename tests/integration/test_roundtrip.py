@@ -8,6 +8,7 @@ another user the tree is built without them and the root-only tests skip.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import uuid
@@ -431,3 +432,33 @@ def test_a_snapshot_named_by_its_whole_id_is_read_without_a_listing(
     with pytest.raises(SnapshotNotFound):
         again.find_snapshot("0" * 64, "alice")
     assert again.find_snapshot(snap.id[:10], "alice").id == snap.id
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["reader-thread", "hardlinked"])
+def test_a_failure_to_store_content_fails_the_backup_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inline: bool
+) -> None:
+    """An OSError from storing a file's content (a full spool, a broken index cache) is
+    the backup's failure: before, the reader took it for the file's own and recorded
+    the file as unreadable, and the backup went on to save a snapshot without it."""
+    from hometier.engine.archive import BackupError
+    from hometier.repo import BlobType
+    from hometier.repo.writer import BlobWriter
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "a.txt").write_bytes(b"first file\n" * 100)
+    if inline:  # a file with two names is read on the walking thread
+        os.link(home / "a.txt", home / "b.txt")
+    repo = memory_repo()
+    real_add = BlobWriter.add
+
+    def failing_add(self: BlobWriter, typ: BlobType, data: bytes, *a: Any, **kw: Any) -> Any:
+        if typ == BlobType.DATA:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_add(self, typ, data, *a, **kw)
+
+    monkeypatch.setattr(BlobWriter, "add", failing_add)
+    with pytest.raises(BackupError, match="storing its content failed"):
+        backup(repo, str(home), user="alice")
+    assert repo.list_snapshots("alice") == []

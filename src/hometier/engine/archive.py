@@ -61,6 +61,12 @@ class BackupError(Error):
     exit_code = 7
 
 
+class _WriteFailed(Exception):
+    """Storing a file's content failed (the writer, its spool, the index cache): the
+    backup's failure, never the file's. An ``OSError`` from there must not reach
+    ``read_file``, which would record the file as unreadable and go on."""
+
+
 @dataclass
 class Progress:
     files: int = 0
@@ -184,7 +190,10 @@ class _Archiver:
                 got = 0
                 # At explicit offsets: finding the extents moved the file position.
                 for chunk in iter_chunks(fd, length, self.chunking, off):
-                    bid, _new = self.writer.add(BlobType.DATA, chunk)
+                    try:
+                        bid, _new = self.writer.add(BlobType.DATA, chunk)
+                    except OSError as exc:
+                        raise _WriteFailed(exc) from exc
                     content.append(bid)
                     got += len(chunk)
                 read += got
@@ -585,6 +594,10 @@ def backup(
         except OSError as exc:
             arch.abandon()
             raise BackupError(os.fsdecode(src), exc) from exc
+        except _WriteFailed as exc:
+            arch.abandon()
+            cause = exc.args[0]
+            raise BackupError(os.fsdecode(src), f"storing its content failed: {cause}") from cause
         except BaseException:
             arch.abandon()
             raise
