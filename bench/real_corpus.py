@@ -54,11 +54,19 @@ def log(msg: str) -> None:
 
 
 def run(*argv: str | Path, cwd: Path | None = None, env: dict[str, str] | None = None) -> None:
-    r = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.PIPE, text=True)
+    r = subprocess.run(
+        [str(a) for a in argv],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     if r.returncode:
         err = [ln for ln in r.stderr.splitlines() if not ln.startswith("WARNING: Location")]
-        raise subprocess.CalledProcessError(r.returncode, [str(a) for a in argv][:4], stderr="\n".join(err[-5:]))
+        raise subprocess.CalledProcessError(
+            r.returncode, [str(a) for a in argv][:4], stderr="\n".join(err[-5:])
+        )
 
 
 def part(material: Path, name: str, build: object) -> Path | None:
@@ -100,10 +108,27 @@ def sdist_repos(path: Path) -> None:
     repository has history and loose objects, as a working copy does."""
     dl = path / ".downloads"
     dl.mkdir(parents=True)
-    run(sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-        "--disable-pip-version-check", "-d", dl, *SDISTS)
-    env = {**os.environ, "GIT_AUTHOR_NAME": "Student", "GIT_AUTHOR_EMAIL": "s@example.org",
-           "GIT_COMMITTER_NAME": "Student", "GIT_COMMITTER_EMAIL": "s@example.org"}
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "-q",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "-d",
+        dl,
+        *SDISTS,
+    )
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "Student",
+        "GIT_AUTHOR_EMAIL": "s@example.org",
+        "GIT_COMMITTER_NAME": "Student",
+        "GIT_COMMITTER_EMAIL": "s@example.org",
+    }
     for arch in sorted(dl.iterdir()):
         tmp = path / ".unpack"
         shutil.unpack_archive(arch, tmp)
@@ -112,15 +137,39 @@ def sdist_repos(path: Path) -> None:
         top.rename(repo)
         tmp.rmdir()
         run("git", "-c", "safe.directory=*", "init", "-q", repo, env=env)
-        files = sorted(p.relative_to(repo) for p in repo.rglob("*") if p.is_file()
-                       and ".git" not in p.parts)
-        steps = [[f for f in files if f.suffix in (".rst", ".md", ".txt")],
-                 [f for f in files if f.suffix == ".py"], files]
+        files = sorted(
+            p.relative_to(repo) for p in repo.rglob("*") if p.is_file() and ".git" not in p.parts
+        )
+        steps = [
+            [f for f in files if f.suffix in (".rst", ".md", ".txt")],
+            [f for f in files if f.suffix == ".py"],
+            files,
+        ]
         for i, step in enumerate(steps):
             for j in range(0, len(step), 200):
-                run("git", "-c", "safe.directory=*", "add", "-f", "--", *step[j : j + 200],
-                    cwd=repo, env=env)
-            run("git", "-c", "safe.directory=*", "commit", "-q", "--allow-empty", "-m", f"step {i}", cwd=repo, env=env)
+                run(
+                    "git",
+                    "-c",
+                    "safe.directory=*",
+                    "add",
+                    "-f",
+                    "--",
+                    *step[j : j + 200],
+                    cwd=repo,
+                    env=env,
+                )
+            run(
+                "git",
+                "-c",
+                "safe.directory=*",
+                "commit",
+                "-q",
+                "--allow-empty",
+                "-m",
+                f"step {i}",
+                cwd=repo,
+                env=env,
+            )
     shutil.rmtree(dl)
 
 
@@ -128,7 +177,9 @@ def clones(path: Path, sources: list[str]) -> None:
     path.mkdir(parents=True)
     for src in sources:
         name = Path(src.rstrip("/")).name
-        name = Path(src.rstrip("/")).parent.name.split("+")[-1] if name in ("repo", ".git") else name
+        name = (
+            Path(src.rstrip("/")).parent.name.split("+")[-1] if name in ("repo", ".git") else name
+        )
         run("git", "clone", "-q", "--no-hardlinks", src, path / name.removesuffix(".git"))
 
 
@@ -163,8 +214,14 @@ def notebooks(path: Path, lab: Path | None, count: int) -> None:
     rng = random.Random(7)
     for i in range(count):
         cells = NOTEBOOK[:3] + rng.sample(NOTEBOOK[3:], rng.randint(1, 3))
-        run(lab / "bin" / "python", script, json.dumps(cells), path / f"analysis-{i:02d}.ipynb",
-            str(i), str(rng.choice([200, 1000, 5000])))
+        run(
+            lab / "bin" / "python",
+            script,
+            json.dumps(cells),
+            path / f"analysis-{i:02d}.ipynb",
+            str(i),
+            str(rng.choice([200, 1000, 5000])),
+        )
     script.unlink()
 
 
@@ -216,9 +273,32 @@ KINDS = {
     "data": ["csv", "random", "notebooks", "dotfiles"],
     "docs": ["doc@reference/doc", "notebooks", "dotfiles"],
 }
-ORDER = ["pip-user", "student", "developer", "venv", "data", "conda", "student", "web",
-         "pip-user", "lab-env", "docs", "student", "data", "venv", "developer", "student",
-         "conda", "pip-user", "student", "data", "web", "lab-env", "student", "docs"]
+ORDER = [
+    "pip-user",
+    "student",
+    "developer",
+    "venv",
+    "data",
+    "conda",
+    "student",
+    "web",
+    "pip-user",
+    "lab-env",
+    "docs",
+    "student",
+    "data",
+    "venv",
+    "developer",
+    "student",
+    "conda",
+    "pip-user",
+    "student",
+    "data",
+    "web",
+    "lab-env",
+    "student",
+    "docs",
+]
 
 
 def copy_tree(src: Path, dst: Path) -> None:
@@ -287,7 +367,11 @@ def build_home(home: Path, kind: str, i: int, got: dict[str, Path | None], own: 
                 shutil.copy2(f, dst / f.name)
                 if f.suffix == ".csv" and rng.random() < 0.5:
                     # as a browser or wget would mark a download
-                    os.setxattr(dst / f.name, "user.xdg.origin.url", b"https://example.org/" + f.name.encode())
+                    os.setxattr(
+                        dst / f.name,
+                        "user.xdg.origin.url",
+                        b"https://example.org/" + f.name.encode(),
+                    )
         else:
             copy_tree(src, home / where if where else home / name)
         used.append(name)
@@ -343,10 +427,14 @@ def summarize(homes: Path, per: list[dict[str, object]]) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--out", default="/var/tmp/hb-real", help="material, homes and summary.json")
     p.add_argument("--homes", type=int, default=16, help="how many homes (kinds repeat)")
-    p.add_argument("--git", action="append", default=[], help="a git repository to clone into developer homes")
+    p.add_argument(
+        "--git", action="append", default=[], help="a git repository to clone into developer homes"
+    )
     p.add_argument("--notebooks", type=int, default=12, help="notebooks to execute")
     p.add_argument("--rebuild", action="store_true", help="assemble the homes again")
     a = p.parse_args(argv)
@@ -381,8 +469,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.NamedTemporaryFile("w", dir=out, delete=False) as f:
         f.write(json.dumps(s, indent=1) + "\n")
     os.replace(f.name, summary)
-    log(f"{s['users']} homes, {s['files']} files, {int(s['bytes']) / MB:.0f} MB "  # type: ignore[call-overload]
-        f"(many small files: {s['many_small_files']}); missing: {s['missing'] or 'nothing'}")
+    log(
+        f"{s['users']} homes, {s['files']} files, {int(s['bytes']) / MB:.0f} MB "  # type: ignore[call-overload]
+        f"(many small files: {s['many_small_files']}); missing: {s['missing'] or 'nothing'}"
+    )
     return 0
 
 

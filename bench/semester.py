@@ -73,7 +73,9 @@ def args_of(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--interval", type=float, default=1.0, help="archiver interval, hours")
     p.add_argument("--max-per-cycle", type=int, default=50)
     p.add_argument(
-        "--archive-concurrency", type=int, default=1,
+        "--archive-concurrency",
+        type=int,
+        default=1,
         help="homes a cycle archives at once (c.Archiver.archive_concurrency) [1]",
     )
     p.add_argument("--restore-concurrency", type=int, default=8)
