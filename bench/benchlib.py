@@ -378,6 +378,23 @@ def tail(path: Path, n: int = 30) -> str:
         return f"(no log at {path})"
 
 
+def create_cost(folder: Path, n: int = 2000) -> int:
+    """Microseconds to create (and close) one empty file in ``folder``: the kernel's
+    part of every restored file, which no restore (of any tool) can go below."""
+    probe = folder / f".create-probe-{os.getpid()}-{random.randrange(1 << 30)}"
+    probe.mkdir(parents=True)
+    fd = os.open(probe, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        began = time.perf_counter()
+        for i in range(n):
+            os.close(os.open(str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=fd))
+        took = time.perf_counter() - began
+    finally:
+        os.close(fd)
+        shutil.rmtree(probe)
+    return round(took / n * 1e6)
+
+
 def vm_hwm_kb() -> int:
     """Peak RSS of this process so far (kB)."""
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -60,6 +60,7 @@ from benchlib import (
     REPO,
     Measured,
     compare,
+    create_cost,
     manifest,
     run_pipeline,
     stored_bytes,
@@ -424,11 +425,39 @@ class Bench:
         self.mismatch: list[str] = []
         self._targets = 0
         self._lock = threading.Lock()
+        self.volume_kind = "dir"
+        self.create_us = 0
 
     # --- small things -----------------------------------------------------------------
 
     def log(self, msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    def restore_volume(self) -> Any:
+        """Where every tool restores: with ``--restore-volume ext4`` (the default as root)
+        a fresh ext4 image loop-mounted on ``restored/``, as a hub's homes volume is a
+        filesystem of its own; else a folder of the scratch disk. The cost of creating a
+        file there (the floor of every tool's restore) goes in the report."""
+        from semester_volume import Volume, loop_available
+
+        where = self.work / "restored"
+        kind, vol = self.a.restore_volume, None
+        if kind == "auto":
+            kind = "ext4" if loop_available() else "dir"
+        if kind == "ext4":
+            if where.exists():
+                shutil.rmtree(where)
+            try:
+                vol = Volume.create(where, self.work / "restored.img", size="64G")
+            except RuntimeError as exc:
+                if self.a.restore_volume == "ext4":
+                    raise
+                self.log(f"no ext4 volume ({exc}); restoring into a folder")
+                kind = "dir"
+        self.volume_kind = kind
+        self.create_us = create_cost(where)
+        self.log(f"restores go to {kind} ({where}): creating a file costs {self.create_us} us")
+        return vol
 
     def target(self, name: str) -> Path:
         """A new restore folder. Restored trees are removed only at the very end: on ext4
@@ -934,6 +963,7 @@ class Bench:
             f"{sum(s[1] for s in self.sizes.values()) / MB:.0f} MB; restore sample "
             f"{len(sample)} homes, storm {len(storm)}, incremental {', '.join(incr)}"
         )
+        volume = self.restore_volume()
         server = start_server(self.work)
         try:
             benchlib.SERVER_PID = server.pid
@@ -965,6 +995,12 @@ class Bench:
                         self.errors.append(str(exc))
         finally:
             server.close()
+            if volume is not None:
+                if not (self.a.keep or self.a.work_dir):
+                    shutil.rmtree(self.work / "restored", ignore_errors=True)
+                volume.unmount()
+                if not (self.a.keep or self.a.work_dir):
+                    (self.work / "restored.img").unlink(missing_ok=True)
         doc = {
             "when": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
             "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
@@ -975,6 +1011,8 @@ class Bench:
             "corpus_kind": self.kind,
             "many_files_home": many,
             "load_before": load_before,
+            "restore_volume": self.volume_kind,
+            "create_us": self.create_us,
             "sample": sample,
             "storm_homes": storm,
             "sizes": self.sizes,
@@ -1238,6 +1276,12 @@ def render(doc: dict[str, Any]) -> str:
         f"`{doc['command']}`; load average before this corpus {doc.get('load_before', '?')}",
         "",
     ]
+    if "create_us" in doc:
+        out += [
+            f"Restores went to a {doc['restore_volume']} volume, where creating one file cost"
+            f" {doc['create_us']} us (kernel time every tool pays per file).",
+            "",
+        ]
     m, v = doc["machine"], doc["versions"]
     out.append(
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), {benchlib.mem(m['free_g'])}, load average "
@@ -1481,6 +1525,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="3 tiny homes, every tool (for CI)")
     p.add_argument("--sample", type=int, default=7, help="homes restored by every tool")
     p.add_argument("--storm", type=int, default=16, help="homes restored at once (0: skip)")
+    p.add_argument(
+        "--restore-volume",
+        choices=("auto", "ext4", "dir"),
+        default="auto",
+        help="restores on a fresh loop-mounted ext4 image (root) or in a scratch folder"
+        " [auto: ext4 as root]",
+    )
     p.add_argument(
         "--storm-pool",
         type=int,

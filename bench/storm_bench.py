@@ -256,23 +256,6 @@ def _cpu_seconds(pid: int, tree: bool = False, system: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _create_cost(folder: Path, n: int = 2000) -> int:
-    """Microseconds to create (and close) one empty file in ``folder``: the kernel's
-    part of every restored file, which no restore can go below."""
-    probe = folder / f".create-probe-{secrets.token_hex(4)}"
-    probe.mkdir()
-    fd = os.open(probe, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        began = time.perf_counter()
-        for i in range(n):
-            os.close(os.open(str(i), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=fd))
-        took = time.perf_counter() - began
-    finally:
-        os.close(fd)
-        shutil.rmtree(probe)
-    return round(took / n * 1e6)
-
-
 def run_storm(
     logins: int = 500,
     *,
@@ -298,6 +281,7 @@ def run_storm(
         if verbose:
             print(*a, flush=True)
 
+    from benchlib import create_cost
     from semester_volume import Volume, loop_available
 
     root = Path(workdir or tempfile.mkdtemp(prefix="hometier-storm-"))
@@ -326,7 +310,7 @@ def run_storm(
                     raise
                 say(f"no ext4 volume ({exc}); the homes go in a folder")
                 volume = figures["volume"] = "dir"
-        figures["create_us"] = _create_cost(homes)
+        figures["create_us"] = create_cost(homes)
         say(f"homes volume: {volume}; creating a file there costs {figures['create_us']} us")
         pg.create_database("storm")
         env = dict(os.environ, **s3.env())
