@@ -59,7 +59,7 @@ from hometier.repo.pack import FOOTER, Entry, parse_trailer
 from hometier.repo.snapshot import Snapshot, user_key
 from hometier.repo.tree import Node, decode_tree
 from hometier.repo.writer import BlobWriter, SharedWriter
-from hometier.store import ObjectExists, ObjectNotFound, Store
+from hometier.store import ObjectExists, ObjectInfo, ObjectNotFound, Store
 
 if TYPE_CHECKING:
     from hometier.repo.views import SnapshotView, SnapshotWhere
@@ -489,29 +489,115 @@ class Repository:
         return [o.key for o in self.store.list(prefix)]
 
     def _load_snapshot_key(self, key: str) -> Snapshot:
+        return self._read_snapshot_doc(key)[0]
+
+    def _read_snapshot_doc(self, key: str) -> tuple[Snapshot, bytes]:
+        """The snapshot stored at ``key`` and its document's bytes, read from the bucket
+        and checked against its name."""
         sid = SnapshotId(key.rsplit("/", 1)[-1])
 
-        def read() -> Snapshot:
+        def read() -> tuple[Snapshot, bytes]:
             data = self.store.get(key)
             if plain_hash(data).hex() != sid:
                 raise IntegrityError(f"snapshot {sid} does not match its name")
-            return Snapshot.from_bytes(data, sid)
+            return Snapshot.from_bytes(data, sid), data
 
         return read_twice(f"snapshot {sid[:12]}", read)
 
+    # Snapshot documents cached on local disk, for listings that ask (``cached``):
+    # retention reads every document at every run (thousands of GETs a day on a big
+    # hub) although none ever changes. A copy is used only for a key the bucket lists
+    # right now with the same size and modification time as when it was copied, and
+    # only if it hashes to its name; anything else is fetched again. A forgotten
+    # snapshot's copy goes with it (or with the next full listing).
+
+    def _snapshot_doc_path(self, sid: str) -> str:
+        return os.path.join(self._cache_folder(), "snapshots", sid)
+
+    @staticmethod
+    def _doc_stamp(obj: ObjectInfo) -> bytes | None:
+        if obj.modified is None:
+            return None
+        return b"%d %d\n" % (obj.size, int(obj.modified.timestamp() * 1_000_000))
+
+    def _load_snapshot_cached(self, obj: ObjectInfo) -> Snapshot:
+        sid = SnapshotId(obj.key.rsplit("/", 1)[-1])
+        stamp = self._doc_stamp(obj)
+        path = self._snapshot_doc_path(sid)
+        if stamp is not None:
+            try:
+                with open(path, "rb") as f:
+                    kept = f.read()
+            except OSError:
+                kept = b""
+            if kept.startswith(stamp):
+                data = kept[len(stamp) :]
+                if len(data) == obj.size and plain_hash(data).hex() == sid:
+                    return Snapshot.from_bytes(data, sid)
+        snap, data = self._read_snapshot_doc(obj.key)
+        if stamp is not None:
+            self._keep_snapshot_doc(path, stamp + data)
+        return snap
+
+    def _keep_snapshot_doc(self, path: str, content: bytes) -> None:
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(content)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.debug("snapshot document not cached at %s: %s", path, exc)
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+    def _sweep_snapshot_docs(self, listed: set[str]) -> None:
+        """Drop copies of snapshots the bucket no longer lists (forgotten by another
+        process): the cache stays the size of the repository's snapshots."""
+        folder = os.path.join(self._cache_folder(), "snapshots")
+        try:
+            names = os.listdir(folder)
+        except OSError:
+            return
+        for name in names:
+            if "." not in name and name not in listed:
+                self._forget_snapshot_doc(name)
+
+    def _forget_snapshot_doc(self, sid: str) -> None:
+        try:
+            os.unlink(self._snapshot_doc_path(sid))
+        except OSError:
+            pass
+
     def list_snapshots(
-        self, user: str | None = None, workers: int = 8, *, errors: list[str] | None = None
+        self,
+        user: str | None = None,
+        workers: int = 8,
+        *,
+        errors: list[str] | None = None,
+        cached: bool = False,
     ) -> list[Snapshot]:
         """Snapshots (of one user, or all), oldest first. A damaged snapshot raises
-        ``IntegrityError`` or, when ``errors`` is given, is recorded there and left out."""
+        ``IntegrityError`` or, when ``errors`` is given, is recorded there and left out.
+
+        ``cached``: a document read before may come from the local cache instead of a GET
+        (retention lists every snapshot at every run). Never for what checks the bucket
+        (``check``, a purge's proof): only the bucket's own bytes prove it."""
         from concurrent.futures import ThreadPoolExecutor
 
-        keys = self.snapshot_keys(user)
+        prefix = "snapshots/" if user is None else f"snapshots/{user_key(user)}/"
+        listed = list(self.store.list(prefix))
+        keys = [o.key for o in listed]
+        meta = {o.key: o for o in listed} if cached else {}
         if not keys:
             return []
 
         def load(key: str) -> Snapshot | None:
             try:
+                if key in meta:
+                    return self._load_snapshot_cached(meta[key])
                 return self._load_snapshot_key(key)
             except ObjectNotFound:
                 return None  # forgotten by a prune between the listing and the read
@@ -523,6 +609,8 @@ class Repository:
 
         with ThreadPoolExecutor(max_workers=max(1, min(workers, len(keys)))) as pool:
             snaps = [s for s in pool.map(load, keys) if s is not None]
+        if cached and user is None:
+            self._sweep_snapshot_docs({k.rsplit("/", 1)[-1] for k in keys})
         if user is not None:
             snaps = [s for s in snaps if s.user == user]
         return sorted(snaps, key=lambda s: (s.time_ns, s.id))
@@ -561,6 +649,7 @@ class Repository:
     def delete_snapshot(self, snap: Snapshot) -> None:
         """Forget a snapshot: its document, then its locator."""
         self.store.delete(f"snapshots/{user_key(snap.user)}/{snap.id}")
+        self._forget_snapshot_doc(snap.id)
         for key in self.locator_keys(snap.id):
             self.store.delete(key)
         with self._lock:

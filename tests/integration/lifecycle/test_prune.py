@@ -155,3 +155,35 @@ def test_prune_concurrent_with_archiving_never_breaks_a_snapshot(
         lifecycle.restore_from_quarantine = False
         restore_home(lifecycle, u, "test")
         assert manifest(homes[u]) == expected[u], u
+
+
+def test_retention_reads_each_snapshot_document_once_across_runs(
+    lifecycle: Lifecycle, make_home: Callable[..., Path], clock: FakeClock
+) -> None:
+    """Retention lists every snapshot at every run; a document it has read (they never
+    change) comes from the local cache the next time, and what retention forgets
+    leaves the cache with it."""
+    home = make_home("cid")
+    for i in range(3):
+        _grow(home, i)
+        backup(lifecycle.repo, home, user="cid")
+    retention = Retention(keep_last=2, keep_within=None, grace=dt.timedelta(hours=2))
+    clock.set(dt.datetime.now(dt.UTC))
+    first = apply_retention(lifecycle, retention)
+    assert len(first.forgotten["cid"]) == 1
+    read: list[str] = []
+    real_get = lifecycle.repo.store.get
+
+    def get(key: str, *a: object, **kw: object) -> bytes:
+        read.append(key)
+        return real_get(key, *a, **kw)  # type: ignore[arg-type]
+
+    lifecycle.repo.store.get = get  # type: ignore[method-assign]
+    try:
+        again = apply_retention(lifecycle, retention)
+    finally:
+        del lifecycle.repo.store.get
+    assert again.forgotten == {}
+    assert [k for k in read if k.startswith("snapshots/")] == []
+    gone = first.forgotten["cid"][0]
+    assert not list(Path(lifecycle.repo._cache_folder()).rglob(f"snapshots/{gone}"))
