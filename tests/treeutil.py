@@ -364,3 +364,18 @@ def set_times(root: bytes, *, seed: int = 0) -> None:
         mtime = rng.randrange(10**17, 17 * 10**17)  # 1973 .. 2023, odd nanoseconds
         atime = rng.randrange(10**17, 17 * 10**17)
         os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+
+
+def record_calls(store: Any, method: str) -> list[str]:
+    """Replace ``store.<method>`` (``get``, ``list``, ...) on this one store object with
+    a wrapper that records the first argument (a key or prefix) of every call, and
+    return that record."""
+    seen: list[str] = []
+    real = getattr(store, method)
+
+    def wrapper(first: str, *a: Any, **kw: Any) -> Any:
+        seen.append(first)
+        return real(first, *a, **kw)
+
+    setattr(store, method, wrapper)
+    return seen

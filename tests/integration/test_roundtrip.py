@@ -32,6 +32,7 @@ from treeutil import (
     allocated,
     assert_same_tree,
     make_fidelity_tree,
+    record_calls,
     snapshot_of_tree,
 )
 
@@ -417,14 +418,7 @@ def test_a_snapshot_named_by_its_whole_id_is_read_without_a_listing(
     other = backup(repo, str(home), user="bob")
 
     again = Repository.open(open_store(store_url))
-    listed: list[str] = []
-    real_list = again.store.list
-
-    def spy(prefix: str, *a: Any, **kw: Any) -> Any:
-        listed.append(prefix)
-        return real_list(prefix, *a, **kw)
-
-    again.store.list = spy  # type: ignore[method-assign]
+    listed = record_calls(again.store, "list")
     assert again.find_snapshot(snap.id, "alice").id == snap.id
     assert not [p for p in listed if p.startswith("snapshots/")]
     with pytest.raises(SnapshotNotFound):

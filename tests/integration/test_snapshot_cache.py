@@ -10,7 +10,6 @@ reads the bucket's own bytes.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -18,19 +17,12 @@ from hometier.engine import backup, check
 from hometier.engine.check import CheckFailed
 from hometier.repo import Repository
 from hometier.store import open_store
+from treeutil import record_calls
 
 
 def _counting(repo: Repository) -> list[str]:
     """Keys of every GET the repository's store makes from now on."""
-    got: list[str] = []
-    real_get = repo.store.get
-
-    def get(key: str, *a: Any, **kw: Any) -> Any:
-        got.append(key)
-        return real_get(key, *a, **kw)
-
-    repo.store.get = get  # type: ignore[method-assign]
-    return got
+    return record_calls(repo.store, "get")
 
 
 def _doc_reads(got: list[str]) -> list[str]:
