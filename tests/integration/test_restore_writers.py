@@ -8,6 +8,7 @@ The fidelity suites restore small trees, for which ``restore`` forks no writers;
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import signal
@@ -149,6 +150,37 @@ def test_a_full_volume_is_one_clear_error(tmp_path: Path, spy: list[Any]) -> Non
         assert not any(alive(p) for p in spy[1])
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_every_sender_to_a_stopped_writer_gets_its_own_message(tmp_path: Path) -> None:
+    """Several fetch threads send to one writer; once it stopped (a full volume), each
+    of them sees the broken pipe. The first to ask reads the writer's report, and the
+    others, and ``close``, must still give that message rather than a bare "stopped"
+    (a CI run once reported "a writer process stopped" for a full volume)."""
+
+    def finish(fd: int, idx: int) -> list[str]:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    sfd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    files = [(b"f%d" % i, b"") for i in range(4)]
+    w = writers_mod.Writers(files, sfd, 1, finish)
+    try:
+        w.send(0, b"x")
+        messages = []
+        deadline = time.monotonic() + 30
+        while len(messages) < 3 and time.monotonic() < deadline:
+            try:
+                w.send(1, b"y" * 65536)
+            except writers_mod.WriterFailed as exc:
+                messages.append(str(exc))
+        with pytest.raises(writers_mod.WriterFailed) as closed:
+            w.close()
+        messages.append(str(closed.value))
+    finally:
+        w.abort()
+        os.close(sfd)
+    assert len(messages) == 4, messages
+    assert set(messages) == {"no space left on the device holding the home"}, messages
 
 
 def test_writers_hold_only_their_own_descriptors(

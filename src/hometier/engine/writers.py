@@ -69,6 +69,9 @@ class Writers:
         self.pipes: list[int] = []
         self.results: list[int] = []
         self.locks: list[threading.Lock] = []
+        self.reasons: dict[int, str] = {}
+        """What a writer that stopped said, read once: several threads sending to it see
+        the broken pipe, and the first to read its report empties the pipe."""
         try:
             for _ in range(count):
                 self._start(sfd, finish)
@@ -134,7 +137,7 @@ class Writers:
             os.close(self.results[w])
             _pid, status = os.waitpid(self.pids[w], 0)
             ok: bool = False
-            value: Any = _status(status)
+            value: Any = self.reasons.get(w) or _status(status)
             if doc:
                 try:
                     ok, value = marshal.loads(doc)
@@ -169,15 +172,17 @@ class Writers:
         self.pids, self.results = [], []
 
     def _why(self, w: int) -> str:
-        """A writer that stopped reading: its own message if it left one."""
-        try:
-            doc = _read_all(self.results[w])
-            ok, value = marshal.loads(doc)
-            if not ok:
-                return str(value)
-        except (OSError, EOFError, ValueError, TypeError):
-            pass
-        return "a writer process stopped"
+        """A writer that stopped reading: its own message if it left one (called with
+        ``locks[w]`` held)."""
+        if w not in self.reasons:
+            self.reasons[w] = "a writer process stopped"
+            try:
+                ok, value = marshal.loads(_read_all(self.results[w]))
+                if not ok:
+                    self.reasons[w] = str(value)
+            except (OSError, EOFError, ValueError, TypeError):
+                pass
+        return self.reasons[w]
 
 
 def _status(status: int) -> str:
