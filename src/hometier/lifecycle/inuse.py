@@ -39,7 +39,10 @@ def _maps(pid: str, dev: int) -> Iterator[int]:
             data = f.read()
     except OSError:
         return
-    want = b"%02x:%02x" % (os.major(dev), os.minor(dev))
+    want = b" %02x:%02x " % (os.major(dev), os.minor(dev))
+    if want not in data:
+        return  # most processes map nothing of a home's filesystem: one search, no parse
+    want = want.strip()
     for line in data.splitlines():
         parts = line.split(None, 5)
         if len(parts) >= 5 and parts[3] == want and parts[4] != b"0":
