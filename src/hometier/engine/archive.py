@@ -577,7 +577,7 @@ def backup(
     if not stat.S_ISDIR(st.st_mode):
         raise BackupError(os.fsdecode(src), "not a folder")
     root_xattrs = read_xattrs(src)
-    repo.load_index()
+    repo.load_index_for_backup()
     with repo.writer(pack_size=pack_size, uploads=uploads) as writer:
         arch = _Archiver(repo, writer, repo.config.chunking, st.st_dev, workers, progress)
         try:

@@ -115,6 +115,8 @@ def repair_index(
         if group:
             written += repo.write_index_raw(group)
         report.index_objects_written = len(written)
+        if set(before) - set(written):
+            repo.bump_epoch("repair index")  # before the first object goes
         for key in before:
             if key not in written:
                 repo.store.delete(key)

@@ -329,6 +329,10 @@ def prune(
         finally:
             used.close()
 
+        if delete or orphans:
+            # Before anything goes: a backup that reuses its listing of ``index/`` checks
+            # the epoch after reading the marks (``Repository.load_index_for_backup``).
+            repo.bump_epoch("prune")
         if delete:
             # Locators first (they must not name a pack once it is gone), then the index
             # objects (new ones before the old go), and only then the packs: a reader

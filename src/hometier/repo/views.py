@@ -41,6 +41,9 @@ class SnapshotView(Repository):
     def load_index(self, workers: int = 8, *, errors: list[str] | None = None) -> int:
         return self.parent.load_index(workers, errors=errors)
 
+    def load_index_for_backup(self, workers: int = 8) -> int:
+        return self.parent.load_index_for_backup(workers)
+
     def writer(
         self, *, pack_size: int = 32 * 1024 * 1024, uploads: int = 2, locate: bool = True
     ) -> BlobWriter:

@@ -5,11 +5,14 @@ Runs on SQLite and PostgreSQL with the real SeaweedFS bucket (the ``lifecycle`` 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from hometier.engine import backup, check
 from hometier.engine.prune import prune, select_forget
@@ -20,6 +23,7 @@ from hometier.lifecycle.restoring import restore_home
 from hometier.lifecycle.retention import apply_retention
 from hometier.repo import Repository
 from hometier.store import open_store
+from treeutil import record_calls
 
 from .conftest import FakeClock, manifest
 
@@ -108,9 +112,13 @@ def test_a_snapshot_that_reused_marked_data_rescues_it(
     check(Repository.open(open_store(lifecycle.repo.store.url)), read_data=True)
 
 
+@pytest.mark.parametrize("pruner_repo", ["shared", "own"])
 def test_prune_concurrent_with_archiving_never_breaks_a_snapshot(
-    lifecycle: Lifecycle, make_home: Callable[..., Path], clock: FakeClock
+    lifecycle: Lifecycle, make_home: Callable[..., Path], clock: FakeClock, pruner_repo: str
 ) -> None:
+    """``own``: the pruner opens the repository itself, as another replica would, so the
+    archiver's backups learn of its sweeps only from the bucket (the marks and the epoch,
+    between listings of ``index/`` they reuse)."""
     users = [f"u{i}" for i in range(4)]
     homes = {u: make_home(u) for u in users}
     expected = {u: manifest(h) for u, h in homes.items()}
@@ -132,12 +140,20 @@ def test_prune_concurrent_with_archiving_never_breaks_a_snapshot(
             stop.set()
 
     retention = Retention(keep_last=1, keep_within=None, grace=dt.timedelta(seconds=1))
+    pruning = lifecycle
+    if pruner_repo == "own":
+        pruning = dataclasses.replace(
+            lifecycle, repo=Repository.open(open_store(lifecycle.repo.store.url))
+        )
+    listings = record_calls(lifecycle.repo.store, "list")
+    sweeps = [0]
 
     def pruner() -> None:
         try:
             while not stop.is_set():
                 clock.set(dt.datetime.now(dt.UTC))
-                apply_retention(lifecycle, retention)
+                report = apply_retention(pruning, retention).prune
+                sweeps[0] += bool(report and report.packs_deleted)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -147,6 +163,10 @@ def test_prune_concurrent_with_archiving_never_breaks_a_snapshot(
     for t in threads:
         t.join(300)
     assert not errors, errors
+    print(
+        f"prune beside archives ({pruner_repo} repository): {sweeps[0]} sweeps that deleted "
+        f"packs, {listings.count('index/')} listings of index/ by the archiver"
+    )
     clock.set(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5))
     apply_retention(lifecycle, retention)  # a last sweep
     check(Repository.open(open_store(lifecycle.repo.store.url)), read_data=True)
