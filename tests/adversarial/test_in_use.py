@@ -207,3 +207,36 @@ def test_a_changed_quarantine_fetches_only_what_differs(
 def _fetched(lc: Lifecycle) -> int:
     sizes = lc.repo.store.stats.snapshot()["bytes"]
     return sum(v for k, v in sizes.items() if k.startswith("get"))
+
+
+def test_a_mapping_on_a_filesystem_nothing_else_maps_is_found(tmp_path: Path) -> None:
+    """``busy_inodes`` skips the maps of a process that maps nothing of the filesystem
+    with one search for the device: a file mapped on a filesystem of its own (a tmpfs,
+    as a home volume would be) must still be found, by a child that holds only that."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from hometier.lifecycle.inuse import busy_inodes
+
+    shm = "/dev/shm"
+    if not os.path.isdir(shm) or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs /dev/shm on a filesystem of its own")
+    with tempfile.NamedTemporaryFile(dir=shm) as f:
+        f.write(b"x" * 8192)
+        f.flush()
+        ino = os.fstat(f.fileno()).st_ino
+        code = (
+            "import mmap,sys,time\n"
+            "f=open(sys.argv[1],'rb'); m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ); f.close()\n"
+            "print('ready',flush=True); time.sleep(60)\n"
+        )
+        child = subprocess.Popen([sys.executable, "-c", code, f.name], stdout=subprocess.PIPE)
+        try:
+            assert child.stdout is not None and child.stdout.readline().strip() == b"ready"
+            found = busy_inodes(os.stat(shm).st_dev)
+        finally:
+            child.kill()
+            child.wait()
+            child.stdout.close()  # type: ignore[union-attr]
+        assert found.get(ino) == child.pid, found
