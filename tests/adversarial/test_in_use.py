@@ -227,8 +227,14 @@ def test_a_mapping_on_a_filesystem_nothing_else_maps_is_found(tmp_path: Path) ->
         f.flush()
         ino = os.fstat(f.fileno()).st_ino
         code = (
-            "import mmap,sys,time\n"
-            "f=open(sys.argv[1],'rb'); m=mmap.mmap(f.fileno(),0,prot=mmap.PROT_READ); f.close()\n"
+            # libc's mmap, then close: Python's mmap keeps a descriptor of its own, which
+            # the descriptor scan would find without the maps.
+            "import ctypes,os,sys,time\n"
+            "libc=ctypes.CDLL(None,use_errno=True); libc.mmap.restype=ctypes.c_void_p\n"
+            "libc.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,"
+            "ctypes.c_int,ctypes.c_long]\n"
+            "fd=os.open(sys.argv[1],os.O_RDONLY); p=libc.mmap(None,8192,1,1,fd,0); os.close(fd)\n"
+            "assert p not in (None,ctypes.c_void_p(-1).value)\n"
             "print('ready',flush=True); time.sleep(60)\n"
         )
         child = subprocess.Popen([sys.executable, "-c", code, f.name], stdout=subprocess.PIPE)
