@@ -237,7 +237,12 @@ class Retention(Configurable):
         ),
     ).tag(config=True)
     prune_interval = Unicode(
-        "1d", help="How often the archiver loop applies retention and prunes (0: never)."
+        "1d",
+        help=(
+            "How often the archiver loop applies retention and prunes (0: never). A run "
+            "that forgets nothing, when no snapshot has gone since the process's last full "
+            "prune and no mark waits, skips the prune (at most for 7 days)."
+        ),
     ).tag(config=True)
     repack_waste = Float(
         0.5,

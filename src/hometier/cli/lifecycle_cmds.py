@@ -109,7 +109,9 @@ def cmd_prune(args: argparse.Namespace, cfg: Hometier) -> int:
         verb = "would forget" if args.dry_run else "forgot"
         out.print(f"{user}: {verb} {len(ids)} snapshot(s)")
     p = report.prune
-    assert p is not None
+    if p is None:
+        out.print(f"prune skipped: {report.skipped}")
+        return 0
     out.print(
         f"{p.snapshots} snapshots, {p.packs} packs: {p.packs_marked} newly unused "
         f"({human(p.bytes_marked)}) marked, {p.packs_deleted} deleted ({human(p.bytes_deleted)}), "

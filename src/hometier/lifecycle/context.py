@@ -58,6 +58,9 @@ class Lifecycle:
     """Called after every archive attempt with its result and seconds (metrics)."""
     restore_wait: dt.timedelta = dt.timedelta(minutes=30)
     """How long a joining restore waits for the one in flight before giving up."""
+    last_full_prune: Any = field(default=None, repr=False, compare=False)
+    """What this process's last full prune left (``retention.FullPrune``): lets a later
+    retention run see that nothing can have become garbage since."""
 
     @property
     def quarantine_root(self) -> Path:

@@ -21,7 +21,7 @@ from hometier.lifecycle.cycle import archive_home
 from hometier.lifecycle.policy import Retention
 from hometier.lifecycle.restoring import restore_home
 from hometier.lifecycle.retention import apply_retention
-from hometier.repo import Repository
+from hometier.repo import BlobType, Repository
 from hometier.store import open_store
 from treeutil import record_calls
 
@@ -99,6 +99,7 @@ def test_a_snapshot_that_reused_marked_data_rescues_it(
     # An archive that began before the mark: it read the index (and the marks) then, and
     # does not read them again during its run.
     slow_writer.load_index = lambda *a, **k: len(slow_writer.index)  # type: ignore[method-assign]
+    slow_writer.load_index_for_backup = slow_writer.load_index  # type: ignore[method-assign]
     lifecycle.repo.delete_snapshot(old)
     now = dt.datetime.now(dt.UTC)
     marked = prune(lifecycle.repo, now=now, grace=dt.timedelta(minutes=10))
@@ -207,3 +208,64 @@ def test_retention_reads_each_snapshot_document_once_across_runs(
     assert [k for k in read if k.startswith("snapshots/")] == []
     gone = first.forgotten["cid"][0]
     assert not list(Path(lifecycle.repo._cache_folder()).rglob(f"snapshots/{gone}"))
+
+
+def test_a_run_that_can_find_nothing_new_skips_the_prune_until_something_goes(
+    lifecycle: Lifecycle, make_home: Callable[..., Path], clock: FakeClock
+) -> None:
+    """A prune costs O(repository); data becomes unused only when a snapshot goes. The
+    run after a full prune that forgets nothing, with no mark waiting, skips it; a
+    snapshot forgotten by another process, a week, or a new process bring it back."""
+    home = make_home("dan")
+    (home / "only-in-the-first.bin").write_bytes(os.urandom(400_000))
+    for i in range(2):
+        _grow(home, i)
+        backup(lifecycle.repo, home, user="dan")
+        (home / "only-in-the-first.bin").unlink(missing_ok=True)
+    retention = Retention(
+        keep_last=5, keep_within=None, grace=dt.timedelta(hours=2), repack_waste=0.3
+    )
+    clock.set(dt.datetime.now(dt.UTC))
+    first = apply_retention(lifecycle, retention)
+    assert first.prune is not None and first.skipped is None
+
+    listed = record_calls(lifecycle.repo.store, "list")
+    clock.advance(hours=24)
+    _grow(home, 2)
+    backup(lifecycle.repo, home, user="dan")  # a new snapshot only adds what is used
+    del listed[:]
+    quiet = apply_retention(lifecycle, retention)
+    assert quiet.prune is None and quiet.skipped and "no mark" in quiet.skipped
+    assert not {"index/", "packs/"} & set(listed), listed
+
+    # Another process forgets the oldest snapshot: its data may be unused now.
+    other = Repository.open(open_store(lifecycle.repo.store.url))
+    other.delete_snapshot(other.list_snapshots("dan")[0])
+    clock.advance(hours=24)
+    back = apply_retention(lifecycle, retention)
+    assert back.prune is not None and back.prune.packs_repacked > 0, back  # and marked
+
+    # A mark waits: no skip until it is swept.
+    clock.advance(hours=1)
+    waiting = apply_retention(lifecycle, retention)
+    assert waiting.prune is not None and waiting.prune.marks_waiting == 1
+    clock.advance(hours=2)
+    swept = apply_retention(lifecycle, retention)
+    assert swept.prune is not None and swept.prune.packs_deleted > 0
+    clock.advance(hours=24)
+    assert apply_retention(lifecycle, retention).prune is None
+
+    # What a failed archive left (an indexed pack no snapshot reaches) waits for the
+    # weekly full prune at the latest.
+    with lifecycle.repo.writer() as w:
+        w.add(BlobType.DATA, os.urandom(200_000))
+        w.flush()  # packed and indexed; no snapshot will ever reach it
+    clock.advance(days=3)
+    assert apply_retention(lifecycle, retention).prune is None
+    clock.advance(days=5)
+    weekly = apply_retention(lifecycle, retention)
+    assert weekly.prune is not None and weekly.prune.packs_marked >= 1
+
+    fresh = dataclasses.replace(lifecycle, last_full_prune=None)  # a new process
+    clock.advance(hours=24)
+    assert apply_retention(fresh, retention).prune is not None
