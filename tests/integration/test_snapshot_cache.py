@@ -16,6 +16,7 @@ import pytest
 from hometier.engine import backup, check
 from hometier.engine.check import CheckFailed
 from hometier.repo import Repository
+from hometier.repo.ids import plain_hash
 from hometier.store import open_store
 from treeutil import record_calls
 
@@ -104,3 +105,22 @@ def test_check_still_reads_the_buckets_documents(world: tuple[str, Path, list[st
     store.put(key, bytes(data))
     with pytest.raises(CheckFailed, match=ids[1][:12]):
         check(Repository.open(open_store(url), cache_dir=str(cache)))
+
+
+def test_a_document_that_does_not_parse_is_reported_with_the_cache_too(
+    world: tuple[str, Path, list[str]],
+) -> None:
+    """A hostile document that hashes to its name but is not a snapshot: a cached listing
+    that collects errors reports it and returns the others, as an uncached one does."""
+    url, cache, ids = world
+    repo = Repository.open(open_store(url), cache_dir=str(cache))
+    repo.list_snapshots(cached=True)  # the good ones are cached now
+    data = b'{"version": 99, "user": "mallory"}'
+    sid = plain_hash(data).hex()
+    repo.store.put(f"snapshots/mallory/{sid}", data)
+    for cached in (True, True, False):  # twice: nothing bad is cached by the first
+        errors: list[str] = []
+        got = repo.list_snapshots(cached=cached, errors=errors)
+        assert sorted(s.id for s in got) == sorted(ids)
+        assert len(errors) == 1 and sid in errors[0] and "version" in errors[0]
+    assert not list(cache.rglob(f"snapshots/{sid}*"))
