@@ -133,6 +133,21 @@ def test_get_or_create_is_idempotent_and_logged(db):
     assert q.list_homes(db, state="archived") == []
 
 
+def test_list_homes_filters_on_the_quarantine_folder(db):
+    """What recovery reads every cycle: only archived homes that still have a quarantine
+    folder (a purged one has nothing to finish), in the database, not in Python."""
+    for user in ("alice", "bob", "carol"):
+        make_home(db, user)
+    [a] = q.begin_archive_claim(db, "w1", T0, candidates=["alice"])
+    assert q.finish_archive(db, "alice", "w1", a.version, T0, snap("s1"), quarantine_path="/q/a")
+    archive(db, "bob", sid="s2")  # no quarantine folder (purged, or kept nowhere)
+    held = q.list_homes(db, "archived", quarantined=True)
+    assert [(h.user, h.quarantine_path) for h in held] == [("alice", "/q/a")]
+    assert [h.user for h in q.list_homes(db, "archived", quarantined=False)] == ["bob"]
+    assert [h.user for h in q.list_homes(db, quarantined=False)] == ["bob", "carol"]
+    assert [h.user for h in q.list_homes(db, "archived")] == ["alice", "bob"]
+
+
 def test_unknown_user_errors(db):
     with pytest.raises(HomeNotFound) as err:
         q.get_home(db, "nobody")

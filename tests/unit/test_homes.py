@@ -110,6 +110,25 @@ def test_templates_that_leave_the_root_are_refused(template: str, tmp_path: Path
         HomeLayout(tmp_path, template).path("alice")
 
 
+@pytest.mark.parametrize(
+    ("template", "name", "home"),
+    [
+        ("{username}", "alice", True),
+        ("{username}", ".hometier-quarantine", False),
+        ("{username}", "a\nb", False),
+        ("users/{username}", "alice", False),  # alice's home is users/alice, not alice
+        ("u-{username}-home", "u-alice-home", False),
+        ("x/../{username}", "alice", True),
+    ],
+)
+def test_maps_back_says_whether_a_folder_is_its_namesakes_home(
+    template: str, name: str, home: bool, tmp_path: Path
+) -> None:
+    layout = HomeLayout(tmp_path, template)
+    assert layout.maps_back(name) is home
+    assert layout.maps_back(name) is home  # the remembered answer is the same
+
+
 def test_a_relative_root_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     layout = HomeLayout("homes")

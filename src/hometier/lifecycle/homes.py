@@ -13,6 +13,9 @@ QUARANTINE_DIR = ".hometier-quarantine"
 
 MAX_NAME = 255
 
+MAX_REMEMBERED = 200_000
+"""Folder names ``HomeLayout.maps_back`` keeps answers for (a few MB at most)."""
+
 
 class InvalidUsername(UsageError):
     """Invalid user name {!r}: {}."""
@@ -43,6 +46,7 @@ class HomeLayout:
     def __init__(self, root: str | os.PathLike[str], template: str = "{username}") -> None:
         self.root = Path(os.path.abspath(root))
         self.template = template
+        self._maps_back: dict[str, bool] = {}
 
     def path(self, user: str) -> Path:
         check_username(user)
@@ -51,3 +55,18 @@ class HomeLayout:
         if full == self.root or self.root not in full.parents:
             raise InvalidUsername(user, f"its home would be outside {self.root}")
         return full
+
+    def maps_back(self, name: str) -> bool:
+        """Whether the folder ``root/name`` is the home of the user ``name``: a valid
+        name whose path is that folder. Remembered (the layout never changes), as every
+        archiver cycle asks it of every folder under the root."""
+        known = self._maps_back.get(name)
+        if known is None:
+            try:
+                known = self.path(name) == self.root / name
+            except InvalidUsername:
+                known = False
+            if len(self._maps_back) >= MAX_REMEMBERED:
+                self._maps_back.clear()
+            self._maps_back[name] = known
+        return known

@@ -22,7 +22,7 @@ from hometier.errors import Error
 from hometier.lifecycle.activity import HubUnavailable, scan_home
 from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.cycle import ArchiveResult, archive_claimed, purge_quarantine, recover
-from hometier.lifecycle.homes import QUARANTINE_DIR, InvalidUsername
+from hometier.lifecycle.homes import QUARANTINE_DIR
 from hometier.lifecycle.inuse import hardlinks_protected
 from hometier.lifecycle.policy import Decision, HomeFacts, select_idle
 from hometier.lifecycle.retention import apply_retention
@@ -76,11 +76,8 @@ def discover_homes(lc: Lifecycle) -> list[str]:
             continue
         if not stat.S_ISDIR(st.st_mode) or st.st_dev != dev:
             continue
-        try:
-            if lc.layout.path(user) != root / user:
-                continue  # a template that does not map folder names back to users
-        except InvalidUsername:
-            continue
+        if not lc.layout.maps_back(user):
+            continue  # not a valid name, or a template that does not map names back
         if user not in known:
             queries.get_or_create_home(lc.db, user, str(root / user), now, actor=lc.worker)
         found.append(user)

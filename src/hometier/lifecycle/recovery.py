@@ -49,7 +49,8 @@ def recover(lc: Lifecycle, errors: list[str] | None = None) -> list[str]:
     done: list[str] = []
     if lc.quarantine_root.is_dir():
         with Quarantine(lc.quarantine_root) as q:
-            for home in queries.list_homes(lc.db, ARCHIVED):
+            # Only homes still in the quarantine: a purged one has no move to finish.
+            for home in queries.list_homes(lc.db, ARCHIVED, quarantined=True):
                 if not home.quarantine_path:
                     continue
                 qname = Path(home.quarantine_path).name

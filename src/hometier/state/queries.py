@@ -224,15 +224,21 @@ def list_homes(
     state: str | Iterable[str] | None = None,
     *,
     exempt: bool | None = None,
+    quarantined: bool | None = None,
     limit: int | None = None,
     offset: int = 0,
 ) -> list[Home]:
-    """Homes ordered by user, optionally only in ``state`` (one or several)."""
+    """Homes ordered by user, optionally only in ``state`` (one or several), and only
+    those with (``quarantined``) or without a quarantine folder recorded."""
     q = select(Home).order_by(Home.user).offset(offset).limit(limit)
     if state is not None:
         q = q.where(Home.state.in_([state] if isinstance(state, str) else list(state)))
     if exempt is not None:
         q = q.where(Home.exempt.is_(exempt))
+    if quarantined is not None:
+        q = q.where(
+            Home.quarantine_path.is_not(None) if quarantined else Home.quarantine_path.is_(None)
+        )
     with _tx(target, write=False) as s:
         return list(s.scalars(q))
 
