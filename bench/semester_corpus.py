@@ -338,6 +338,23 @@ def build_course(dst: Path, seed: str, scale: float) -> None:
     mc.git(dst, "gc", "-q", "--prune=now")
 
 
+def _pool() -> Any:
+    """Worker processes for per-home work (forked: they inherit what is imported)."""
+    import multiprocessing
+
+    return multiprocessing.get_context("fork").Pool(max(1, min(2, os.cpu_count() or 1)))
+
+
+def _home(job: tuple[str, str, float, Path, Path]) -> None:
+    """Build one user's home (``build_corpus``), in a worker process."""
+    user, seed, scale, mnt, base = job
+    urng = random.Random(f"{seed}|home|{user}")
+    dst = os.fsencode(mnt / user)
+    assemble(dst, os.fsencode(base), user, urng, venv=urng.random() < 0.1)
+    mtime = mc.TERM_END * 10**9
+    add_own_data(dst, urng, own_bytes(urng, scale), mtime - urng.randrange(90 * 86400) * 10**9)
+
+
 def corpus_key(seed: str, users: list[str], scale: float, bases: int) -> str:
     h = hashlib.sha256(json.dumps([CORPUS_VERSION, seed, users, scale, bases]).encode())
     return h.hexdigest()[:12]
@@ -381,21 +398,21 @@ def build_corpus(
     log(f"corpus {key}: {bases} base homes from make_corpus in {time.monotonic() - t0:.0f} s")
     vol = Volume.create(mnt, image)
     rng = random.Random(f"{seed}|semester-corpus")
-    mtime = mc.TERM_END * 10**9
-    for i, user in enumerate(users):
-        base = names[rng.randrange(len(names))]
-        urng = random.Random(f"{seed}|home|{user}")
-        dst = os.fsencode(mnt / user)
-        assemble(dst, os.fsencode(base_dir / base), user, urng, venv=urng.random() < 0.1)
-        add_own_data(dst, urng, own_bytes(urng, scale), mtime - urng.randrange(90 * 86400) * 10**9)
-        if (i + 1) % 250 == 0:
-            log(f"corpus {key}: {i + 1}/{len(users)} homes, {time.monotonic() - t0:.0f} s")
+    jobs = [(u, seed, scale, mnt, base_dir / names[rng.randrange(len(names))]) for u in users]
+    # Each home depends only on its own seeded generator: two processes build them (the
+    # Python per file is the cost, so threads would not help).
+    with _pool() as pool:
+        for i, _ in enumerate(pool.imap_unordered(_home, jobs, chunksize=8)):
+            if (i + 1) % 250 == 0:
+                log(f"corpus {key}: {i + 1}/{len(users)} homes, {time.monotonic() - t0:.0f} s")
     template = root / "template"
     assemble(
         os.fsencode(template), os.fsencode(base_dir / names[0]), "newuser",
         random.Random(f"{seed}|template"), venv=False, fresh=True,
     )  # fmt: skip
-    manifests = {u: benchlib.manifest(mnt / u) for u in users}
+    with _pool() as pool:
+        walked = pool.map(benchlib.manifest, [mnt / u for u in users], 8)
+        manifests = dict(zip(users, walked, strict=True))
     sizes = sorted(manifest_bytes(m) for m in manifests.values())
     files = sum(sum(e[0] == "file" for e in m.values()) for m in manifests.values())
     summary = {

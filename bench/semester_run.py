@@ -135,6 +135,10 @@ def start_s3(work: Path) -> Any:
 _METRIC = re.compile(r"^SeaweedFS_s3_request_total\{([^}]*)\}\s+([0-9.e+]+)$")
 
 
+READ_ONLY = frozenset({"GET", "HEAD", "LIST", "LIST_V2", "OPTIONS"})
+"""SeaweedFS request types that cannot change a bucket's objects."""
+
+
 def scrape(port: int) -> Counter[str]:
     """S3 requests SeaweedFS has answered so far, by type (GET, PUT, POST, LIST, ...)."""
     out: Counter[str] = Counter()
@@ -280,6 +284,8 @@ class PolicyRun:
         self.expect: dict[str, tuple[str, int]] = {}
         """Snapshot id → (user, sessions applied when it was taken)."""
         self.due = -math.inf
+        self._bucket: tuple[list[tuple[str, int]], int, int] | None = None
+        """The last listing of the bucket: SeaweedFS's write counts then, bytes, objects."""
         self.restore_pool = ThreadPoolExecutor(64, thread_name_prefix="login")
 
     # -- set up ----------------------------------------------------------------------------
@@ -393,8 +399,9 @@ class PolicyRun:
                 if next_day and next_day % max(1, round(self.opts.prune_every)) == 0:
                     tr = time.monotonic()
                     rep = apply_retention(self.lc, self.lc.retention)
-                    self.run.seconds["retention"] += time.monotonic() - tr
-                    self.run.retention.append(_retention_doc(next_day, rep))
+                    took = time.monotonic() - tr
+                    self.run.seconds["retention"] += took
+                    self.run.retention.append(_retention_doc(next_day, rep, took))
                 self.sample(next_day)
                 next_day += 1
             elif t == t_cycle:
@@ -662,17 +669,25 @@ class PolicyRun:
                 f"({len(self.archived ^ db_archived)} homes)"
             )
             self.archived = db_archived
-        objects = list(self.lc.repo.store.list(""))
         stats = self.lc.repo.store.stats.snapshot()
         s3 = scrape(self.s3.metrics_port) - self.s3_before
+        # The bucket is listed again only if SeaweedFS answered a request that can change
+        # it since the last listing (its own counters, whoever sent it): a LIST of every
+        # key walks thousands of folders in SeaweedFS, on the days nothing was written too.
+        writes = sorted((k, v) for k, v in s3.items() if k not in READ_ONLY)
+        if self._bucket is None or self._bucket[0] != writes:
+            objects = list(self.lc.repo.store.list(""))
+            self._bucket = (writes, sum(o.size for o in objects), len(objects))
+            self.run.cycles["bucket_listings"] += 1
+        _, bucket_bytes, bucket_objects = self._bucket
         self.run.days.append(
             {
                 "day": day,
                 "posix_used": self.volume.used(),
                 "quarantined": sum(1 for h in homes if h.quarantine_path),
                 "states": dict(states),
-                "bucket_bytes": sum(o.size for o in objects),
-                "bucket_objects": len(objects),
+                "bucket_bytes": bucket_bytes,
+                "bucket_objects": bucket_objects,
                 "store_requests": stats["requests"],
                 "store_bytes": stats["bytes"],
                 "s3_requests": dict(s3),
@@ -689,10 +704,12 @@ def _grid(t: float, step: int) -> float:
     return 0 if t <= 0 else math.ceil(t / step) * step
 
 
-def _retention_doc(day: int, rep: Any) -> dict[str, Any]:
+def _retention_doc(day: int, rep: Any, seconds: float) -> dict[str, Any]:
     p = rep.prune
     return {
         "day": day,
+        "seconds": round(seconds, 3),
+        "prune_skipped": rep.skipped is not None,
         "forgotten": sum(len(v) for v in rep.forgotten.values()),
         "packs_marked": getattr(p, "packs_marked", 0),
         "packs_deleted": getattr(p, "packs_deleted", 0),
