@@ -588,10 +588,8 @@ class Repository:
             return None
         return Snapshot.from_bytes(data, sid)  # the bucket's bytes: same answer as a GET
 
-    def _load_snapshot_cached(self, obj: ObjectInfo) -> Snapshot:
-        snap = self._cached_snapshot(obj)
-        if snap is not None:
-            return snap
+    def _fetch_snapshot_and_keep(self, obj: ObjectInfo) -> Snapshot:
+        """The document ``obj`` lists, read from the bucket; a local copy is kept."""
         sid = SnapshotId(obj.key.rsplit("/", 1)[-1])
         stamp = self._doc_stamp(obj)
         path = self._snapshot_doc_path(sid)
@@ -657,8 +655,8 @@ class Repository:
 
         def load(key: str) -> Snapshot | None:
             try:
-                if key in meta:
-                    return self._load_snapshot_cached(meta[key])
+                if key in meta:  # its local copy, if any, was tried already
+                    return self._fetch_snapshot_and_keep(meta[key])
                 return self._load_snapshot_key(key)
             except ObjectNotFound:
                 return None  # forgotten by a prune between the listing and the read
