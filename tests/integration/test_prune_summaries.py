@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import random
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ import pytest
 from hometier.engine import backup, restore
 from hometier.engine.prune import forget, prune
 from hometier.engine.usage import Memo, reach
+from hometier.engine.usedcache import summary_cache
+from hometier.engine.verify import VerifyFailed, verify_snapshot
 from hometier.repo import Repository
 from hometier.repo.ids import pack_key
 from hometier.repo.snapshot import Snapshot
@@ -216,6 +219,9 @@ def test_damaged_foreign_or_missing_entries_are_walked_again(world: World) -> No
     for s in (dan[0], eve[0]):
         del w.taken[s.id]
     w.reopen()
+    hour_ago = time.time() - 3600  # as between two real prunes: older than any listing
+    for p in _entry(w, dan[1].id).parent.iterdir():
+        os.utime(p, (hour_ago, hour_ago))
     marked = w.prune(_later())
     assert marked.summaries_refused == 3, marked  # (dan[0] is forgotten: not read)
     assert marked.snapshots_walked == 4  # dan[1], dan[2], eve[1], eve[2]
@@ -293,3 +299,49 @@ def test_snapshots_without_a_locator_are_summarised_too(tmp_path: Path) -> None:
     assert second.packs_deleted == 0
     restore(repo, snap, tmp_path / "after", workers=2, processes=0)
     assert snapshot_of_tree(tmp_path / "after") == snapshot_of_tree(tmp_path / "before")
+
+
+def test_a_verified_snapshot_is_summarised_as_a_walk_would_and_never_walked(
+    any_world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The archiver writes each snapshot's entry when it verifies it. The entry holds
+    exactly what ``reach`` finds (trees shared between homes and snapshots, a file
+    repeated in two folders, an empty folder), prune then walks nothing, and what it
+    sweeps after forgetting leaves every kept snapshot restorable."""
+    w = any_world
+    snaps = {u: w.history(u, 3) for u in ("hal", "ida")}
+    (w.home("ida") / "empty").mkdir()
+    (w.home("ida") / "twice").mkdir()
+    shutil.copy(next(w.home("ida").rglob("f*.txt")), w.home("ida") / "twice" / "copy.txt")
+    shutil.copytree(w.home("hal") / "a1", w.home("ida") / "from-hal")
+    snaps["ida"].append(w.snap("ida", snaps["ida"][-1]))
+    cache = summary_cache(w.repo)
+    for s in (s for ss in snaps.values() for s in ss):
+        verify_snapshot(w.repo, s, workers=2, summaries=cache)
+        entry = b"".join(cache.read(s.id) or [b"missing"])
+        walked, _ = reach(w.repo, s, Memo())
+        assert entry == b"".join(walked), s.id
+    w.reopen()
+    reads = Reads(monkeypatch, w.repo)
+    first = w.prune(_later())
+    assert (first.snapshots, first.snapshots_walked, first.trees_read) == (7, 0, 0), first
+    assert not reads.blobs, "no tree was read"
+    forget(w.repo, [snaps["hal"][0], snaps["ida"][0]])
+    for s in (snaps["hal"][0], snaps["ida"][0]):
+        del w.taken[s.id]
+    w.prune(_later())
+    swept = w.prune(_later(2))
+    assert swept.packs_deleted > 0 and swept.snapshots_walked == 0, swept
+    assert w.restore_all() == 5
+
+
+def test_a_snapshot_that_fails_verification_leaves_no_entry(world: World) -> None:
+    w = world
+    (snap,) = w.history("joe", 1)
+    cache = summary_cache(w.repo)
+    packs = {o.key for o in w.repo.store.list("packs/")}
+    victim = sorted(packs)[0]
+    w.repo.store.delete(victim)
+    with pytest.raises(VerifyFailed):
+        verify_snapshot(w.repo, snap, workers=2, summaries=cache)
+    assert cache.read(snap.id) is None

@@ -49,6 +49,22 @@ def test_round_trip_and_what_is_refused(tmp_path: Path) -> None:
     assert _read(cache) is None and _read(cache, "cd" * 32) == b"".join(ids)
 
 
+def test_an_entry_written_after_the_listing_survives_the_clean_up(tmp_path: Path) -> None:
+    """An archive writes its snapshot's entry while a prune may be running: the prune's
+    listing did not name that snapshot, and its clean-up must not take the entry."""
+    cache = SummaryCache(str(tmp_path), TAG)
+    old, new = "cd" * 32, "ef" * 32
+    cache.write(old, _ids(3))
+    long_ago = os.stat(tmp_path / f"{old}.sum").st_mtime - 3600
+    os.utime(tmp_path / f"{old}.sum", (long_ago, long_ago))
+    listed_at = long_ago + 1800
+    cache.write(new, _ids(3, 1))  # written after the listing (now)
+    assert cache.keep_only([SID], listed_at=listed_at) == 1  # only the forgotten one
+    assert _read(cache, old) is None and _read(cache, new) is not None
+    assert cache.keep_only([SID]) == 1  # without a listing time: gone too
+    assert _read(cache, new) is None
+
+
 def test_racing_writers_never_show_a_reader_half_an_entry(tmp_path: Path) -> None:
     """Two prunes (or a prune and a crashed one's leftovers) writing the same entry while
     a third reads it: a reader gets the whole entry or nothing, never a part."""

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from hometier.engine.rewrite import repack, rewrite_index, rewrite_locators
 from hometier.engine.usage import pack_usage, used_blobs
-from hometier.engine.usedcache import SummaryCache, repo_tag
+from hometier.engine.usedcache import summary_cache
 from hometier.errors import Conflict
 from hometier.repo import PackId, Repository
 from hometier.repo.ids import pack_key, parse_pack_key
@@ -236,21 +236,16 @@ def prune(
         # still seen, and one written after this point was written by an archive that
         # loaded the marks (or that began before them, which ``archives_since`` covers).
         # Only the keys: a snapshot summarised at an earlier prune is not read again.
+        listed_at = time.time()
         keys = repo.snapshot_keys()
-        cache = (
-            SummaryCache(
-                os.path.join(blobs.folder, "used"), repo_tag(repo.config.id, repo.config.blob_key)
-            )
-            if summaries
-            else None
-        )
+        cache = summary_cache(repo) if summaries else None
         used, walked = used_blobs(repo, keys, blobs.folder, workers=workers, cache=cache)
         sids = {k.rsplit("/", 1)[-1] for k in keys}
         report.snapshots = walked.snapshots
         report.snapshots_walked, report.trees_read = walked.walked, walked.trees
         report.summaries_refused = walked.refused
         if cache is not None and not dry_run:
-            cache.keep_only(sids)
+            cache.keep_only(sids, listed_at=listed_at)
         try:
             usage = pack_usage(repo, used, marked_no)
 

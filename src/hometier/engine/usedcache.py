@@ -4,7 +4,9 @@ A snapshot is immutable and named by the hash of its document, which names its r
 tree, and trees are named by the (keyed) hash of their content: the set of blobs a
 snapshot reaches is a function of its id and never changes. Prune's mark phase used to
 read every kept snapshot's locator and trees at every run; with this cache it walks
-only snapshots it has not summarised before, and reads the others from local disk.
+only snapshots it has not summarised before, and reads the others from local disk. An
+archive writes its snapshot's entry when ``verify_snapshot`` has read the trees back
+from the bucket, so most snapshots are never walked at all.
 
 One file per snapshot, ``<index cache folder>/used/<snapshot id>.sum``::
 
@@ -30,6 +32,10 @@ import secrets
 import struct
 import time
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hometier.repo import Repository
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +49,20 @@ CHUNK = 1 << 18
 SUFFIX = ".sum"
 STALE_PART = 3600.0
 """Seconds after which a temporary file left by a killed writer is removed."""
+SLACK = 1.0
+"""Seconds by which a file's modification time (the kernel's coarse clock) may lag
+``time.time()``: an entry written just after a listing can look this much older."""
 
 
 def repo_tag(repo_id: str, blob_key: bytes) -> bytes:
     return hashlib.sha256(repo_id.encode() + b"\x00" + blob_key).digest()[:16]
+
+
+def summary_cache(repo: Repository) -> SummaryCache:
+    """The summaries of ``repo``'s snapshots, kept beside its local index."""
+    return SummaryCache(
+        os.path.join(repo.blobs.folder, "used"), repo_tag(repo.config.id, repo.config.blob_key)
+    )
 
 
 class SummaryCache:
@@ -140,10 +156,13 @@ class SummaryCache:
         except OSError as exc:
             log.warning("could not cache the used blobs of %s: %s", sid[:12], exc)
 
-    def keep_only(self, sids: Iterable[str]) -> int:
+    def keep_only(self, sids: Iterable[str], *, listed_at: float | None = None) -> int:
         """Remove the entries of snapshots not in ``sids`` (forgotten) and temporary
-        files of killed writers; returns how many entries were removed. A snapshot
-        written since ``sids`` was listed loses nothing but its cache entry."""
+        files of killed writers; returns how many entries were removed. ``listed_at``
+        (``time.time()`` before ``sids`` was listed): entries written since then are
+        kept, since an archive writes its snapshot's summary when it verifies it, after
+        the listing may have been taken. Without it such an entry is removed and the
+        snapshot walked again at the next prune."""
         keep = set(sids)
         removed = 0
         now = time.time()
@@ -156,6 +175,8 @@ class SummaryCache:
             name = entry.name
             try:
                 if name.endswith(SUFFIX) and name[: -len(SUFFIX)] not in keep:
+                    if listed_at is not None and entry.stat().st_mtime >= listed_at - SLACK:
+                        continue
                     os.unlink(entry.path)
                     removed += 1
                 elif name.endswith(".part") and now - entry.stat().st_mtime > STALE_PART:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from hometier.engine.fsutil import Swapped, open_dir
 from hometier.engine.trees import TreeCache
+from hometier.engine.usedcache import SummaryCache
 from hometier.errors import Error, IntegrityError
 from hometier.repo import BlobId, Repository
 from hometier.repo.ids import pack_key
@@ -50,12 +51,22 @@ class Comparison:
 
 
 def verify_snapshot(
-    repo: Repository, snap: Snapshot, *, read_data: bool = False, workers: int = 4
+    repo: Repository,
+    snap: Snapshot,
+    *,
+    read_data: bool = False,
+    workers: int = 4,
+    summaries: SummaryCache | None = None,
 ) -> TreeCache:
     """Read the snapshot's trees back from the repository (each checked against its hash),
     check that every blob is indexed and every pack it lives in exists with the indexed
     size; with ``read_data`` also fetch and hash every data blob. Returns the trees.
     Raises ``VerifyFailed``.
+
+    With ``summaries``, a snapshot that verified gets its entry there: every tree and
+    data blob it reaches, taken from the trees just read back from the bucket (not from
+    what the backup meant to write), the same set ``usage.reach`` finds. The next prune
+    then reads that file instead of the snapshot's trees.
     """
     try:
         repo = repo.for_snapshot(snap, strict=True)  # its locator must name every blob
@@ -89,6 +100,8 @@ def verify_snapshot(
         raise
     except Error as exc:
         raise VerifyFailed(snap.id[:12], exc.get_message()) from exc
+    if summaries is not None:
+        summaries.write(snap.id, sorted({*map(bytes, trees.ids()), *map(bytes, blobs)}))
     return trees
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from hometier import faults
 from hometier.engine import backup
 from hometier.engine.archive import MOUNTED
+from hometier.engine.usedcache import summary_cache
 from hometier.engine.verify import compare_tree, verify_snapshot
 from hometier.errors import Error, NotFound
 from hometier.lifecycle.activity import NOTICE_NAME
@@ -162,7 +163,13 @@ def _archive(lc: Lifecycle, user: str, version: int, path: Path) -> ArchiveResul
                 details,
             )
             return result
-        trees = verify_snapshot(lc.repo, snap, read_data=lc.read_back, workers=lc.workers)
+        trees = verify_snapshot(
+            lc.repo,
+            snap,
+            read_data=lc.read_back,
+            workers=lc.workers,
+            summaries=summary_cache(lc.repo),
+        )
         if lc.hub is not None and _hub_running(lc, user):
             back_to_active(lc, user, version, "a server started", [])
             result.outcome, result.reason = "cancelled", "a server is running"

@@ -27,6 +27,7 @@ from datetime import datetime
 from hometier.engine.archive import backup
 from hometier.engine.fsutil import remove_tree, rename_noreplace
 from hometier.engine.restore import restore
+from hometier.engine.usedcache import summary_cache
 from hometier.engine.verify import compare_tree, verify_snapshot
 from hometier.errors import Conflict, Error
 from hometier.repo.snapshot import Snapshot
@@ -126,7 +127,7 @@ def archive_space(sp: SpacesContext, space: Space, *, actor: str, running: int =
             snap = backup(repo, path, user=space.key, parent=parent, workers=sp.workers)
             if not snap.stats.complete or snap.stats.changed:
                 raise ArchiveRefused(space.name, "files could not be read or changed meanwhile")
-            trees = verify_snapshot(repo, snap, workers=sp.workers)
+            trees = verify_snapshot(repo, snap, workers=sp.workers, summaries=summary_cache(repo))
             cmp = compare_tree(trees, snap, path)
             if not cmp.same:
                 first = cmp.differences[0]

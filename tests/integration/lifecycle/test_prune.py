@@ -178,6 +178,24 @@ def test_prune_concurrent_with_archiving_never_breaks_a_snapshot(
         assert manifest(homes[u]) == expected[u], u
 
 
+def test_archived_snapshots_are_summarised_so_that_prune_walks_none(
+    lifecycle: Lifecycle, make_home: Callable[..., Path], clock: FakeClock
+) -> None:
+    """An archive verifies its snapshot by reading the trees back; it leaves the
+    snapshot's used-blob summary then, and the first prune after a day of archives reads
+    no tree. A snapshot made outside the archiver (``hometier backup``) is walked."""
+    for user in ("eli", "flo"):
+        make_home(user)
+        assert archive_home(lifecycle, user).outcome == "archived"
+    other = make_home("gus")
+    backup(lifecycle.repo, other, user="gus")
+    retention = Retention(keep_last=5, keep_within=None, grace=dt.timedelta(hours=2))
+    clock.set(dt.datetime.now(dt.UTC))
+    rep = apply_retention(lifecycle, retention)
+    assert rep.prune is not None, rep
+    assert (rep.prune.snapshots, rep.prune.snapshots_walked) == (3, 1), rep.prune
+
+
 def test_retention_reads_each_snapshot_document_once_across_runs(
     lifecycle: Lifecycle, make_home: Callable[..., Path], clock: FakeClock
 ) -> None:
