@@ -126,7 +126,9 @@ class Archiver(Configurable):
         help=(
             "Homes one archiver archives at once within a cycle. Raise it (2-4) to drain a "
             "backlog of idle homes sooner, e.g. when archiving is first turned on: the "
-            "archives share one upload of content they have in common."
+            "archives share one upload of content they have in common. It is also how many "
+            "candidate homes a cycle walks at once to confirm they are idle (a walk mostly "
+            "waits on the filesystem); the homes walked are the same as one at a time."
         ),
     ).tag(config=True)
     quiet_hours = Unicode(

@@ -15,7 +15,7 @@ import os
 import re
 import stat
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 from hometier.errors import Error
@@ -142,6 +142,11 @@ def decide(
     active first, then user) until ``max_per_cycle`` are confirmed idle and within the
     size bounds; the ones after that are left for the next cycle, unwalked. A walk records
     what it found (a recent file takes the home out of the candidates until it ages).
+
+    With ``archive_concurrency`` above 1, that many walks run at once (a walk mostly
+    waits on the filesystem: a round trip per folder on NFS), and a walk starts only
+    while the homes chosen plus the walks under way are fewer than ``max_per_cycle``: the
+    homes walked, and the decisions, are exactly those of walking one after the other.
     """
     now = lc.now()
     policy = lc.policy
@@ -151,21 +156,44 @@ def decide(
     unbounded = replace(policy, min_size=0, max_size=0, max_per_cycle=len(facts))
     one = replace(policy, max_per_cycle=1)
     by_user = {f.user: f for f in facts}
+    order = select_idle(facts, now, unbounded)
+    walks = [d for d in order if d.chosen]
+    width = max(1, lc.archive_concurrency)
     chosen: list[Decision] = []
     kept: list[Decision] = []
-    for d in select_idle(facts, now, unbounded):
-        if not d.chosen:
-            kept.append(d)
-        elif len(chosen) >= policy.max_per_cycle:
-            kept.append(Decision(d.user, False, NEXT_CYCLE, d.idle_for))
-        else:
-            walked = _walk(lc, by_user[d.user], paths[d.user], threshold)
-            report.walked += 1
-            if walked is None:
-                kept.append(Decision(d.user, False, "no longer known", d.idle_for))
-                continue
-            [final] = select_idle([walked], now, one)
-            (chosen if final.chosen else kept).append(final)
+    pending: dict[str, Future[HomeFacts | None]] = {}
+    started = 0
+    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="walk") as pool:
+
+        def start_walks() -> None:
+            nonlocal started
+            while (
+                started < len(walks)
+                and len(pending) < width
+                and len(chosen) + len(pending) < policy.max_per_cycle
+            ):
+                d = walks[started]
+                pending[d.user] = pool.submit(_walk, lc, by_user[d.user], paths[d.user], threshold)
+                started += 1
+
+        try:
+            for d in order:
+                start_walks()
+                if not d.chosen:
+                    kept.append(d)
+                elif d.user not in pending:  # the budget was used up before its turn
+                    kept.append(Decision(d.user, False, NEXT_CYCLE, d.idle_for))
+                else:
+                    walked = pending.pop(d.user).result()
+                    report.walked += 1
+                    if walked is None:
+                        kept.append(Decision(d.user, False, "no longer known", d.idle_for))
+                        continue
+                    [final] = select_idle([walked], now, one)
+                    (chosen if final.chosen else kept).append(final)
+        finally:
+            for f in pending.values():
+                f.cancel()
     return chosen + kept
 
 

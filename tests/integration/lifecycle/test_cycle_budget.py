@@ -13,8 +13,11 @@ would have reported it), one hour apart.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,6 +135,53 @@ def test_a_cycle_walks_only_what_it_can_archive(
     for user in users:
         want = ARCHIVED if user in archived(report) else ACTIVE
         assert queries.get_home(lc.db, user).state == want, user
+
+
+def test_walks_at_once_walk_and_decide_exactly_what_one_at_a_time_would(
+    lc: Lifecycle, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``archive_concurrency`` 4, four homes are walked at once; a slow walk of the
+    first candidate lets later ones finish first, and the cycle still walks the same
+    homes (none past the fifth confirmed idle) and chooses them in the same order."""
+    users = [f"u{i:03d}" for i in range(100)]
+    make_homes(lc, users)
+    for user in ("u001", "u003", "u004"):
+        touch(lc.layout.path(user), clock() - DAY)
+    lock = threading.Lock()
+    walks: list[str] = []
+    running = [0, 0]  # now, most at once
+    real = loop.scan_home
+
+    def slow(path: str | os.PathLike[str], *a: object, **kw: object) -> object:
+        name = os.path.basename(path)
+        with lock:
+            walks.append(name)
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+        try:
+            time.sleep(0.3 if name == "u000" else 0.02)
+            return real(path, *a, **kw)  # type: ignore[arg-type]
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(loop, "scan_home", slow)
+    wide = dataclasses.replace(lc, archive_concurrency=4)
+    report = run_cycle(wide, dry_run=True)
+    print(f"walks {walks}, at most {running[1]} at once")
+    assert sorted(walks) == [f"u{i:03d}" for i in range(8)], walks
+    assert running[1] > 1, "the walks ran one at a time"
+    assert report.walked == 8
+    assert [d.user for d in report.decisions if d.chosen] == [
+        "u000",
+        "u002",
+        "u005",
+        "u006",
+        "u007",
+    ]
+    why = reasons(report)
+    assert why["u001"].startswith("active 1d ago (files)"), why["u001"]
+    assert {why[u] for u in users[8:]} == {NEXT_CYCLE}
 
 
 def test_a_dry_run_costs_one_transaction_per_walked_home_at_most(
