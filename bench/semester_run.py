@@ -444,12 +444,18 @@ class PolicyRun:
     def lower_bound(self, now: float) -> float:
         """The earliest virtual time (seconds from T0) at which a cycle could archive a
         home or purge a quarantine: activity only moves forward."""
-        from hometier.state import queries
+        from sqlalchemy import select
+
+        from hometier.state.models import Home
 
         idle = self.spec.inactive_days * DAY
         keep = self.spec.quarantine_days * DAY
         due = math.inf
-        for h in queries.list_homes(self.lc.db):
+        # Five columns as tuples, not 2,000 ORM objects after every cycle.
+        cols = (Home.user, Home.state, Home.last_activity, Home.quarantine_path, Home.archived_at)
+        with self.lc.db.engine.connect() as conn:
+            rows = conn.execute(select(*cols)).all()
+        for h in rows:
             if h.state == "active":
                 hub = self.hub.last_activity(h.user, self.clock.now)
                 known = [x for x in (h.last_activity, hub) if x is not None]
@@ -657,10 +663,13 @@ class PolicyRun:
     # -- samples ---------------------------------------------------------------------------
 
     def sample(self, day: int) -> None:
-        from hometier.state import queries
+        from sqlalchemy import select
+
+        from hometier.state.models import Home
 
         ts = time.monotonic()
-        homes = queries.list_homes(self.lc.db)
+        with self.lc.db.engine.connect() as conn:
+            homes = conn.execute(select(Home.user, Home.state, Home.quarantine_path)).all()
         states = Counter(h.state for h in homes)
         db_archived = {h.user for h in homes if h.state == "archived"}
         if db_archived != self.archived:

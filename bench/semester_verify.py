@@ -28,6 +28,8 @@ TYPE_BITS = {
     "blk": stat.S_IFBLK,
 }
 BATCH = 40
+WORKERS = 8
+"""Packs fetched at once: the check waits on SeaweedFS far more than it computes."""
 
 
 def _content_key(n: Any) -> tuple[Any, ...]:
@@ -80,7 +82,7 @@ def snapshot_manifests(
 
     for i in range(0, len(snaps), BATCH):
         batch = snaps[i : i + BATCH]
-        cache = TreeCache(repo, [s.tree for s in batch])
+        cache = TreeCache(repo, [s.tree for s in batch], workers=WORKERS)
         walked = [(s, _walk(cache, s)) for s in batch]
         del cache
         need: dict[tuple[Any, ...], Any] = {}
@@ -115,7 +117,7 @@ def _hash_contents(
 
     ids = list(single) + list(multi)
     if ids:
-        repo.for_each_blob(ids, got)
+        repo.for_each_blob(ids, got, workers=WORKERS)
     for key, n in need.items():
         if key not in memo:
             empty = not n.content and not n.sparse
