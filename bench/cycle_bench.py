@@ -172,6 +172,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             use_hub=False,
             workers=2,
             pack_size=4 * 1024 * 1024,
+            archive_concurrency=args.archive_concurrency,
         )
         seed_database(lc, idle, active, args.seed)
         out["setup_seconds"] = round(time.monotonic() - began, 1)
@@ -237,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--homes", type=int, default=5000)
     p.add_argument("--idle", type=float, default=0.8, help="fraction of idle homes")
     p.add_argument("--max-per-cycle", type=int, default=50)
+    p.add_argument(
+        "--archive-concurrency", type=int, default=1, help="c.Archiver.archive_concurrency"
+    )
     p.add_argument("--drain", action="store_true", help="run cycles until no idle home is left")
     p.add_argument("--max-cycles", type=int, default=10_000, help="stop draining after this")
     p.add_argument("--seed", type=int, default=5000)
