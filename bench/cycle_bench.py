@@ -35,6 +35,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,8 @@ them); what is left of a cycle's time is gathering facts and deciding."""
 
 class Counters:
     """Walks (``scan_home`` where the loop calls it), database transactions begun, and
-    seconds spent in each of ``PHASES``."""
+    seconds spent in each of ``PHASES``: wall time during which at least one call of it
+    runs (archives and walks run in threads with ``--archive-concurrency``)."""
 
     def __init__(self, lc: Any) -> None:
         from sqlalchemy import event
@@ -101,10 +103,14 @@ class Counters:
         self.walks = 0
         self.transactions = 0
         self.seconds = dict.fromkeys(PHASES, 0.0)
+        self._lock = threading.Lock()
+        self._running = dict.fromkeys(PHASES, 0)
+        self._since = dict.fromkeys(PHASES, 0.0)
         real = loop.scan_home
 
         def counting(*a: Any, **kw: Any) -> Any:
-            self.walks += 1
+            with self._lock:
+                self.walks += 1
             return real(*a, **kw)
 
         loop.scan_home = counting  # type: ignore[assignment]
@@ -114,16 +120,23 @@ class Counters:
 
     def _timed(self, name: str, real: Any) -> Any:
         def timed(*a: Any, **kw: Any) -> Any:
-            t = time.monotonic()
+            with self._lock:
+                if self._running[name] == 0:
+                    self._since[name] = time.monotonic()
+                self._running[name] += 1
             try:
                 return real(*a, **kw)
             finally:
-                self.seconds[name] += time.monotonic() - t
+                with self._lock:
+                    self._running[name] -= 1
+                    if self._running[name] == 0:
+                        self.seconds[name] += time.monotonic() - self._since[name]
 
         return timed
 
     def _begin(self, conn: Any) -> None:
-        self.transactions += 1
+        with self._lock:
+            self.transactions += 1
 
     def take(self, total: float) -> dict[str, Any]:
         out: dict[str, Any] = {"seconds": round(total, 3)}

@@ -310,10 +310,19 @@ def test_a_verified_snapshot_is_summarised_as_a_walk_would_and_never_walked(
     sweeps after forgetting leaves every kept snapshot restorable."""
     w = any_world
     snaps = {u: w.history(u, 3) for u in ("hal", "ida")}
-    (w.home("ida") / "empty").mkdir()
-    (w.home("ida") / "twice").mkdir()
-    shutil.copy(next(w.home("ida").rglob("f*.txt")), w.home("ida") / "twice" / "copy.txt")
-    shutil.copytree(w.home("hal") / "a1", w.home("ida") / "from-hal")
+    ida = w.home("ida")
+    (ida / "empty").mkdir()
+    (ida / "twice").mkdir()
+    shutil.copy(next(ida.rglob("f*.txt")), ida / "twice" / "copy.txt")
+    shutil.copytree(w.home("hal") / "a1", ida / "from-hal")
+    (ida / "nothing.txt").write_bytes(b"")
+    os.link(ida / "twice" / "copy.txt", ida / "hardlink.txt")
+    os.symlink("twice/copy.txt", ida / "link")
+    os.mkfifo(ida / "pipe")
+    with open(ida / "sparse.bin", "wb") as f:
+        f.seek(8 << 20)
+        f.write(os.urandom(5000))
+        f.truncate(20 << 20)
     snaps["ida"].append(w.snap("ida", snaps["ida"][-1]))
     cache = summary_cache(w.repo)
     for s in (s for ss in snaps.values() for s in ss):
@@ -335,13 +344,33 @@ def test_a_verified_snapshot_is_summarised_as_a_walk_would_and_never_walked(
     assert w.restore_all() == 5
 
 
+def _data_blobs(repo: Repository, snap: Snapshot) -> list[bytes]:
+    ids, _ = reach(repo, snap, Memo())
+    return [b for b in ids if repo.blobs.get(b).type.name.lower() == "data"]  # type: ignore[arg-type, union-attr]
+
+
 def test_a_snapshot_that_fails_verification_leaves_no_entry(world: World) -> None:
+    """Every tree reads back, but a data pack is missing (the pack check fails), or,
+    with ``read_data``, a data blob no longer matches its id: no entry either way."""
     w = world
     (snap,) = w.history("joe", 1)
     cache = summary_cache(w.repo)
-    packs = {o.key for o in w.repo.store.list("packs/")}
-    victim = sorted(packs)[0]
-    w.repo.store.delete(victim)
-    with pytest.raises(VerifyFailed):
+    data = _data_blobs(w.repo, snap)
+    pack = w.repo.blobs.get(data[0]).pack  # type: ignore[arg-type, union-attr]
+    kept = w.tmp / "kept-pack"
+    kept.write_bytes(w.repo.store.get(pack_key(pack)))
+    w.repo.store.delete(pack_key(pack))
+    with pytest.raises(VerifyFailed, match="missing"):
         verify_snapshot(w.repo, snap, workers=2, summaries=cache)
     assert cache.read(snap.id) is None
+
+    # The pack back, with one byte of a data blob changed.
+    loc = w.repo.blobs.get(data[0])  # type: ignore[arg-type]
+    assert loc is not None
+    raw = bytearray(kept.read_bytes())
+    raw[loc.offset + loc.stored_len // 2] ^= 0x01
+    w.repo.store.put(pack_key(pack), bytes(raw))
+    w.reopen()
+    with pytest.raises(VerifyFailed):
+        verify_snapshot(w.repo, snap, workers=2, read_data=True, summaries=summary_cache(w.repo))
+    assert summary_cache(w.repo).read(snap.id) is None

@@ -131,6 +131,11 @@ def gather_facts(lc: Lifecycle, report: CycleReport) -> tuple[list[HomeFacts], d
     return facts, {h.user: h.path for h in homes}
 
 
+WALKS_AT_MOST = 8
+"""Walks at once whatever ``archive_concurrency`` says: each holds a database connection
+to record what it found (PostgreSQL's pool is 5 + 10 by default)."""
+
+
 def decide(
     lc: Lifecycle, facts: list[HomeFacts], paths: dict[str, str], report: CycleReport
 ) -> list[Decision]:
@@ -143,10 +148,12 @@ def decide(
     size bounds; the ones after that are left for the next cycle, unwalked. A walk records
     what it found (a recent file takes the home out of the candidates until it ages).
 
-    With ``archive_concurrency`` above 1, that many walks run at once (a walk mostly
-    waits on the filesystem: a round trip per folder on NFS), and a walk starts only
-    while the homes chosen plus the walks under way are fewer than ``max_per_cycle``: the
-    homes walked, and the decisions, are exactly those of walking one after the other.
+    With ``archive_concurrency`` above 1, that many walks run at once, at most
+    ``WALKS_AT_MOST`` (a walk mostly waits on the filesystem: a round trip per folder on
+    NFS), and a walk starts only while the homes chosen plus the walks under way are
+    fewer than ``max_per_cycle``: the homes walked, and the decisions, are exactly those
+    of walking one after the other. If a walk fails, walks already started finish (and
+    record what they found) before the error is raised.
     """
     now = lc.now()
     policy = lc.policy
@@ -158,7 +165,7 @@ def decide(
     by_user = {f.user: f for f in facts}
     order = select_idle(facts, now, unbounded)
     walks = [d for d in order if d.chosen]
-    width = max(1, lc.archive_concurrency)
+    width = max(1, min(lc.archive_concurrency, WALKS_AT_MOST))
     chosen: list[Decision] = []
     kept: list[Decision] = []
     pending: dict[str, Future[HomeFacts | None]] = {}

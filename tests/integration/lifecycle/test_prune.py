@@ -16,6 +16,8 @@ import pytest
 
 from hometier.engine import backup, check
 from hometier.engine.prune import prune, select_forget
+from hometier.engine.usage import Memo, reach
+from hometier.engine.usedcache import summary_cache
 from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.cycle import archive_home
 from hometier.lifecycle.policy import Retention
@@ -189,6 +191,15 @@ def test_archived_snapshots_are_summarised_so_that_prune_walks_none(
         assert archive_home(lifecycle, user).outcome == "archived"
     other = make_home("gus")
     backup(lifecycle.repo, other, user="gus")
+    cache = summary_cache(lifecycle.repo)
+    for snap in lifecycle.repo.list_snapshots():
+        entry = cache.read(snap.id)
+        if snap.user == "gus":
+            assert entry is None
+            continue
+        assert entry is not None, snap.user
+        walked, _ = reach(lifecycle.repo, snap, Memo())
+        assert b"".join(entry) == b"".join(walked), snap.user
     retention = Retention(keep_last=5, keep_within=None, grace=dt.timedelta(hours=2))
     clock.set(dt.datetime.now(dt.UTC))
     rep = apply_retention(lifecycle, retention)
