@@ -60,7 +60,9 @@ def purge_quarantine(lc: Lifecycle, errors: list[str] | None = None) -> list[str
     if not root.is_dir():
         return []
     cutoff = lc.now() - lc.quarantine_for
-    homes = {h.quarantine_path: h for h in queries.list_homes(lc.db) if h.quarantine_path}
+    # Only homes with a quarantine folder: not every home of the hub at every cycle.
+    held = queries.list_homes(lc.db, quarantined=True)
+    homes = {h.quarantine_path: h for h in held if h.quarantine_path}
     removed: list[str] = []
     with Quarantine(root) as q:
         for name in sorted(os.listdir(q.fd)):
