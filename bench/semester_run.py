@@ -441,20 +441,23 @@ class PolicyRun:
         self.run.seconds["replay"] += time.monotonic() - started
         return self.run
 
-    def lower_bound(self, now: float) -> float:
-        """The earliest virtual time (seconds from T0) at which a cycle could archive a
-        home or purge a quarantine: activity only moves forward."""
+    def home_rows(self, *columns: str) -> list[Any]:
+        """Every home's ``columns`` as tuples: the harness asks after every cycle and
+        every day, and 2,000 ORM objects each time cost more than the answer."""
         from sqlalchemy import select
 
         from hometier.state.models import Home
 
+        with self.lc.db.engine.connect() as conn:
+            return list(conn.execute(select(*(getattr(Home, c) for c in columns))).all())
+
+    def lower_bound(self, now: float) -> float:
+        """The earliest virtual time (seconds from T0) at which a cycle could archive a
+        home or purge a quarantine: activity only moves forward."""
         idle = self.spec.inactive_days * DAY
         keep = self.spec.quarantine_days * DAY
         due = math.inf
-        # Five columns as tuples, not 2,000 ORM objects after every cycle.
-        cols = (Home.user, Home.state, Home.last_activity, Home.quarantine_path, Home.archived_at)
-        with self.lc.db.engine.connect() as conn:
-            rows = conn.execute(select(*cols)).all()
+        rows = self.home_rows("user", "state", "last_activity", "quarantine_path", "archived_at")
         for h in rows:
             if h.state == "active":
                 hub = self.hub.last_activity(h.user, self.clock.now)
@@ -663,13 +666,8 @@ class PolicyRun:
     # -- samples ---------------------------------------------------------------------------
 
     def sample(self, day: int) -> None:
-        from sqlalchemy import select
-
-        from hometier.state.models import Home
-
         ts = time.monotonic()
-        with self.lc.db.engine.connect() as conn:
-            homes = conn.execute(select(Home.user, Home.state, Home.quarantine_path)).all()
+        homes = self.home_rows("user", "state", "quarantine_path")
         states = Counter(h.state for h in homes)
         db_archived = {h.user for h in homes if h.state == "archived"}
         if db_archived != self.archived:
