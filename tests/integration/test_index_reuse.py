@@ -132,6 +132,65 @@ def test_marks_seen_while_a_sweep_runs_stay_in_force_after_it_removed_them(
     assert (tmp_path / "back" / "shared.bin").read_bytes() == SHARED
 
 
+def test_an_incremental_backup_finds_its_parents_blobs_through_the_locator_per_pack(
+    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unchanged files of the parent are reused with one index lookup per pack their
+    blobs sit in (the parent's locator says which), not one per blob."""
+    repo = open_repo(store_url)
+    src = home(tmp_path, "ann", b"a")
+    for i in range(40):
+        (src / f"small-{i}.txt").write_bytes(os.urandom(50) + b"%d" % i)
+    first = backup(repo, src, user="ann")
+    (src / "own.txt").write_bytes(b"changed")
+    per_blob = record_calls(repo.blobs, "get")
+    per_pack = record_calls(repo.blobs, "usable_pack")
+    second = backup(repo, src, user="ann", parent=first)
+    assert second.stats.files_read == 1 and second.stats.files == first.stats.files
+    # Only the changed file's blob and the new root tree are looked up (twice each:
+    # before reading and when storing); the 41 unchanged files' blobs are not.
+    assert len(set(per_blob)) <= 2, len(per_blob)
+    assert 0 < len(per_pack) <= len(_packs(repo, first)), per_pack
+    # The new snapshot's locator names every blob it needs: a strict restore reads
+    # through it alone.
+    restore(repo.for_snapshot(second, strict=True), second, tmp_path / "back")
+    assert (tmp_path / "back" / "shared.bin").read_bytes() == SHARED
+    assert (tmp_path / "back" / "own.txt").read_bytes() == b"changed"
+    check(Repository.open(open_store(store_url)), read_data=True)
+
+
+def test_an_incremental_backup_does_not_reuse_its_parents_blobs_from_a_marked_pack(
+    tmp_path: Path, store_url: str
+) -> None:
+    """The parent was forgotten by another process and a prune marked its packs while
+    this archiver still holds it (and its locator): the files it reuses by their
+    metadata must be stored again, not pointed at packs about to be deleted."""
+    archiver = open_repo(store_url)
+    src = home(tmp_path, "ann", b"a")
+    first = backup(archiver, src, user="ann")
+    assert archiver.for_snapshot(first).where.has_locator  # loaded, in this process
+    other = Repository.open(open_store(store_url))
+    other.delete_snapshot(first)
+    now = dt.datetime.now(dt.UTC)
+    grace = dt.timedelta(minutes=10)
+    assert prune_mod.prune(other, now=now, grace=grace).packs_marked > 0
+
+    put = record_calls(archiver.store, "put")
+    second = backup(archiver, src, user="ann", parent=first)
+    # Nothing changed on disk, yet both files are read and their packs written again
+    # (the same bytes make the same pack ids: the sweep then finds them named by a new
+    # index object and keeps them).
+    assert second.stats.files_read == 2
+    assert second.stats.bytes_new_stored >= len(SHARED) // 2
+    assert {k for k in put if k.startswith("packs/")} >= set(
+        map(pack_key, _packs(archiver, second))
+    )
+    prune_mod.prune(other, now=now + 2 * grace, grace=grace)
+    check(Repository.open(open_store(store_url)), read_data=True)
+    restore(archiver, second, tmp_path / "back")
+    assert (tmp_path / "back" / "shared.bin").read_bytes() == SHARED
+
+
 def test_repair_index_rewrites_the_epoch_before_it_deletes(tmp_path: Path) -> None:
     from hometier.engine.maintenance import repair_index
 

@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hometier import __version__, faults
 from hometier.engine.trees import TreeCache
@@ -24,6 +25,9 @@ from hometier.repo.codec import MAX_BLOB
 from hometier.repo.snapshot import Snapshot, Stats
 from hometier.repo.tree import Node, encode_tree
 from hometier.repo.writer import BlobWriter
+
+if TYPE_CHECKING:
+    from hometier.repo.views import SnapshotWhere
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,8 @@ class _Archiver:
         self.lock = threading.Lock()
         self.hardlinks: dict[tuple[int, int], bytes] = {}
         self.parent_trees: TreeCache | None = None
+        self.parent_where: SnapshotWhere | None = None
+        """The parent snapshot's locator: where its blobs were (``BlobWriter.reuse``)."""
         self.trust_ctime_before = 0
         """Entries whose ctime is older than this and unchanged since the parent keep the
         parent's extended attributes without listing them again (0: never)."""
@@ -414,7 +420,7 @@ class _Archiver:
         self.progress.files = self.stats.files
         self.progress.bytes = self.stats.bytes
         self._report()
-        if p.nodes == p.nodes_then and p.parent_tree is not None and self.writer.has(p.parent_tree):
+        if p.nodes == p.nodes_then and p.parent_tree is not None and self._reuse(p.parent_tree):
             # Nothing in this folder changed: its tree is the parent's, byte for byte
             # (encoding is a function of the entries), so skip encoding and hashing it.
             bid = p.parent_tree
@@ -428,6 +434,11 @@ class _Archiver:
         p.bid = bid
         if p.entry is not None:
             p.entry.subtree = bid
+
+    def _reuse(self, bid: BlobId) -> bool:
+        """May the new snapshot reference a blob of the parent's without storing it?"""
+        where = self.parent_where
+        return self.writer.reuse(bid, where.get(bid) if where is not None else None)
 
     def abandon(self) -> None:
         """After a failure: cancel readers not started (closing their files), wait for
@@ -468,7 +479,7 @@ class _Archiver:
             and prev.mtime_ns == st.st_mtime_ns
             and prev.ctime_ns == st.st_ctime_ns
             and prev.ino == st.st_ino
-            and all(self.writer.has(b) for b in prev.content)
+            and all(self._reuse(b) for b in prev.content)
         ):
             node.content = prev.content
             node.sparse = prev.sparse
@@ -582,8 +593,11 @@ def backup(
         arch = _Archiver(repo, writer, repo.config.chunking, st.st_dev, workers, progress)
         try:
             if parent is not None:
-                cache = TreeCache(repo.for_snapshot(parent), [parent.tree], workers=workers)
+                view = repo.for_snapshot(parent)
+                cache = TreeCache(view, [parent.tree], workers=workers)
                 arch.parent_trees = cache
+                if view.where.has_locator:
+                    arch.parent_where = view.where
                 if parent.stats.complete:
                     arch.trust_ctime_before = parent.time_ns - RACY_NS
             top = arch.archive_dir(src, b"", parent.tree if parent else None, 0)

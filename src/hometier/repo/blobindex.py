@@ -191,6 +191,17 @@ class BlobIndex:
             row = self._db.execute("SELECT alive FROM packs WHERE id=?", (bytes(pid),)).fetchone()
         return row is not None and bool(row[0])
 
+    def usable_pack(self, pid: bytes) -> int | None:
+        """The size of a pack a new snapshot may reference: named by an index object
+        present at the last sync and not marked for deletion; None otherwise."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT no, size, alive FROM packs WHERE id=?", (bytes(pid),)
+            ).fetchone()
+        if row is None or not row[2] or int(row[0]) in self.marked:
+            return None
+        return int(row[1])
+
     def _location(self, rec: bytes) -> Location:
         bid, no, typ, comp, off, stored, raw_len = REC.unpack(rec)
         pid, _size = self.pack(no)

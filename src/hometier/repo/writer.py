@@ -17,7 +17,7 @@ from hometier import faults
 from hometier.errors import IntegrityError
 from hometier.repo import codec
 from hometier.repo.ids import BlobId, BlobType, PackId, pack_key
-from hometier.repo.index import PackRecord
+from hometier.repo.index import Location, PackRecord
 from hometier.repo.locator import LocatorBuilder
 from hometier.repo.pack import Entry, PackBuilder
 
@@ -251,6 +251,8 @@ class BlobWriter:
         self.stats = WriterStats()
         self.locations = LocatorBuilder()
         self._waiting: set[bytes] = set()
+        self._usable: dict[bytes, int | None] = {}
+        """Pack id -> its size if it may be referenced, else None (``reuse``)."""
         self._lock = threading.Lock()
         self._closed = False
 
@@ -295,6 +297,29 @@ class BlobWriter:
             self.shared.joined += 1
             return True
         return self._located(bid)
+
+    def reuse(self, bid: BlobId, then: Location | None) -> bool:
+        """``has(bid)`` for a blob an earlier snapshot referenced, ``then`` being where
+        that snapshot's locator put it: if the index still holds that pack, alive and
+        unmarked, the blob is there (a pack never changes), so one lookup per pack
+        answers for all of its blobs instead of one index lookup per blob. Otherwise
+        (a prune moved or marked it, no locator) the index decides, as ``has`` does."""
+        if then is not None:
+            with self._lock:
+                if bid in self.locations:
+                    return True
+                known = then.pack in self._usable
+                size = self._usable.get(then.pack)
+            if not known:
+                size = self.repo.blobs.usable_pack(then.pack)
+                with self._lock:
+                    self._usable[then.pack] = size
+            if size is not None:
+                if self.locate:
+                    with self._lock:
+                        self.locations.note_location(bid, then, size)
+                return True
+        return self.has(bid)
 
     def add(
         self, typ: BlobType, data: bytes, bid: BlobId | None = None, *, force: bool = False
