@@ -9,6 +9,7 @@ hundred.
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import os
 import random
 import shutil
@@ -85,6 +86,45 @@ def test_restore_reads_the_snapshots_locator_and_no_index_object(tmp_path: Path)
     fresh = Repository.open(open_store(url), cache_dir=str(tmp_path / "cache-r2"))
     restore(fresh, snap, tmp_path / "out2")
     assert snapshot_of_tree(tmp_path / "out2") == snapshot_of_tree(tmp_path / "alice")
+
+
+def _deep_home(root: Path, depth: int) -> Path:
+    d = root
+    for i in range(depth):
+        d = d / f"level{i}"
+        d.mkdir(parents=True)
+        (d / "file.txt").write_bytes(b"at depth %d\n" % i)
+        (d / "empty").mkdir()  # the same (empty) tree at every depth
+    return root
+
+
+def test_a_restore_fetches_every_tree_in_one_round_whatever_the_depth(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The locator names every tree of the snapshot: they are fetched together, not one
+    round of requests per level of folders (15 here)."""
+    url = f"file://{tmp_path}/repo"
+    repo = Repository.create(open_store(url))
+    home = _deep_home(tmp_path / "home", depth=15)
+    snap = backup(repo, home, user="u")
+    want = snapshot_of_tree(home)
+
+    store = open_store(url)
+    spy = Spy(store)
+    restore(Repository.open(store), snap, tmp_path / "out")
+    assert snapshot_of_tree(tmp_path / "out") == want
+    reads = [k for k in spy.keys if k.startswith("packs/")]
+    assert len(reads) <= 3, reads  # the tree pack once, the data pack (maybe in two)
+
+    # A locator that lacks some trees (or a snapshot without one) still restores: what
+    # the first round did not bring is fetched level by level.
+    views = importlib.import_module("hometier.repo.views")
+    real = views.SnapshotWhere.trees
+    monkeypatch.setattr(views.SnapshotWhere, "trees", lambda self: real(self)[::2])
+    spy = Spy(store := open_store(url))
+    restore(Repository.open(store), snap, tmp_path / "out2")
+    assert snapshot_of_tree(tmp_path / "out2") == want
+    assert len([k for k in spy.keys if k.startswith("packs/")]) > len(reads)
 
 
 def test_a_snapshot_without_locator_falls_back_to_the_index(tmp_path: Path) -> None:

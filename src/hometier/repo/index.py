@@ -224,6 +224,12 @@ class Index:
     def __contains__(self, bid: object) -> bool:
         return bid in self._map
 
+    def ids_of(self, typ: BlobType) -> list[BlobId]:
+        """Every blob of one type (a value's type byte is at offset 16)."""
+        t = int(typ)
+        with self._lock:
+            return [BlobId(b) for b, v in self._map.items() if v[16] == t]
+
     def get(self, bid: BlobId) -> Location | None:
         raw = self._map.get(bid)
         if raw is None:

@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from hometier.errors import IntegrityError
-from hometier.repo.ids import BlobId, PackId, SnapshotId
+from hometier.repo.ids import BlobId, BlobType, PackId, SnapshotId
 from hometier.repo.index import (
     Index,
     Location,
@@ -122,6 +122,10 @@ class Locator:
 
     def __len__(self) -> int:
         return len(self.index)
+
+    def trees(self) -> list[BlobId]:
+        """Every tree of the snapshot."""
+        return self.index.ids_of(BlobType.TREE)
 
     def packs(self) -> dict[bytes, int]:
         return self.index.packs()

@@ -125,6 +125,11 @@ class SnapshotWhere:
             return self.repo.blobs.get(bid)
         return loc.get(bid)
 
+    def trees(self) -> list[BlobId]:
+        """Every tree the locator names ([] without one)."""
+        loc = self._locator()
+        return [] if loc is None else loc.trees()
+
     def packs(self) -> dict[bytes, int]:
         """Pack id -> size of the packs the locator names ({} without one)."""
         loc = self._locator()
