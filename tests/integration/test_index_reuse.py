@@ -22,7 +22,8 @@ import pytest
 
 from hometier.engine import backup, check, restore
 from hometier.repo import Repository
-from hometier.repo.ids import pack_key
+from hometier.repo.ids import BlobType, pack_key
+from hometier.repo.index import VALUE
 from hometier.store import open_store
 from treeutil import record_calls
 
@@ -189,6 +190,38 @@ def test_an_incremental_backup_does_not_reuse_its_parents_blobs_from_a_marked_pa
     check(Repository.open(open_store(store_url)), read_data=True)
     restore(archiver, second, tmp_path / "back")
     assert (tmp_path / "back" / "shared.bin").read_bytes() == SHARED
+
+
+def test_a_parents_locator_that_disagrees_with_the_index_is_not_copied(
+    tmp_path: Path, store_url: str
+) -> None:
+    """The parent's locator (as this process holds it) places the blobs of a pack
+    elsewhere than the index does: nothing of that pack is taken from it; the index
+    decides, and the new snapshot's locator has the index's places."""
+    archiver = open_repo(store_url)
+    src = home(tmp_path, "ann", b"a")
+    for i in range(10):
+        (src / f"small-{i}.txt").write_bytes(os.urandom(300))
+    first = backup(archiver, src, user="ann")
+    loc = archiver.cached_locator(first.id)
+    assert loc is not None
+    shifted = 0
+    for bid, raw in list(loc.index._map.items()):  # noqa: SLF001 - every file's place
+        no, off, stored, raw_len, typ, comp = VALUE.unpack(raw)
+        if typ == BlobType.DATA:
+            loc.index._map[bid] = VALUE.pack(no, off + 1, stored, raw_len, typ, comp)  # noqa: SLF001
+            shifted += 1
+    assert shifted == 12
+
+    second = backup(archiver, src, user="ann", parent=first)
+    assert second.stats.files_read == 0  # the index still finds every blob
+    view = Repository.open(open_store(store_url)).for_snapshot(second, strict=True)
+    assert view.where.has_locator
+    for bid in view.where._locator().index._map:  # noqa: SLF001
+        assert view.where.get(bid) in archiver.blobs.locations(bid)
+    restore(view, second, tmp_path / "back")
+    assert (tmp_path / "back" / "shared.bin").read_bytes() == SHARED
+    check(Repository.open(open_store(store_url)), read_data=True)
 
 
 def test_repair_index_rewrites_the_epoch_before_it_deletes(tmp_path: Path) -> None:

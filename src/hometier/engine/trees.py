@@ -7,7 +7,7 @@ import threading
 import zstandard
 
 from hometier.errors import IntegrityError
-from hometier.repo import BlobId, Repository
+from hometier.repo import BlobId, BlobType, Repository
 from hometier.repo.fetch import Where
 from hometier.repo.tree import Node, decode_tree, subtrees
 
@@ -115,8 +115,8 @@ def _snapshot_trees(repo: Repository, where: Where | None, roots: list[BlobId]) 
     w = where if where is not None else getattr(repo, "where", None)
     if len(roots) != 1 or not isinstance(w, SnapshotWhere) or not w.has_locator:
         return []
-    every = w.trees()
-    return every if roots[0] in set(every) else []
+    loc = w.get(roots[0])
+    return w.trees() if loc is not None and loc.type == BlobType.TREE else []
 
 
 def _cctx() -> zstandard.ZstdCompressor:

@@ -253,6 +253,8 @@ class BlobWriter:
         self._waiting: set[bytes] = set()
         self._usable: dict[bytes, int | None] = {}
         """Pack id -> its size if it may be referenced, else None (``reuse``)."""
+        self._doomed: set[bytes] = self.repo.doomed
+        """The marks ``_usable`` was decided with."""
         self._lock = threading.Lock()
         self._closed = False
 
@@ -300,26 +302,42 @@ class BlobWriter:
 
     def reuse(self, bid: BlobId, then: Location | None) -> bool:
         """``has(bid)`` for a blob an earlier snapshot referenced, ``then`` being where
-        that snapshot's locator put it: if the index still holds that pack, alive and
-        unmarked, the blob is there (a pack never changes), so one lookup per pack
-        answers for all of its blobs instead of one index lookup per blob. Otherwise
-        (a prune moved or marked it, no locator) the index decides, as ``has`` does."""
+        that snapshot's locator put it. A pack never changes: if the index still holds
+        that pack, alive and marked by no prune, and agrees with the locator about the
+        first of its blobs met here, every blob the locator places in it is there. One
+        index lookup per pack then answers for all of its blobs, instead of one per
+        blob. Otherwise (a prune moved, marked or deleted it; the locator disagrees with
+        the index) the index decides, as ``has`` does."""
         if then is not None:
             with self._lock:
                 if bid in self.locations:
                     return True
+                if self._doomed is not self.repo.doomed:
+                    # Marks read since (a prune's sync, another backup of this process):
+                    # every pack is judged again.
+                    self._usable.clear()
+                    self._doomed = self.repo.doomed
                 known = then.pack in self._usable
                 size = self._usable.get(then.pack)
             if not known:
-                size = self.repo.blobs.usable_pack(then.pack)
+                size = self._usable_pack(bid, then)
                 with self._lock:
                     self._usable[then.pack] = size
-            if size is not None:
+            if size is not None and then.offset + then.stored_len <= size:
                 if self.locate:
                     with self._lock:
                         self.locations.note_location(bid, then, size)
                 return True
         return self.has(bid)
+
+    def _usable_pack(self, bid: BlobId, then: Location) -> int | None:
+        """The size of ``then.pack`` if an earlier locator's places in it may be used."""
+        if then.pack in self.repo.doomed:  # by id: a mark on a pack synced in since
+            return None
+        size = self.repo.blobs.usable_pack(then.pack)
+        if size is None or then not in self.repo.blobs.locations(bid):
+            return None
+        return size
 
     def add(
         self, typ: BlobType, data: bytes, bid: BlobId | None = None, *, force: bool = False
