@@ -24,6 +24,7 @@ from hometier.repo import Repository
 from hometier.repo.repository import SnapshotNotFound
 from hometier.repo.snapshot import Snapshot
 from hometier.store import open_store
+from hometier.store.errors import ObjectNotFound
 from treeutil import (
     HARDLINKS,
     IS_ROOT,
@@ -456,3 +457,67 @@ def test_a_failure_to_store_content_fails_the_backup_not_the_file(
     with pytest.raises(BackupError, match="storing its content failed"):
         backup(repo, str(home), user="alice")
     assert repo.list_snapshots("alice") == []
+
+
+# --- two processes creating one repository --------------------------------------------
+
+
+def test_open_meets_a_config_written_between_its_get_and_its_listing() -> None:
+    """Another process creates the repository after ``open`` found no config and before
+    it listed the location: the location now holds a repository, not "other data"."""
+    store = open_store(f"memory://{uuid.uuid4()}")
+    other = Repository.create(open_store(store.url))
+    real_get, calls = store.get, []
+
+    def get(key: str, *a: Any, **kw: Any) -> Any:
+        calls.append(key)
+        if len(calls) == 1:  # the first look, taken before the other process wrote
+            raise ObjectNotFound(key)
+        return real_get(key, *a, **kw)
+
+    store.get = get  # type: ignore[method-assign]
+    repo, created = Repository.open_or_create(store)
+    assert not created and repo.config.id == other.config.id
+
+
+@pytest.mark.s3
+def test_processes_creating_one_repository_at_once_all_open_it(s3_url: str) -> None:
+    """Rounds of four processes running ``open_or_create`` on one empty location: every
+    one opens the same repository (one creates it), none calls it "other data"."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, time\n"
+        "from hometier.repo import Repository\n"
+        "from hometier.store import open_store\n"
+        "store = open_store(sys.argv[1])\n"
+        "real, looks = store.get, []\n"
+        "store.get = lambda key, *a, **k: looks.append(key) or real(key, *a, **k)\n"
+        "while time.time() < float(sys.argv[2]): pass\n"
+        "repo, created = Repository.open_or_create(store)\n"
+        "print(repo.config.id, created, looks.count('config'))\n"
+    )
+    import time
+
+    late = 0  # processes that found no config at first, yet did not create it
+    for n in range(6):
+        url = f"{s3_url}-{n}"
+        start = str(time.time() + 1.5)  # released together, after their imports
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, url, start],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(4)
+        ]
+        outs = [p.communicate(timeout=120) for p in procs]
+        for p, (_out, errs) in zip(procs, outs, strict=True):
+            assert p.returncode == 0, errs[-2000:]
+        ids = {o.split()[0] for o, _ in outs}
+        created = [o.split()[1] for o, _ in outs].count("True")
+        assert len(ids) == 1 and created == 1, outs
+        late += sum(1 for o, _ in outs if o.split()[1] == "False" and int(o.split()[2]) > 1)
+    print(f"6 rounds of 4 processes, one creating each time; {late} of 18 others met it late")

@@ -142,9 +142,14 @@ class Repository:
         try:
             data = store.get(CONFIG_KEY)
         except ObjectNotFound:
-            if next(iter(store.list("")), None) is not None:
+            if next(iter(store.list("")), None) is None:
+                raise RepositoryNotFound(store.url) from None
+            # Something is there: if another process has just created the repository
+            # (two archivers starting on an empty bucket), it is the config.
+            try:
+                data = store.get(CONFIG_KEY)
+            except ObjectNotFound:
                 raise NotARepository(store.url) from None
-            raise RepositoryNotFound(store.url) from None
         return cls(store, RepoConfig.from_bytes(data, store.url), cache_dir=cache_dir)
 
     @classmethod
