@@ -5,10 +5,14 @@ stack. Checked in a fresh interpreter, where ``sys.modules`` tells what an impor
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
-HEAVY = ("sqlalchemy", "alembic", "tornado", "jupyterhub")
+HEAVY = ("sqlalchemy", "alembic", "tornado", "jupyterhub", "fastcdc", "click")
+"""The database and web stacks, and the chunker (backups only; the ``fastcdc`` package
+imports its own command line, ``click``, with it)."""
 
 
 def test_importing_the_command_line_loads_no_database_or_web_stack() -> None:
@@ -39,3 +43,29 @@ def test_the_lifecycle_verbs_still_find_their_database_code(tmp_path) -> None:
     )
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "state.db").exists()
+
+
+def test_a_backup_still_finds_its_chunker(tmp_path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "big.bin").write_bytes(os.urandom(6_000_000))  # cut in chunks, not one blob
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hometier.cli.main",
+            "--store",
+            f"file://{tmp_path / 'repo'}",
+            "backup",
+            "ann",
+            "--source",
+            str(home),
+            "--init",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    stats = json.loads(r.stdout)["stats"]
+    assert stats["files_read"] == 1 and stats["blobs_new"] >= 3, stats  # chunks + tree

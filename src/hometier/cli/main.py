@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import functools
 import logging
 import os
 import re
@@ -73,7 +74,17 @@ def _epilog() -> str:
     )
 
 
+def _cache_argparse_translations() -> None:
+    """argparse translates its own words ("show this help message and exit", "options")
+    once per sub-command, and ``gettext`` searches the locale folders on disk every time
+    a language has no catalog: 180 searches, 20 ms of every command's start (and of every
+    login's ``fetch-home``). The answers cannot change within a process: keep them."""
+    if not hasattr(argparse._, "cache_info"):  # type: ignore[attr-defined]
+        argparse._ = functools.lru_cache(maxsize=256)(argparse._)  # type: ignore[attr-defined]
+
+
 def build_parser() -> argparse.ArgumentParser:
+    _cache_argparse_translations()
     p = argparse.ArgumentParser(
         prog="hometier",
         description="Archive idle JupyterHub homes to object storage; restore them at login.",

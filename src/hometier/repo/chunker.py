@@ -12,8 +12,6 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from fastcdc.fastcdc_cy import chunk_generator
-
 WINDOW = 4 * 1024 * 1024
 
 
@@ -58,6 +56,10 @@ def iter_chunks(fd: int, length: int, params: Chunking, offset: int = 0) -> Iter
         if data:
             yield data
         return
+    # Imported at first use: the ``fastcdc`` package imports its command line (click)
+    # with it, 30 ms that every restore, fetch-home and status paid for nothing.
+    from fastcdc.fastcdc_cy import chunk_generator
+
     buf = bytearray(WINDOW + params.max)
     view = memoryview(buf)
     filled = 0
