@@ -120,10 +120,10 @@ def measured(
     get, get_ranges = type(store).get, type(store).get_ranges
 
     def counted(fn: Any) -> Any:
-        def call(key: str, *a: Any) -> Any:
+        def call(key: str, *a: Any, **kw: Any) -> Any:
             top = key.split("/", 1)[0]
             by_prefix[top] = by_prefix.get(top, 0) + 1
-            return fn(store, key, *a)
+            return fn(store, key, *a, **kw)
 
         return call
 

@@ -89,6 +89,10 @@ def test_get_ranges_returns_exact_slices(store: Store) -> None:
     assert parts == [DATA[a:b] for a, b in ranges]
     assert all(isinstance(p, bytes) for p in parts)
     assert store.get_ranges("packs/p", []) == []
+    # Without the copy: the backend's buffers, the same bytes through memoryview.
+    views = store.get_ranges("packs/p", ranges, copy=False)
+    assert [bytes(memoryview(v)) for v in views] == [DATA[a:b] for a, b in ranges]
+    assert [len(v) for v in views] == [b - a for a, b in ranges]
 
 
 @pytest.mark.parametrize(
@@ -103,6 +107,8 @@ def test_get_ranges_past_the_end_raises_and_never_pads(store: Store, bad: tuple[
     # A short object is a permanent fault of the repository, not an outage to retry.
     assert not isinstance(info.value, ObjectNotFound | StoreUnavailable)
     assert store.stats.retries == 0
+    with pytest.raises(StoreError):  # the same without the copy
+        store.get_ranges("packs/p", [(0, 10), bad], copy=False)
 
 
 def test_list_by_prefix_returns_keys_and_sizes(store: Store) -> None:

@@ -116,9 +116,9 @@ class Reads:
             self.keys.append(key)
             return get(key)
 
-        def counted_ranges(key: str, ranges: Any) -> list[bytes]:
+        def counted_ranges(key: str, ranges: Any, **kw: Any) -> list[bytes]:
             self.keys.append(key)
-            return get_ranges(key, ranges)
+            return get_ranges(key, ranges, **kw)
 
         monkeypatch.setattr(store, "get", counted_get)
         monkeypatch.setattr(store, "get_ranges", counted_ranges)

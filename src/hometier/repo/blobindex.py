@@ -36,8 +36,8 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from hometier.errors import IntegrityError
-from hometier.repo.ids import BlobId, BlobType, Compression, PackId
-from hometier.repo.index import Location, PackRecord, RawPack
+from hometier.repo.ids import BlobId, PackId
+from hometier.repo.index import Location, PackRecord, RawPack, location
 from hometier.repo.pack import ENTRY, encode_entries, trailer_size
 from hometier.repo.runs import REC, Run, RunBuilder, merge
 from hometier.store import ObjectNotFound
@@ -205,7 +205,7 @@ class BlobIndex:
     def _location(self, rec: bytes) -> Location:
         bid, no, typ, comp, off, stored, raw_len = REC.unpack(rec)
         pid, _size = self.pack(no)
-        return Location(pid, off, stored, raw_len, BlobType(typ), Compression(comp))
+        return location(pid, off, stored, raw_len, typ, comp)
 
     def _close_retired(self) -> None:
         """Close the runs merged away if no lookup is in flight (under the lock)."""

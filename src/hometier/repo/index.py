@@ -36,6 +36,23 @@ INDEX_TARGET = 32 * 1024 * 1024
 of body (about 730,000 blobs), so that writing or reading one stays small in memory."""
 
 
+_TYPES = {t.value: t for t in BlobType}
+_COMPS = {c.value: c for c in Compression}
+"""Enum members by value: a dict lookup, not an enum call (a restore locates each blob
+twice, and a storm of logins millions of times)."""
+
+
+def location(pack: PackId, off: int, stored: int, raw_len: int, typ: int, comp: int) -> Location:
+    """A ``Location`` from an index record's fields; ``IntegrityError`` for an unknown
+    type or compression."""
+    try:
+        return Location(pack, off, stored, raw_len, _TYPES[typ], _COMPS[comp])
+    except KeyError:
+        raise IntegrityError(
+            f"index names an unknown blob type {typ} or compression {comp}"
+        ) from None
+
+
 @dataclass(frozen=True, slots=True)
 class Location:
     """A blob's place: pack, offset and lengths, type and compression."""
@@ -235,7 +252,7 @@ class Index:
         if raw is None:
             return None
         no, off, stored, raw_len, typ, comp = VALUE.unpack(raw)
-        return Location(self._pack_ids[no], off, stored, raw_len, BlobType(typ), Compression(comp))
+        return location(self._pack_ids[no], off, stored, raw_len, typ, comp)
 
     def _number(self, pid: bytes, size: int) -> int:
         no = self._pack_no.get(pid)

@@ -498,7 +498,7 @@ class Repository:
         def run(job: tuple[bytes, list[bytes], int, int]) -> None:
             pack, members, start, end = job
             with FETCH_SLOTS:
-                (data,) = self.store.get_ranges(pack_key(PackId(pack)), [(start, end)])
+                (data,) = self.store.get_ranges(pack_key(PackId(pack)), [(start, end)], copy=False)
                 view = memoryview(data)
                 for bid in members:
                     loc = self.locate(BlobId(bid), where)

@@ -179,11 +179,17 @@ class Store:
         self.stats.add("get", len(data))
         return data
 
-    def get_ranges(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+    def get_ranges(
+        self, key: str, ranges: Sequence[tuple[int, int]], *, copy: bool = True
+    ) -> list[bytes]:
         """Read byte ranges ``[start, end)`` of one object; the backend may coalesce them.
 
         Raises ``ShortRead`` (a ``StoreError`` and an ``IntegrityError``) if the object is
         shorter than a range twice in a row: a truncated object is never padded.
+        ``copy=False`` returns the backend's own buffers (read-only, with ``len`` and the
+        buffer protocol: read them through ``memoryview``) instead of copying each into
+        ``bytes``, a copy made holding the GIL, into freshly mapped memory, for every
+        segment a restore fetches.
         """
         if not ranges:
             return []
@@ -192,7 +198,7 @@ class Store:
 
         def do() -> list[bytes]:
             parts = obstore.get_ranges(self._backend, key, starts=starts, ends=ends)
-            return [bytes(p) for p in parts]
+            return [bytes(p) for p in parts] if copy else parts  # type: ignore[return-value]
 
         def first_short(parts: list[bytes]) -> tuple[int, int, int] | None:
             for (start, end), part in zip(ranges, parts, strict=True):
