@@ -243,6 +243,19 @@ def _name_b64_slash(w: World) -> tuple[str, str]:
     return w.snapshot(w.tree({"version": 1, "nodes": [node]})), "unsafe name"
 
 
+@case("name-lone-surrogate")
+def _name_surrogate(w: World) -> tuple[str, str]:
+    # JSON may escape a lone surrogate; it has no UTF-8 form, so no file can be named so.
+    node = {"name": "a\ud800", "type": "file", "size": 1, "content": [w.data(b"x").hex()]}
+    return w.snapshot(w.tree({"version": 1, "nodes": [node]})), "not valid UTF-8"
+
+
+@case("symlink-target-lone-surrogate")
+def _target_surrogate(w: World) -> tuple[str, str]:
+    node = {"name": "link", "type": "symlink", "target": "/etc/\udcff"}
+    return w.snapshot(w.tree({"version": 1, "nodes": [node]})), "not valid UTF-8"
+
+
 @case("duplicate-names")
 def _duplicates(w: World) -> tuple[str, str]:
     a, b = w.data(b"first\n"), w.data(b"second\n")

@@ -65,7 +65,10 @@ def _get_bytes(d: dict[str, Any], key: str) -> bytes | None:
         v = d[key]
         if not isinstance(v, str):
             raise IntegrityError(f"tree field {key} is not a string")
-        return v.encode("utf-8")
+        try:
+            return v.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate ("\ud800"): valid JSON, not UTF-8
+            raise IntegrityError(f"tree field {key} is not valid UTF-8") from None
     if key + "_b64" in d:
         v = d[key + "_b64"]
         if not isinstance(v, str):
