@@ -10,11 +10,13 @@ reads the bucket's own bytes.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from hometier.engine import backup, check
 from hometier.engine.check import CheckFailed
+from hometier.lifecycle import cycle
 from hometier.repo import Repository
 from hometier.repo.ids import plain_hash
 from hometier.store import open_store
@@ -59,6 +61,23 @@ def test_a_second_cached_listing_reads_no_snapshot_document(
     # Without ``cached`` every document comes from the bucket, as before.
     assert len(again.list_snapshots()) == 3
     assert len(_doc_reads(got)) == 3
+
+
+def test_the_archiver_finds_a_homes_parent_through_the_cache(
+    world: tuple[str, Path, list[str]],
+) -> None:
+    """Each archive looks for the user's newest complete snapshot: with the documents
+    cached it reads none of them again (a user archived every week has dozens)."""
+    url, cache, ids = world
+    repo = Repository.open(open_store(url), cache_dir=str(cache))
+    lc = SimpleNamespace(repo=repo)
+    first = cycle._latest_snapshot(lc, "alice")  # noqa: SLF001
+    assert first is not None and first.id == ids[1]  # the newer of alice's two
+    got = _counting(repo)
+    again = cycle._latest_snapshot(lc, "alice")  # noqa: SLF001
+    assert again is not None and again.id == first.id
+    assert _doc_reads(got) == []
+    assert cycle._latest_snapshot(lc, "carol") is None  # noqa: SLF001
 
 
 def test_a_damaged_copy_is_fetched_again(world: tuple[str, Path, list[str]]) -> None:

@@ -258,7 +258,10 @@ def _hub_running(lc: Lifecycle, user: str) -> bool:
 
 
 def _latest_snapshot(lc: Lifecycle, user: str) -> Snapshot | None:
-    snaps = lc.repo.list_snapshots(user)
+    # The parent only tells which files may be reused unread (their blobs are checked
+    # present anyway): the local copies of the user's documents serve, one LIST instead
+    # of a GET per snapshot the user ever had.
+    snaps = lc.repo.list_snapshots(user, cached=True)
     complete = [s for s in snaps if s.stats.complete]
     return complete[-1] if complete else None
 
