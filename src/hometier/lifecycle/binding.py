@@ -110,16 +110,21 @@ def open_bound_repository(
             raise
         repo = Repository.open_or_create(store, cache_dir=cache_dir)[0]
     rid = repo.config.id
-    if rebind or bound_id is None:
+    if rebind:
         set_setting(db, REPOSITORY_ID, rid, now)
-    elif bound_id != rid:
-        raise RepositoryMismatch(
-            _shown(db),
-            bound_id[:12],
-            settings.get(REPOSITORY_URL, "?"),
-            url,
-            f"holds repository {rid[:12]}",
-        )
+    else:
+        if bound_id is None:
+            # Two processes binding a new database at once: one insert wins, and the
+            # other compares with what it stored.
+            bound_id = bind_setting(db, REPOSITORY_ID, rid, now)
+        if bound_id != rid:
+            raise RepositoryMismatch(
+                _shown(db),
+                bound_id[:12],
+                settings.get(REPOSITORY_URL, "?"),
+                url,
+                f"holds repository {rid[:12]}",
+            )
     if settings.get(REPOSITORY_URL) != store.url:
         set_setting(db, REPOSITORY_URL, store.url, now)
     return repo

@@ -63,10 +63,18 @@ def bind_setting(db: Database, key: str, value: str, now: datetime) -> str:
 
 
 def set_setting(db: Database, key: str, value: str, now: datetime) -> None:
-    """Store ``value`` under ``key``, replacing what was there (a deliberate rebind)."""
-    with db.transaction() as s:
-        row = s.get(Setting, key)
-        if row is None:
-            s.add(Setting(key=key, value=value, updated_at=now))
-        else:
-            row.value, row.updated_at = value, now
+    """Store ``value`` under ``key``, replacing what was there (a deliberate rebind).
+    Another process inserting the key at the same moment makes this an update."""
+
+    def put() -> None:
+        with db.transaction() as s:
+            row = s.get(Setting, key)
+            if row is None:
+                s.add(Setting(key=key, value=value, updated_at=now))
+            else:
+                row.value, row.updated_at = value, now
+
+    try:
+        put()
+    except DBIntegrityError:
+        put()  # the row exists now: updated
