@@ -266,9 +266,13 @@ def test_writers_of_a_killed_restore_stop_and_the_next_restore_cleans_up(tmp_pat
         proc.kill()
         proc.wait()
     children = writers()
-    deadline = time.monotonic() + 10
+    # Each writer holds up to a MiB of 500-byte files in its pipe, 10 ms apiece here: it
+    # must stop before its next file, not drain them (it did: 1.5 s quiet, over 10 s in CI).
+    killed = time.monotonic()
+    deadline = killed + 1
     while any(alive(p) for p in children) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.02)
+    print(f"writers gone {time.monotonic() - killed:.2f} s after the kill")
     assert not any(alive(p) for p in children), "writers outlived the restore"
     stale = [n for n in os.listdir(tmp_path) if n.startswith(".hometier-restore-")]
     assert len(stale) == 1

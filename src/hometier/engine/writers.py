@@ -17,8 +17,9 @@ The children are forked from a process that may run other threads (the service):
 another thread could have held locked — no logging, no imports, no store — closes every
 descriptor but its own three at once (a service's sockets must not stay open in it),
 disables the garbage collector (it would copy the parent's pages) and leaves with
-``os._exit``. A child whose parent dies reads end-of-file and exits without a word; the
-staging folder is then a crash's leftover, removed by the next restore.
+``os._exit``. A child whose parent dies stops before its next file (it checks that its
+parent is still the restoring process) or at end-of-file, without a word; the staging
+folder is then a crash's leftover, removed by the next restore.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ class Writers:
             fcntl.fcntl(data_w, fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
         except (OSError, AttributeError):
             pass  # a smaller pipe only means more wake-ups
+        parent = os.getpid()
         with warnings.catch_warnings():
             # Python >= 3.12 warns about fork() beside other threads; the child below
             # uses nothing another thread could hold (see the module's docstring).
@@ -94,7 +96,7 @@ class Writers:
         if pid == 0:  # pragma: no cover - the child; its effects are tested
             code = 1
             try:
-                code = _child(self.files, sfd, data_r, res_w, finish)
+                code = _child(self.files, sfd, data_r, res_w, finish, parent)
             finally:
                 os._exit(code)
         os.close(data_r)
@@ -206,7 +208,12 @@ def _read_all(fd: int) -> bytes:
 
 
 def _child(
-    files: list[tuple[bytes, bytes]], sfd: int, rfd: int, res: int, finish: FinishFn
+    files: list[tuple[bytes, bytes]],
+    sfd: int,
+    rfd: int,
+    res: int,
+    finish: FinishFn,
+    parent: int,
 ) -> int:  # pragma: no cover - runs in the forked child
     gc.disable()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -236,6 +243,10 @@ def _child(
                 break
             data = reader.read(length) if length else b""
             if len(data) != length:
+                return 2
+            if os.getppid() != parent:
+                # The restoring process died: what is still in the pipe (up to a MiB
+                # of small files) is not written into a staging folder nobody owns.
                 return 2
             rel = files[idx][0]
             fd = os.open(rel, _CREATE, 0o600, dir_fd=sfd)
