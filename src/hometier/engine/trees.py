@@ -22,9 +22,10 @@ class TreeCache:
 
     Loading reads only each tree's folder entries (to find the next level); every entry
     is validated when ``nodes`` decodes it. Keeps each verified tree's canonical JSON
-    zstd-compressed (level 1, several times smaller) rather than decoded nodes, and counts how many parents name each tree so
-    that a single pass (restore's plan) can drop every tree once it has read it
-    (``nodes(..., consume=True)``): a home of 200,000 files costs a few MB here.
+    zstd-compressed (level 1, several times smaller) rather than decoded nodes, and
+    counts how many parents name each tree so that a single pass (restore's plan) can
+    drop every tree once it has read it (``nodes(..., consume=True)``): a home of
+    200,000 files costs a few MB here.
     """
 
     def __init__(
@@ -79,7 +80,7 @@ class TreeCache:
                         if skip is None or sub not in skip:
                             nxt[sub] = None
                 self.raw[bid] = packed
-            level = [BlobId(b) for b in nxt if b not in self.raw]
+            level = [BlobId(b) for b in nxt]
 
     def __contains__(self, bid: object) -> bool:
         return bid in self.raw
