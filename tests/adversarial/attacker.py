@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import gc
 import hashlib
 import mmap
 import os
@@ -70,6 +71,10 @@ class Attacker:
     def __enter__(self) -> Attacker:
         pid = os.fork()
         if pid == 0:  # the child: never returns
+            # A collection here could run a finaliser of an object the parent's other
+            # threads share (an object store's runtime) and wait on a lock no thread of
+            # this child will ever release: the attacker would hang before its first round.
+            gc.disable()
             code = 0
             try:
                 os.chdir(self.cwd)
@@ -86,16 +91,29 @@ class Attacker:
                         pass
                     n += 1
                     struct.pack_into("<Q", self.shared, 0, n)
-            except BaseException:  # noqa: BLE001 - a child must never return into pytest
+            except BaseException as exc:  # noqa: BLE001 - a child must never return into pytest
                 code = 1
+                try:
+                    os.write(2, f"attacker child: {exc!r}\n".encode())
+                except OSError:
+                    pass
             os._exit(code)
         self.pid = pid
-        deadline = time.monotonic() + 5
+        # A loaded two-core machine may take a while to schedule the child; it is not a
+        # timed check, only a guard against a child that will never run.
+        deadline = time.monotonic() + 60
+        status = None
         while self.iterations == 0 and time.monotonic() < deadline:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status, self.pid = st, 0
+                break
             time.sleep(0.001)
         if self.iterations == 0:
+            if status is not None:
+                raise RuntimeError(f"the attacker exited before its first round ({status:#x})")
             self.__exit__(None, None, None)
-            raise RuntimeError("the attacker did not start")
+            raise RuntimeError("the attacker did not start in 60 s")
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,6 +12,7 @@ is, fetching from the bucket only what it lacks.
 
 from __future__ import annotations
 
+import gc
 import mmap
 import os
 import time
@@ -46,6 +47,7 @@ class UserProcess:
         down_r, down_w = os.pipe()
         pid = os.fork()
         if pid == 0:
+            gc.disable()  # as in attacker.py: no finaliser of the parent's may run here
             code = 0
             try:
                 os.close(up_r)
