@@ -49,6 +49,11 @@ This assumes the filesystem stamps ctimes with a clock within ``RACY_NS`` of thi
 parent listed attributes with the same privileges (a parent made without root lists no
 ``trusted.*`` attribute, and a root backup on top of it keeps none)."""
 _O_NOATIME = getattr(os, "O_NOATIME", 0)
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+"""How a file that ``lstat`` found regular is opened to be read. Its user may have put a
+named pipe under its name since: without ``O_NONBLOCK``, opening a pipe waits for a
+writer for ever. The open file must still be the regular file listed (``_read_file``);
+reads of a regular file ignore the flag."""
 
 
 _PROC = os.path.isdir("/proc/self/fd")
@@ -167,9 +172,9 @@ class _Archiver:
         """Open a file to read it; None (and ``node`` emptied) if it vanished."""
         try:
             try:
-                return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | _O_NOATIME)
+                return os.open(path, _READ_FLAGS | _O_NOATIME)
             except PermissionError:
-                return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                return os.open(path, _READ_FLAGS)
         except FileNotFoundError:
             self._note("changed", rel, "vanished")
             node.content = []
