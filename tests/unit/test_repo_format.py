@@ -799,6 +799,27 @@ def test_cut_points_with_tiny_windows(monkeypatch: pytest.MonkeyPatch, window: i
     assert [len(c) for c in chunks] == _whole_buffer_cuts(data, params)
 
 
+@pytest.mark.parametrize("size", [MiB + 1, 3 * MiB + 7, 8 * MiB - 1, 8 * MiB, 8 * MiB + 1])
+def test_a_file_smaller_than_the_window_gets_a_buffer_of_its_size(
+    monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """Cut as a whole buffer, and no 8 MiB buffer zeroed for a file of a few MiB; a
+    file that grew since it was listed is read only up to the size listed."""
+    params = Chunking()
+    data = random.Random(size).randbytes(size + 4096)
+    sizes: list[int] = []
+
+    def spy(n: int) -> bytearray:
+        sizes.append(n)
+        return bytearray(n)
+
+    monkeypatch.setattr(chunker, "bytearray", spy, raising=False)
+    chunks = _chunks(data, params, length=size)
+    assert b"".join(chunks) == data[:size]
+    assert [len(c) for c in chunks] == _whole_buffer_cuts(data[:size], params)
+    assert sizes == [min(size, chunker.WINDOW + params.max)]
+
+
 def test_chunk_sizes_stay_within_min_and_max(big_buffer: bytes) -> None:
     params = Chunking()
     sizes = [len(c) for c in _chunks(big_buffer, params)]

@@ -48,7 +48,8 @@ def iter_chunks(fd: int, length: int, params: Chunking, offset: int = 0) -> Iter
     Reads with ``pread`` at explicit offsets, never from the descriptor's shared file
     position (finding a sparse file's extents moves it). Reads into one buffer of
     ``WINDOW + params.max`` bytes, reused for the whole file, so memory per reader stays
-    at that plus the chunk being yielded. The caller decides what a short read means
+    at that plus the chunk being yielded (a file smaller than that buffer gets one of
+    its own size, read whole). The caller decides what a short read means
     (the file changed while being read).
     """
     if length <= params.small:
@@ -60,7 +61,9 @@ def iter_chunks(fd: int, length: int, params: Chunking, offset: int = 0) -> Iter
     # with it, 30 ms that every restore, fetch-home and status paid for nothing.
     from fastcdc.fastcdc_cy import chunk_generator
 
-    buf = bytearray(WINDOW + params.max)
+    # No larger than the file: a new buffer is zeroed page by page, and most files cut
+    # into chunks are a few MiB, far below a whole window.
+    buf = bytearray(min(WINDOW + params.max, length))
     view = memoryview(buf)
     filled = 0
     remaining = length
