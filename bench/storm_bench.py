@@ -267,12 +267,15 @@ def run_storm(
     verbose: bool = True,
     direct: bool = False,
     volume: str = "auto",
+    hub_db: str = "sqlite",
 ) -> dict[str, Any]:
     """Run one storm of ``logins`` logins; returns the figures (see the module doc).
 
     ``direct``: the same restores requested straight from here, as the hook requests
     them (a ticket, then the event stream), without a Hub: what the service alone adds
-    (the Hub's own spawn handling is then out of the figures)."""
+    (the Hub's own spawn handling is then out of the figures). ``hub_db``: the Hub's own
+    database, ``sqlite`` (a file, as the test Hubs use) or ``postgresql`` (a database of
+    its own on the benchmark's PostgreSQL server, as a large hub runs it)."""
     from fixtures.hub import start_hub
     from fixtures.servers import free_port, start_pg_server, start_s3_server
     from fixtures.service import Service
@@ -402,6 +405,10 @@ def run_storm(
                 and percentile(res_v, 95) <= 10.0
             )
             return figures
+        if hub_db == "postgresql":
+            pg.create_database("hub")
+            config += f"\nc.JupyterHub.db_url = {pg.url('hub')!r}\n"
+        figures["hub_db"] = hub_db
         hub = start_hub(homes, extra_config=config, env={"PYTHONPATH": str(REPO / "src")})
         svc.hub = hub
         for i in range(0, len(users), 100):  # a loaded Hub takes its time creating users
@@ -536,6 +543,12 @@ def main() -> int:
         default="auto",
         help="the homes on a fresh loop-mounted ext4 image (root) or in a folder [auto: ext4 as root]",
     )
+    p.add_argument(
+        "--hub-db",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the Hub's own database: a SQLite file, or PostgreSQL as a large hub runs it",
+    )
     args = p.parse_args()
     logins = 10 if args.smoke else args.logins
     figures = run_storm(
@@ -544,6 +557,7 @@ def main() -> int:
         direct=args.direct,
         workdir=args.keep,
         volume=args.volume,
+        hub_db=args.hub_db,
     )
     if args.json:
         print(json.dumps(figures, indent=2))
@@ -555,7 +569,8 @@ def main() -> int:
             f"max {figures['restored_max']} s; {figures['failed']} failed, "
             f"{figures['refused']} refused, {figures['wrong_content']} wrong; "
             f"storm {figures['storm_seconds']} s; homes on {figures['volume']} "
-            f"({figures['create_us']} us a file created)"
+            f"({figures['create_us']} us a file created); the Hub's database: "
+            f"{figures.get('hub_db', 'sqlite')}"
             + (
                 f" (CPU: service {figures['service_cpu_seconds']} s"
                 f" of which kernel {figures['service_system_cpu_seconds']} s, PostgreSQL "
