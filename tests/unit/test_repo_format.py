@@ -755,7 +755,7 @@ def _fd_with(data: bytes) -> int:
 def _chunks(data: bytes, params: Chunking, length: int | None = None) -> list[bytes]:
     fd = _fd_with(data)
     try:
-        return list(iter_chunks(fd, len(data) if length is None else length, params))
+        return [bytes(c) for c in iter_chunks(fd, len(data) if length is None else length, params)]
     finally:
         os.close(fd)
 

@@ -41,9 +41,16 @@ def _read_exact(fd: int, n: int, offset: int) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def iter_chunks(fd: int, length: int, params: Chunking, offset: int = 0) -> Iterator[bytes]:
+def iter_chunks(
+    fd: int, length: int, params: Chunking, offset: int = 0
+) -> Iterator[bytes | memoryview]:
     """Yield the chunks of the ``length`` bytes of ``fd`` at ``offset`` (fewer if the
     file shrinks).
+
+    A chunk of a file larger than ``params.small`` is a view into the reading buffer,
+    valid only until the next chunk is asked for: use it (hash it, compress it, copy
+    it) before. Most chunks of a home are already stored, and are only hashed: copying
+    each (a fresh allocation of a MiB, faulted in page by page) cost more than the hash.
 
     Reads with ``pread`` at explicit offsets, never from the descriptor's shared file
     position (finding a sparse file's extents moves it). Reads into one buffer of
@@ -86,7 +93,7 @@ def iter_chunks(fd: int, length: int, params: Chunking, offset: int = 0) -> Iter
             end = chunk.offset + chunk.length
             if end == filled and not eof:
                 break
-            yield bytes(view[chunk.offset : end])
+            yield view[chunk.offset : end]
             start = end
         window.release()
         if eof:

@@ -96,7 +96,13 @@ class SharedWriter:
         return seq
 
     def add(
-        self, session: BlobWriter, typ: BlobType, data: bytes, bid: BlobId, *, force: bool = False
+        self,
+        session: BlobWriter,
+        typ: BlobType,
+        data: bytes | memoryview,
+        bid: BlobId,
+        *,
+        force: bool = False,
     ) -> bool:
         """Store ``data`` unless pending or (without ``force``) known; returns whether it
         was new."""
@@ -340,7 +346,12 @@ class BlobWriter:
         return size
 
     def add(
-        self, typ: BlobType, data: bytes, bid: BlobId | None = None, *, force: bool = False
+        self,
+        typ: BlobType,
+        data: bytes | memoryview,
+        bid: BlobId | None = None,
+        *,
+        force: bool = False,
     ) -> tuple[BlobId, bool]:
         """Store ``data`` unless it is already present; returns (id, whether it was new).
         ``force`` stores it again even if indexed elsewhere (prune's repacking)."""
