@@ -466,9 +466,36 @@ class Repository:
 
     def _read_again(self, bid: BlobId, loc: Location, exc: IntegrityError) -> bytes:
         """A blob that failed verification, fetched alone once more: a transfer can go
-        wrong where the stored object is fine. A second failure is the object's own."""
+        wrong where the stored object is fine. A second failure is that place's own:
+        then any other copy the whole index knows (a locator that names a wrong place,
+        a pack damaged where a repack left the blob elsewhere too) is read instead;
+        ``IntegrityError`` only if none verifies."""
         log.warning("blob %s failed verification (%s); reading it again", bid.hex()[:16], exc)
-        return self.decode_blob(bid, loc, self._range(loc))
+        try:
+            return self.decode_blob(bid, loc, self._range(loc))
+        except IntegrityError as again:
+            try:
+                self.load_index()  # the index as the bucket holds it now (only on this path)
+            except Exception:  # noqa: BLE001 - the blob's own failure is what to report
+                log.warning("index not read to look for another copy", exc_info=True)
+                raise again from None
+            for other in self.blobs.locations(bid):
+                if other == loc:
+                    continue
+                try:
+                    data = self.decode_blob(bid, other, self._range(other))
+                except (IntegrityError, ObjectNotFound):
+                    continue
+                log.warning(
+                    "blob %s read from its copy in pack %s instead (at %s of pack %s: %s)",
+                    bid.hex()[:16],
+                    other.pack.hex()[:16],
+                    loc.offset,
+                    loc.pack.hex()[:16],
+                    again,
+                )
+                return data
+            raise
 
     def load_tree(self, bid: BlobId, where: Where | None = None) -> list[Node]:
         return decode_tree(self.read_blob(bid, where))
