@@ -24,6 +24,27 @@ def test_importing_the_command_line_loads_no_database_or_web_stack() -> None:
     assert r.stdout.strip() == "", f"loaded at start-up: {r.stdout.strip()}"
 
 
+PLAN = ("hometier.cli.plan_cmds", "hometier.cli.replay_cmds", "hometier.lifecycle.plan")
+"""``plan``'s scan, replay and report: loaded when ``plan`` runs, not at every start."""
+
+
+def test_building_the_parser_loads_no_plan_code_and_plan_still_runs(tmp_path) -> None:
+    code = (
+        "import sys, hometier.cli.main as m\n"
+        "m.build_parser()\n"
+        f"print(' '.join(x for x in {PLAN!r} if x in sys.modules))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "", f"loaded at start-up: {r.stdout.strip()}"
+    r = subprocess.run(
+        [sys.executable, "-m", "hometier.cli.main", "plan", "--tiers", "--json"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "efs-standard" in r.stdout
+
+
 def test_the_lifecycle_verbs_still_find_their_database_code(tmp_path) -> None:
     r = subprocess.run(
         [

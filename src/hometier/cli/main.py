@@ -23,7 +23,7 @@ from hometier.cli import (
     jobs_cmds,
     lifecycle_cmds,
     mounts_cmds,
-    plan_cmds,
+    plan_args,
     repo_cmds,
     snapshot_cmds,
     spaces_cmds,
@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     lifecycle_cmds.register(sub)
     home_cmds.register(sub)
     client_cmds.register(sub)
-    plan_cmds.register(sub)
+    plan_args.register(sub)
     spaces_cmds.register(sub)
     jobs_cmds.register(sub)
     mounts_cmds.register(sub)

@@ -98,27 +98,6 @@ class Plan(Configurable):
     scan_workers = Integer(8, help="Homes walked in parallel.").tag(config=True)
 
 
-def register(sub: Any) -> None:
-    p = sub.add_parser(
-        "plan",
-        help="dry run: what archiving idle homes would move and save (changes nothing)",
-    )
-    p.add_argument("root", nargs="?", help="homes root to scan (default: --homes)")
-    p.add_argument("--thresholds", help="idle thresholds, e.g. 7d,30d,90d,180d [c.Plan]")
-    p.add_argument("--now", help="the time to judge idleness at (ISO 8601; default: now)")
-    p.add_argument("--posix-tier", help="price tier of the homes volume, e.g. efs-standard")
-    p.add_argument("--object-tier", help="price tier of the bucket, e.g. s3-standard-ia")
-    p.add_argument("--html", metavar="FILE", help="also write a self-contained HTML report")
-    p.add_argument("--sample-mb", type=int, help="most MiB read for the estimate (0: none)")
-    p.add_argument("--sample-sizes", type=int, help="most distinct file sizes sampled")
-    p.add_argument("--seed", type=int, help="seed of the sample")
-    p.add_argument("--workers", type=int, help="homes walked in parallel")
-    p.add_argument("--no-hub", action="store_true", help="ignore the Hub even if configured")
-    p.add_argument("--tiers", action="store_true", help="list the price tiers and exit")
-    replay_cmds.register_args(p)
-    p.set_defaults(handler=cmd_plan)
-
-
 def parse_now(value: str | None) -> dt.datetime:
     if not value:
         return dt.datetime.now(dt.UTC)

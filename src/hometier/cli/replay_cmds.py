@@ -22,6 +22,7 @@ from rich import box
 from rich.table import Table
 
 from hometier.cli.output import err, human, out
+from hometier.cli.plan_args import replay_args as register_args  # noqa: F401 - its old name
 from hometier.errors import UsageError
 from hometier.lifecycle import plan as planning
 from hometier.lifecycle import replay as rp
@@ -37,20 +38,6 @@ NOTES = (
     "Request prices are list prices recorded with the storage prices (same caveat).",
 )
 SHOWN_UNKNOWN = 10
-
-
-def register_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--replay",
-        metavar="LOGINS",
-        help="replay a login history (CSV user,time or JupyterHub's log) against each "
-        "threshold and quarantine; changes nothing",
-    )
-    p.add_argument("--quarantine", default="0d,3d", help="quarantine times to replay [0d,3d]")
-    p.add_argument("--tz", default="UTC", help="time zone of times without an offset [UTC]")
-    p.add_argument("--session", default="1h", help="a server's life after a login [1h]")
-    p.add_argument("--since", help="start of the replay (ISO 8601; default: first login)")
-    p.add_argument("--until", help="end of the replay (ISO 8601; default: last login or --now)")
 
 
 def parse_quarantines(text: str) -> list[tuple[str, dt.timedelta]]:
