@@ -26,13 +26,16 @@ def test_importing_the_command_line_loads_no_database_or_web_stack() -> None:
 
 PLAN = ("hometier.cli.plan_cmds", "hometier.cli.replay_cmds", "hometier.lifecycle.plan")
 """``plan``'s scan, replay and report: loaded when ``plan`` runs, not at every start."""
+REPOSITORY = ("hometier.repo", "hometier.engine", "hometier.store", "obstore")
+"""The repository stack: the verbs that read or write a repository import it; the
+parser, and ``fetch-home`` (which only talks to the service), do not."""
 
 
-def test_building_the_parser_loads_no_plan_code_and_plan_still_runs(tmp_path) -> None:
+def test_building_the_parser_loads_no_plan_or_repository_code_and_plan_still_runs(tmp_path) -> None:
     code = (
         "import sys, hometier.cli.main as m\n"
         "m.build_parser()\n"
-        f"print(' '.join(x for x in {PLAN!r} if x in sys.modules))\n"
+        f"print(' '.join(x for x in {PLAN + REPOSITORY!r} if x in sys.modules))\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "", f"loaded at start-up: {r.stdout.strip()}"

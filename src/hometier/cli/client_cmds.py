@@ -16,8 +16,7 @@ from urllib.parse import quote
 from hometier.cli.output import err
 from hometier.config import Hometier
 from hometier.errors import Error, UsageError
-from hometier.lifecycle.activity import NOTICE_NAME
-from hometier.lifecycle.homes import check_username
+from hometier.lifecycle.homes import NOTICE_NAME, check_username
 
 POLL = 1.0
 NOTHING_TO_RESTORE = frozenset({"HomeNotFound", "SnapshotNotFound", "NothingToRestore"})

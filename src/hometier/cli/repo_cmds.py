@@ -7,20 +7,21 @@ import argparse
 import dataclasses
 import datetime as dt
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hometier.cli.output import emit_json, err, human, out, progress_bar
 from hometier.config import Hometier
-from hometier.engine import backup, check, restore
-from hometier.engine.archive import Progress as BackupProgress
-from hometier.engine.restore import RestoreProgress
 from hometier.errors import Conflict, Error, NotFound
 from hometier.lifecycle.homes import HomeLayout, check_username
-from hometier.repo import Repository
-from hometier.repo.config import RepositoryNotFound
-from hometier.repo.snapshot import Snapshot
-from hometier.store import open_store
-from hometier.store.url import FolderNotFound
+
+if TYPE_CHECKING:
+    from hometier.engine.archive import Progress as BackupProgress
+    from hometier.engine.restore import RestoreProgress
+    from hometier.repo import Repository
+    from hometier.repo.snapshot import Snapshot
+
+# The repository, the engine and obstore are imported by the verbs that use them:
+# ``fetch-home`` (every login's init container) builds this parser and needs none.
 
 
 class NoRepository(NotFound):
@@ -101,12 +102,18 @@ def repairs() -> Any:
 def _repo(cfg: Hometier, *, create: bool = False) -> tuple[Repository, bool]:
     """The repository; created (with its folder) only when ``create`` says so, so that a
     mistyped URL fails instead of leaving an empty repository or folder behind."""
+    from hometier.repo import Repository
+    from hometier.store import open_store
+
     if create:
         return Repository.open_or_create(open_store(cfg.store), cache_dir=cfg.cache_dir)
     return Repository.open(open_store(cfg.store, create=False), cache_dir=cfg.cache_dir), False
 
 
 def cmd_init(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.repo import Repository
+    from hometier.store import open_store
+
     repo = Repository.create(open_store(cfg.store))
     if args.json:
         emit_json({"created": True, "id": repo.config.id, "url": repo.store.url})
@@ -116,6 +123,10 @@ def cmd_init(args: argparse.Namespace, cfg: Hometier) -> int:
 
 
 def cmd_backup(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.engine import backup
+    from hometier.repo.config import RepositoryNotFound
+    from hometier.store.url import FolderNotFound
+
     user = check_username(args.user)
     source = args.source or str(HomeLayout(cfg.homes, cfg.home_template).path(user))
     try:
@@ -255,6 +266,8 @@ def cmd_restore(args: argparse.Namespace, cfg: Hometier) -> int:
         return _restore_include(args, cfg, user)
     if not args.target and args.snapshot == "latest":
         return _restore_home(args, cfg, user)
+    from hometier.engine import restore
+
     target = args.target or str(HomeLayout(cfg.homes, cfg.home_template).path(user))
     repo, _ = _repo(cfg)
     snap = repo.find_snapshot(args.snapshot, user)
@@ -328,6 +341,7 @@ def _restore_home(args: argparse.Namespace, cfg: Hometier, user: str) -> int:
     """Restore into the home itself, through the lifecycle: the state goes back to active."""
     from hometier.app import make_lifecycle
     from hometier.config import Archiver
+    from hometier.engine import restore
     from hometier.lifecycle.restoring import restore_home
     from hometier.state import queries
 
@@ -383,6 +397,8 @@ def _restore_home(args: argparse.Namespace, cfg: Hometier, user: str) -> int:
 
 
 def cmd_check(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.engine import check
+
     repo, _ = _repo(cfg)
     with progress_bar("checking", not args.json, unit="items") as bar:
 

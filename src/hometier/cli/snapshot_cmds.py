@@ -19,18 +19,18 @@ import os
 import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
 from hometier.cli.output import emit_json, err, human, out
 from hometier.config import Hometier
-from hometier.engine.export import find, split_path
 from hometier.lifecycle.homes import check_username
-from hometier.repo import Repository
-from hometier.repo.snapshot import Snapshot
-from hometier.repo.tree import Node
-from hometier.store import open_store
+
+if TYPE_CHECKING:  # imported by the verbs that read a repository (see repo_cmds)
+    from hometier.repo import Repository
+    from hometier.repo.snapshot import Snapshot
+    from hometier.repo.tree import Node
 
 ACTIONS = ("list", "ls", "find", "diff")
 _TYPE = {"file": "-", "dir": "d", "symlink": "l", "fifo": "p", "chr": "c", "blk": "b"}
@@ -107,6 +107,9 @@ def register(sub: Any) -> None:
 
 def open_repo(cfg: Hometier) -> Repository:
     """The existing repository, opened without creating anything (not even a folder)."""
+    from hometier.repo import Repository
+    from hometier.store import open_store
+
     return Repository.open(open_store(cfg.store, create=False))
 
 
@@ -193,6 +196,8 @@ def _children(
 
 
 def cmd_ls(args: argparse.Namespace, cfg: Hometier) -> int:
+    from hometier.engine.export import find, split_path
+
     user = check_username(args.user)
     repo = open_repo(cfg)
     snap = repo.find_snapshot(args.snapshot, user)

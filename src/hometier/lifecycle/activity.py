@@ -19,10 +19,10 @@ from typing import Any
 
 from hometier.engine.fsutil import open_dir
 from hometier.errors import Error
+from hometier.lifecycle.homes import NOTICE_NAME as NOTICE_NAME  # its former home
 
 log = logging.getLogger(__name__)
 
-NOTICE_NAME = "ARCHIVED-BY-HOMETIER.txt"
 PAGE = 200
 
 

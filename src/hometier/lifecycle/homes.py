@@ -8,6 +8,9 @@ from pathlib import Path
 
 from hometier.errors import UsageError
 
+NOTICE_NAME = "ARCHIVED-BY-HOMETIER.txt"
+"""The file an archived home holds in place of its files (``lifecycle.notice``)."""
+
 QUARANTINE_DIR = ".hometier-quarantine"
 """Where archived homes wait, on the homes volume, before they are deleted."""
 
