@@ -26,11 +26,11 @@ dry run, which is all it is for. ``--smoke`` uses 20,000 and 60,000 blobs (CI).
     python3 bench/scale_bench.py --smoke         # ~1-2 min
     python3 bench/scale_bench.py --blobs 2M,5M --work-dir /var/tmp/scale --keep
 
-Other parts of the scale benchmark (a state database of 50,000 homes; a 500-login storm)
-plug in here: if ``bench/scale_state.py`` defines ``run_state(work, smoke)`` or
-``bench/scale_storm.py`` defines ``run_storm(work, smoke)``, each is called and what it
-returns (a dict with a ``rows`` list of ``[what, figure, note]`` and anything else) goes
-into the report.
+Its other parts run after the repositories: ``bench/scale_state.py`` (a state database
+of 50,000 homes on PostgreSQL, through ``state_bench``) and ``bench/scale_storm.py`` (a
+500-login storm through a real JupyterHub, through ``storm_bench``). Each defines
+``run_<part>(work, smoke)``, is called if present, and what it returns (a dict with a
+``rows`` list of ``[what, figure, note]`` and anything else) goes into the report.
 """
 
 from __future__ import annotations

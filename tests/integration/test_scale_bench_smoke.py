@@ -1,5 +1,6 @@
 """The scale benchmark keeps working: its smoke run (20,000 and 60,000 synthetic blobs,
-fetch-home through a real JupyterHub and service). Figures are printed by the harness,
+fetch-home through a real JupyterHub and service, a state database of 2,000 homes and a
+storm of 10 logins). Figures are printed by the harness,
 never asserted here: only that every step ran and that the report says so."""
 
 from __future__ import annotations
@@ -46,5 +47,14 @@ def test_scale_bench_smoke(tmp_path: Path) -> None:
     assert real["prune_mark"]["packs_repacked"] > 0 and real["prune_sweep"]["packs_deleted"] > 0
     assert real["repair_index"]["entries"] > 20_000
     assert doc["ops"]["60k"]["backup_first"]["cache_records"] > 60_000
+    # Its other parts (bench/scale_state.py, bench/scale_storm.py): the state side and a
+    # storm through a real JupyterHub, at smoke size.
+    assert (
+        "hometier status (a table: the first 100 homes, paged in the database)"
+        in (doc["state"]["requests"])
+    )
+    storm = doc["storm"]
+    assert storm["logins"] == 10 and storm["failed"] == 0 and storm["wrong_content"] == 0
     report = next(out.glob("scale-*.md")).read_text()
     assert "**Targets**" in report
+    assert "storm of 10 logins through JupyterHub" in report
