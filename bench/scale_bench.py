@@ -22,7 +22,7 @@ entries name packs that do not exist (index objects valid in every other respect
 at the writers' bound), so it can only be restored from, backed up to and pruned by
 dry run, which is all it is for. ``--smoke`` uses 20,000 and 60,000 blobs (CI).
 
-    python3 bench/scale_bench.py                 # ~10-15 min, 4 GB of scratch disk
+    python3 bench/scale_bench.py                 # ~10 min on a quiet 2-core machine, 4 GB of scratch disk
     python3 bench/scale_bench.py --smoke         # ~1-2 min
     python3 bench/scale_bench.py --blobs 2M,5M --work-dir /var/tmp/scale --keep
 
