@@ -21,6 +21,7 @@ from hometier.errors import IntegrityError
 from hometier.repo import Repository
 from hometier.repo.ids import BlobType, pack_key
 from hometier.repo.index import VALUE
+from hometier.repo.snapshot import Snapshot
 from hometier.store import open_store
 
 BIG = os.urandom(300_000)
@@ -39,6 +40,13 @@ def _big_blob(repo: Repository) -> bytes:
     return bytes(repo.blob_id(BIG))
 
 
+def _archived(tmp_path: Path) -> tuple[str, Repository, Snapshot]:
+    """A repository in `tmp_path` holding one backup of `_home`: its URL, writer, snapshot."""
+    url = f"file://{tmp_path}/repo"
+    repo, _ = Repository.open_or_create(open_store(url))
+    return url, repo, backup(repo, _home(tmp_path), user="ann")
+
+
 def _damage(store_root: Path, pack: bytes, offset: int) -> None:
     path = store_root / pack_key(pack)  # type: ignore[arg-type]
     with open(path, "r+b") as f:
@@ -51,9 +59,7 @@ def _damage(store_root: Path, pack: bytes, offset: int) -> None:
 def test_a_wrong_place_in_the_locator_is_read_from_the_indexed_copy(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = f"file://{tmp_path}/repo"
-    repo, _ = Repository.open_or_create(open_store(url))
-    snap = backup(repo, _home(tmp_path), user="ann")
+    url, repo, snap = _archived(tmp_path)
     reader = Repository.open(open_store(url))
     view = reader.for_snapshot(snap, strict=True)
     locator = view.where._locator()  # noqa: SLF001 - the place the test makes wrong
@@ -71,9 +77,7 @@ def test_a_wrong_place_in_the_locator_is_read_from_the_indexed_copy(
 def test_a_damaged_pack_is_read_around_when_a_repack_left_another_copy(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    url = f"file://{tmp_path}/repo"
-    repo, _ = Repository.open_or_create(open_store(url))
-    snap = backup(repo, _home(tmp_path), user="ann")
+    url, repo, snap = _archived(tmp_path)
     bid = _big_blob(repo)
     (first,) = repo.blobs.locations(bid)
     # What a repack does: the same blob stored again, in a new pack.
@@ -92,9 +96,7 @@ def test_a_damaged_pack_is_read_around_when_a_repack_left_another_copy(
 
 
 def test_with_no_good_copy_the_restore_fails_and_names_the_blob(tmp_path: Path) -> None:
-    url = f"file://{tmp_path}/repo"
-    repo, _ = Repository.open_or_create(open_store(url))
-    snap = backup(repo, _home(tmp_path), user="ann")
+    url, repo, snap = _archived(tmp_path)
     bid = _big_blob(repo)
     (only,) = repo.blobs.locations(bid)
     _damage(tmp_path / "repo", only.pack, only.offset)

@@ -22,7 +22,6 @@ from rich import box
 from rich.table import Table
 
 from hometier.cli.output import err, human, out
-from hometier.cli.plan_args import replay_args as register_args  # noqa: F401 - its old name
 from hometier.errors import UsageError
 from hometier.lifecycle import plan as planning
 from hometier.lifecycle import replay as rp
