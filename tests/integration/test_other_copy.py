@@ -19,7 +19,7 @@ from hometier.engine import backup, restore
 from hometier.engine.restore import RestoreError
 from hometier.errors import IntegrityError
 from hometier.repo import Repository
-from hometier.repo.ids import BlobType, pack_key
+from hometier.repo.ids import BlobId, BlobType, pack_key
 from hometier.repo.index import VALUE
 from hometier.repo.snapshot import Snapshot
 from hometier.store import open_store
@@ -36,8 +36,8 @@ def _home(root: Path) -> Path:
     return src
 
 
-def _big_blob(repo: Repository) -> bytes:
-    return bytes(repo.blob_id(BIG))
+def _big_blob(repo: Repository) -> BlobId:
+    return repo.blob_id(BIG)
 
 
 def _archived(tmp_path: Path) -> tuple[str, Repository, Snapshot]:
