@@ -126,8 +126,9 @@ class World:
             snap.root = root
         return self.repo.save_snapshot(snap)
 
-    def restore_fails(self, sid: str, *, existing: bool) -> Error:
-        """Restore ``sid`` the way the service does; it must fail cleanly."""
+    def restore_fails(self, sid: str, *, existing: bool, processes: int | None = None) -> Error:
+        """Restore ``sid`` the way the service does (``processes``: writer processes
+        forced, as a home of many files gets them); it must fail cleanly."""
         target = self.target
         if existing:
             target.mkdir()
@@ -135,7 +136,7 @@ class World:
         repo = Repository.open(open_store(self.repo.store.url))
         try:
             snap = repo.find_snapshot(sid)
-            restore(repo, snap, target)
+            restore(repo, snap, target, processes=processes)
         except Error as exc:
             error = exc
         except Exception as exc:
@@ -446,11 +447,17 @@ for _label, _root in [
     )
 
 
-@pytest.mark.parametrize("existing", [False, True], ids=["absent-target", "empty-target"])
+@pytest.mark.parametrize(
+    ("existing", "processes"),
+    [(False, None), (True, None), (False, 2)],
+    ids=["absent-target", "empty-target", "writers"],
+)
 @pytest.mark.parametrize("name", list(CASES))
-def test_hostile_snapshot_is_refused(world: World, name: str, existing: bool) -> None:
+def test_hostile_snapshot_is_refused(
+    world: World, name: str, existing: bool, processes: int | None
+) -> None:
     sid, words = CASES[name](world)
-    error = world.restore_fails(sid, existing=existing)
+    error = world.restore_fails(sid, existing=existing, processes=processes)
     assert isinstance(error, RestoreError | IntegrityError), repr(error)
     assert words in str(error), f"refused for another reason than expected: {error}"
 

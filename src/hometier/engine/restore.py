@@ -38,6 +38,7 @@ from hometier.engine.writers import Writers
 from hometier.engine.xattrs import apply_metadata
 from hometier.errors import Conflict, Error, IntegrityError
 from hometier.repo import BlobId, Repository
+from hometier.repo.index import Location
 from hometier.repo.snapshot import Snapshot
 from hometier.repo.tree import Node
 
@@ -120,6 +121,7 @@ ProgressFn = Callable[[RestoreProgress], None]
 
 _META = struct.Struct("<IIIqqQ")
 """A planned file's metadata, packed: mode, uid, gid, atime, mtime, size."""
+_SIZE = struct.Struct("<Q")
 _POS = 1 << 63
 
 
@@ -160,6 +162,15 @@ class _Plan:
     def dests(self, bid: bytes) -> list[tuple[int, int]]:
         v = self.dest[bid]
         return [divmod(x, _POS) for x in ([v] if isinstance(v, int) else v)]
+
+    def check_size(self, idx: int, length: int) -> None:
+        """A file of one blob (not sparse): that blob must be exactly the file's size
+        (checked when the blob's length is known, before the file is written)."""
+        rel, meta = self.files[idx]
+        size = _SIZE.unpack_from(meta, _META.size - _SIZE.size)[0]
+        if length != size:
+            how = "does not fit" if length > size else "is shorter than"
+            raise IntegrityError(f"content of {os.fsdecode(rel)} {how} its declared size")
 
 
 def _open_target(target: bytes, merge: bool, ignore: tuple[bytes, ...] = ()) -> int | None:
@@ -422,6 +433,12 @@ def _plan_file(repo: Repository, plan: _Plan, maker: _Maker, rel: bytes, n: Node
     if n.xattrs:
         plan.xattrs[idx] = n.xattrs
     plan.regular.add(rel)
+    if n.sparse is None and len(n.content) == 1:
+        # Most files: one blob at offset 0, whose length is checked against the size
+        # when it is fetched (``check_size``) rather than looked up here once more.
+        plan.bytes_total += n.size
+        plan.add_dest(n.content[0], idx, 0)
+        return
     extents = n.sparse if n.sparse is not None else [(0, n.size)]
     ext_i, pos, left = 0, 0, 0
     if extents:
@@ -697,7 +714,9 @@ def _write_contents(
 
     A file of one blob (most files of a home) is created, written and given its metadata
     with one open: by one of ``processes`` forked writers (``engine.writers``) that the
-    fetch threads hand the verified blob to, or without them by the fetch thread itself.
+    fetch threads hand the blob to as it is stored (the writer decodes and verifies it
+    first; one that fails is read again here), or without them by the fetch thread
+    itself, after verifying it.
     A file of several blobs was created by the plan; the fetch thread that writes its
     last blob finishes it. Empty files go to the writers (or a thread pool) first.
     Nothing here follows a link: every name is relative to the staging folder and
@@ -712,7 +731,7 @@ def _write_contents(
 
     pool: Writers | None = None
     if processes > 0:
-        pool = Writers(plan.files, sfd, processes, finish)
+        pool = Writers(plan.files, sfd, processes, finish, repo.config.blob_key)
     try:
         if pool is not None:
             for idx in empty:
@@ -723,6 +742,22 @@ def _write_contents(
         if pool is not None:
             for rel, what in pool.close():
                 lost.add(rel, what)
+            for idx, bid in pool.failed:
+                # What any read does with a blob that fails verification: read it again,
+                # then from another copy the index knows; an error if none verifies.
+                log.warning(
+                    "blob %s failed verification in a writer process; reading it again",
+                    bid.hex()[:16],
+                )
+                data = repo.read_blob(BlobId(bid))
+                plan.check_size(idx, len(data))
+                rel = plan.files[idx][0]
+                fd = os.open(rel, _CREATE, 0o600, dir_fd=sfd)
+                try:
+                    _pwrite_all(fd, data, 0)
+                    lost.add(rel, finish(fd, idx))
+                finally:
+                    os.close(fd)
     finally:
         if pool is not None:
             pool.abort()
@@ -766,21 +801,34 @@ def _fetch_and_write(
     left = plan.left
     created = plan.created
 
-    def write(bid: BlobId, data: bytes) -> None:
+    def counted(blobs: int, nbytes: int) -> None:
+        with lock:
+            stats.blobs += blobs
+            prog.bytes_done += nbytes
+            now = time.monotonic()
+            if progress is not None and now - last[0] >= 0.2:
+                last[0] = now
+                progress(prog)
+
+    def take(bid: BlobId, loc: Location, stored: memoryview) -> bool:
+        # The common case: the only place of this blob is a file of this one blob, made
+        # by a writer process, which decodes and verifies it there.
         dest = plan.dest[bid]
-        if pool is not None and isinstance(dest, int):
-            one, pos = divmod(dest, _POS)
-            if pos == 0 and one not in created:
-                # The common case: the only place of this blob is a file of this one
-                # blob, made by a writer process.
-                pool.send(one, data)
-                with lock:
-                    stats.blobs += 1
-                    prog.bytes_done += len(data)
-                return
+        if pool is None or not isinstance(dest, int):
+            return False
+        one, pos = divmod(dest, _POS)
+        if pos != 0 or one in created:
+            return False
+        plan.check_size(one, loc.raw_len)
+        pool.send_stored(one, bid, loc.comp, loc.raw_len, stored)
+        counted(1, loc.raw_len)
+        return True
+
+    def write(bid: BlobId, data: bytes) -> None:
         targets = plan.dests(bid)
         for idx, off in targets:
             if idx not in created:
+                plan.check_size(idx, len(data))
                 if pool is not None:
                     pool.send(idx, data)  # a file of this one blob, at offset 0
                     continue
@@ -788,11 +836,7 @@ def _fetch_and_write(
             else:
                 fd = os.open(plan.files[idx][0], _REOPEN, dir_fd=sfd)
             try:
-                view = memoryview(data)
-                while view:
-                    n = os.pwrite(fd, view, off)
-                    view = view[n:]
-                    off += n
+                _pwrite_all(fd, data, off)
                 if idx in created:
                     with lock:
                         left[idx] -= 1
@@ -803,15 +847,17 @@ def _fetch_and_write(
                     lost.add(plan.files[idx][0], finish(fd, idx))
             finally:
                 os.close(fd)
-        with lock:
-            stats.blobs += 1
-            prog.bytes_done += len(data) * len(targets)
-            now = time.monotonic()
-            if progress is not None and now - last[0] >= 0.2:
-                last[0] = now
-                progress(prog)
+        counted(1, len(data) * len(targets))
 
-    repo.for_each_blob([BlobId(b) for b in plan.dest], write, workers=workers)
+    repo.for_each_blob([BlobId(b) for b in plan.dest], write, workers=workers, stored=take)
+
+
+def _pwrite_all(fd: int, data: bytes, off: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, off)
+        view = view[n:]
+        off += n
 
 
 def _finish(plan: _Plan, sfd: int, stats: RestoreStats, as_root: bool, lost: _Lost) -> None:

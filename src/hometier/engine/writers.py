@@ -2,15 +2,19 @@
 children, so that a restore's per-file work runs on every core instead of behind the
 process's one GIL.
 
-Most files of a home are one blob. For those the restore's fetch threads only verify the
-blob and hand it to the writer that owns the file; the writer creates the file
-(``O_CREAT|O_EXCL|O_NOFOLLOW`` relative to the staging folder's descriptor, which it
-inherited), writes it and sets its metadata through the descriptor
-(``xattrs.apply_metadata``), exactly as the thread would have. A writer owns runs of
-files of the same folders (so two processes rarely insert into one directory at once),
-knows the plan from the fork (copy-on-write: only the blob's bytes travel, through a
-pipe that also bounds what is in flight) and reports the attributes it could not keep
-when it is done.
+Most files of a home are one blob. For those the restore's fetch threads hand the blob
+as it is stored (compressed) to the writer that owns the file; the writer decompresses
+it and checks it against its keyed hash (``codec.decode``, ``ids.blob_id``: the same
+verification as a read in the restoring process, on another core and with a third of
+the bytes through the pipe), then creates the file (``O_CREAT|O_EXCL|O_NOFOLLOW``
+relative to the staging folder's descriptor, which it inherited), writes it and sets
+its metadata through the descriptor (``xattrs.apply_metadata``), exactly as the thread
+would have. A blob that fails the check is not written: the writer lists it, and the
+restoring process reads it again (``Writers.failed``) as it would any read that failed
+verification. A writer owns runs of files of the same folders (so two processes rarely
+insert into one directory at once), knows the plan from the fork (copy-on-write: only
+the blob's bytes travel, through a pipe that also bounds what is in flight) and reports
+the attributes it could not keep when it is done.
 
 The children are forked from a process that may run other threads (the service): after
 ``fork`` only the calling thread exists in the child, so a child touches nothing that
@@ -37,8 +41,16 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-_FRAME = struct.Struct("<II")
-"""A file's index in the plan and its content's length; the content follows."""
+from hometier.errors import IntegrityError
+from hometier.repo import codec
+from hometier.repo.ids import blob_id
+
+_FRAME = struct.Struct("<IIIB32s")
+"""A file's index in the plan, the length of what follows, the blob's decoded length,
+its compression (``_VERIFIED``: the bytes that follow are the content, already checked)
+and its id."""
+_VERIFIED = 0xFF
+_NO_ID = bytes(32)
 _END = 0xFFFFFFFF
 RUN = 256
 """Consecutive files of one folder that go to the same writer."""
@@ -59,13 +71,25 @@ class Writers:
 
     ``send(idx, data)`` (from any thread) has file ``idx`` of ``files`` (paths relative to
     the staging folder) created with ``data`` and finished by ``finish`` in a child;
+    ``send_stored(idx, bid, comp, raw_len, stored)`` the same with a blob as it is stored,
+    which the child decodes and checks against ``bid`` (keyed with ``key``) first;
     ``close()`` waits for every child and returns what they could not keep as
-    ``(path, [attributes])``; ``abort()`` kills them (by their PIDs) and waits, so that
-    nothing writes into the staging folder any more.
+    ``(path, [attributes])``, and leaves in ``failed`` the ``(idx, bid)`` of stored blobs
+    that failed their check (those files were not created); ``abort()`` kills them (by
+    their PIDs) and waits, so that nothing writes into the staging folder any more.
     """
 
-    def __init__(self, files: list[tuple[bytes, bytes]], sfd: int, count: int, finish: FinishFn):
+    def __init__(
+        self,
+        files: list[tuple[bytes, bytes]],
+        sfd: int,
+        count: int,
+        finish: FinishFn,
+        key: bytes = b"",
+    ):
         self.files = files
+        self.key = key
+        self.failed: list[tuple[int, bytes]] = []
         self.pids: list[int] = []
         self.pipes: list[int] = []
         self.results: list[int] = []
@@ -96,7 +120,7 @@ class Writers:
         if pid == 0:  # pragma: no cover - the child; its effects are tested
             code = 1
             try:
-                code = _child(self.files, sfd, data_r, res_w, finish, parent)
+                code = _child(self.files, sfd, data_r, res_w, finish, parent, self.key)
             finally:
                 os._exit(code)
         os.close(data_r)
@@ -111,8 +135,15 @@ class Writers:
         return (idx // RUN) % len(self.pids)
 
     def send(self, idx: int, data: bytes | memoryview) -> None:
+        self._send(idx, _FRAME.pack(idx, len(data), len(data), _VERIFIED, _NO_ID), data)
+
+    def send_stored(
+        self, idx: int, bid: bytes, comp: int, raw_len: int, stored: bytes | memoryview
+    ) -> None:
+        self._send(idx, _FRAME.pack(idx, len(stored), raw_len, comp, bid), stored)
+
+    def _send(self, idx: int, head: bytes, data: bytes | memoryview) -> None:
         w = (idx // RUN) % len(self.pids)
-        head = _FRAME.pack(idx, len(data))
         with self.locks[w]:
             try:
                 n = os.writev(self.pipes[w], [head, data])
@@ -127,7 +158,7 @@ class Writers:
         for w, fd in enumerate(self.pipes):
             with self.locks[w]:
                 try:
-                    _write_all(fd, _FRAME.pack(_END, 0))
+                    _write_all(fd, _FRAME.pack(_END, 0, 0, _VERIFIED, _NO_ID))
                 except BrokenPipeError:
                     pass
                 os.close(fd)
@@ -148,7 +179,8 @@ class Writers:
             if not ok or status != 0:
                 failure = failure or str(value)
             else:
-                lost.extend(value)
+                lost.extend(value[0])
+                self.failed.extend(value[1])
         self.pids, self.results = [], []
         if failure is not None:
             raise WriterFailed(failure)
@@ -214,6 +246,7 @@ def _child(
     res: int,
     finish: FinishFn,
     parent: int,
+    key: bytes,
 ) -> int:  # pragma: no cover - runs in the forked child
     gc.disable()
     signal.signal(signal.SIGINT, signal.SIG_DFL)
@@ -232,13 +265,14 @@ def _child(
             except OSError:
                 pass
     lost: list[tuple[bytes, list[str]]] = []
+    failed: list[tuple[int, bytes]] = []
     try:
         reader = os.fdopen(rfd, "rb", buffering=_PIPE_SIZE)
         while True:
             head = reader.read(_FRAME.size)
             if len(head) < _FRAME.size:
                 return 2  # the parent is gone: leave the staging folder as a crash would
-            idx, length = _FRAME.unpack(head)
+            idx, length, raw_len, comp, bid = _FRAME.unpack(head)
             if idx == _END:
                 break
             data = reader.read(length) if length else b""
@@ -248,6 +282,17 @@ def _child(
                 # The restoring process died: what is still in the pipe (up to a MiB
                 # of small files) is not written into a staging folder nobody owns.
                 return 2
+            if comp != _VERIFIED:
+                # Checked before anything is created: a blob that fails goes back to
+                # the restoring process, which reads it again.
+                try:
+                    data = codec.decode(comp, data, raw_len)
+                    good = blob_id(key, data) == bid
+                except IntegrityError:
+                    good = False
+                if not good:
+                    failed.append((idx, bid))
+                    continue
             rel = files[idx][0]
             fd = os.open(rel, _CREATE, 0o600, dir_fd=sfd)
             try:
@@ -260,7 +305,7 @@ def _child(
                 os.close(fd)
             if what:
                 lost.append((rel, what))
-        _write_all(res, marshal.dumps((True, lost)))
+        _write_all(res, marshal.dumps((True, (lost, failed))))
         return 0
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises
         try:

@@ -41,6 +41,10 @@ class Where(Protocol):
 
 Job = tuple[bytes, list[bytes], int, int]
 
+StoredFn = Callable[[BlobId, Location, memoryview], bool]
+"""Offered a blob as it is stored, before it is decoded: True if it took the blob (and
+its verification) over (``Repository.for_each_blob``)."""
+
 
 def plan_jobs(ids: Sequence[bytes], locate: Callable[[BlobId], Location]) -> list[Job]:
     """Group blobs by pack, in offset order, into range requests of at most ``SEGMENT``

@@ -36,7 +36,14 @@ from hometier.repo.config import (
     RepositoryNotFound,
     UnsupportedVersion,
 )
-from hometier.repo.fetch import FETCH_SLOTS, Where, plan_jobs, read_twice, run_bounded
+from hometier.repo.fetch import (
+    FETCH_SLOTS,
+    StoredFn,
+    Where,
+    plan_jobs,
+    read_twice,
+    run_bounded,
+)
 from hometier.repo.ids import BlobId, PackId, SnapshotId, blob_id, pack_key, plain_hash
 from hometier.repo.index import (
     Location,
@@ -507,6 +514,7 @@ class Repository:
         *,
         workers: int = 4,
         where: Where | None = None,
+        stored: StoredFn | None = None,
     ) -> None:
         """Fetch, verify and hand every blob of ``ids`` to ``fn`` (called in worker threads).
 
@@ -517,6 +525,11 @@ class Repository:
         id is passed to ``fn`` once; ``fn`` must not fetch blobs itself. A pack that is
         gone (a prune moved its blobs) makes ``where`` look again, once. The first error
         (from the store, verification or ``fn``) stops the work and is raised.
+
+        ``stored(bid, loc, view)``, if given, is offered each blob as it is stored, before
+        it is decoded: when it returns True it has taken the blob, *and its verification*
+        (``decode_blob``, or ``read_blob`` again if that fails), and ``fn`` is not called
+        for it. ``view`` is valid only during the call.
         """
         todo = list(dict.fromkeys(ids))
         done: set[bytes] = set()
@@ -530,11 +543,14 @@ class Repository:
                 for bid in members:
                     loc = self.locate(BlobId(bid), where)
                     rel = loc.offset - start
-                    try:
-                        blob = self.decode_blob(BlobId(bid), loc, view[rel : rel + loc.stored_len])
-                    except IntegrityError as exc:
-                        blob = self._read_again(BlobId(bid), loc, exc)
-                    fn(BlobId(bid), blob)
+                    part = view[rel : rel + loc.stored_len]
+                    if stored is None or not stored(BlobId(bid), loc, part):
+                        try:
+                            blob = self.decode_blob(BlobId(bid), loc, part)
+                        except IntegrityError as exc:
+                            blob = self._read_again(BlobId(bid), loc, exc)
+                        fn(BlobId(bid), blob)
+                    part.release()
                     with lock:
                         done.add(bid)
                 view.release()

@@ -155,27 +155,57 @@ def _link_path(name: bytes, link: bytes) -> bytes:
     return link
 
 
+_U32 = 2**32 - 1
+_I64_LO, _I64_HI = -(2**63), 2**63 - 1
+_FIELDS = (
+    ("mode", 0, 0o7777),
+    ("uid", 0, _U32),
+    ("gid", 0, _U32),
+    ("mtime", _I64_LO, _I64_HI),
+    ("atime", _I64_LO, _I64_HI),
+    ("ctime", _I64_LO, _I64_HI),
+    ("ino", 0, 2**64 - 1),
+)
+"""Every node's integer fields and their ranges (``node_from_json`` checks them inline:
+a restore decodes a node per file)."""
+
+
 def node_from_json(d: Any) -> Node:
     if not isinstance(d, dict):
         raise IntegrityError("tree node is not an object")
-    name = _get_bytes(d, "name")
+    name = d.get("name")
+    if type(name) is str and name.isascii():  # most names: no lone surrogate possible
+        name = name.encode()
+    else:
+        name = _get_bytes(d, "name")
     if name is None or not valid_name(name):
         shown = repr(name[:64]) + ("..." if len(name) > 64 else "") if name else repr(name)
         raise IntegrityError(f"tree holds an unsafe name {shown}")
     typ = d.get("type")
     if typ not in TYPES:
         raise IntegrityError(f"tree node {name!r} has unknown type {typ!r}")
-    n = Node(
-        name=name,
-        type=typ,
-        mode=_int(d, "mode", 0, 0o7777),
-        uid=_int(d, "uid", 0, 2**32 - 1),
-        gid=_int(d, "gid", 0, 2**32 - 1),
-        mtime_ns=_int(d, "mtime", -(2**63), 2**63 - 1),
-        atime_ns=_int(d, "atime", -(2**63), 2**63 - 1),
-        ctime_ns=_int(d, "ctime", -(2**63), 2**63 - 1),
-        ino=_int(d, "ino"),
-    )
+    get = d.get
+    mode, uid, gid = get("mode", 0), get("uid", 0), get("gid", 0)
+    mtime, atime, ctime, ino = get("mtime", 0), get("atime", 0), get("ctime", 0), get("ino", 0)
+    if not (
+        type(mode) is int
+        and type(uid) is int
+        and type(gid) is int
+        and type(mtime) is int
+        and type(atime) is int
+        and type(ctime) is int
+        and type(ino) is int
+        and 0 <= mode <= 0o7777
+        and 0 <= uid <= _U32
+        and 0 <= gid <= _U32
+        and _I64_LO <= mtime <= _I64_HI
+        and _I64_LO <= atime <= _I64_HI
+        and _I64_LO <= ctime <= _I64_HI
+        and 0 <= ino <= 2**64 - 1
+    ):
+        for key, lo, hi in _FIELDS:  # which one: the error names it
+            _int(d, key, lo, hi)
+    n = Node(name, typ, mode, uid, gid, mtime, atime, ctime, ino)
     if typ == "file":
         n.size = _int(d, "size", 0, 2**62)
         link = _get_bytes(d, "link")
@@ -189,7 +219,10 @@ def node_from_json(d: Any) -> Node:
             content = d.get("content", [])
             if not isinstance(content, list):
                 raise IntegrityError("tree node content is not a list")
-            n.content = [_blob_id(c) for c in content]
+            if len(content) == 1:
+                n.content = [_blob_id(content[0])]
+            elif content:
+                n.content = [_blob_id(c) for c in content]
         if "sparse" in d:
             sp = d["sparse"]
             if not isinstance(sp, list):

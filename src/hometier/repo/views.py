@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 
 from hometier.errors import IntegrityError
 from hometier.repo.blobindex import BlobIndex
-from hometier.repo.fetch import Where
+from hometier.repo.fetch import StoredFn, Where
 from hometier.repo.ids import BlobId
 from hometier.repo.index import Location
 from hometier.repo.locator import Locator
@@ -77,8 +77,9 @@ class SnapshotView(Repository):
         *,
         workers: int = 4,
         where: Where | None = None,
+        stored: StoredFn | None = None,
     ) -> None:
-        super().for_each_blob(ids, fn, workers=workers, where=where or self.where)
+        super().for_each_blob(ids, fn, workers=workers, where=where or self.where, stored=stored)
 
 
 class SnapshotWhere:
