@@ -35,6 +35,7 @@ Needs: hometier (this checkout's ``src/``), ``weed`` (``pip install seaweedfs-bi
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime as dt
 import json
 import math
@@ -938,6 +939,10 @@ class Bench:
         load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
         # Before anything runs: the commit (and uncommitted src/ changes) measured.
         tool_info = tool_versions()
+        # Bytecode for every module, as `pip install` writes it: with
+        # PYTHONDONTWRITEBYTECODE set (deploy/Dockerfile sets it) a working tree's
+        # changed modules would otherwise be compiled again by every cold process.
+        compileall.compile_dir(os.path.join(benchlib.SRC, "hometier"), quiet=1)
         if self.kind == "real":
             corpus = Path(a.real_dir)
             self.homes_dir = ensure_real_corpus(corpus.resolve(), a, self.log)

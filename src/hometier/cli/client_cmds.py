@@ -9,7 +9,6 @@ import random
 import sys
 import time
 import urllib.error
-import urllib.request
 from typing import Any
 from urllib.parse import quote
 
@@ -57,6 +56,8 @@ def register(sub: Any) -> None:
 
 
 def _request(method: str, url: str, token: str, timeout: float = 60.0) -> Any:
+    import urllib.request  # here: its HTTP and TLS stack would load with every command
+
     req = urllib.request.Request(
         url,
         method=method,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import ctypes.util
 import functools
 import logging
 import os
@@ -218,7 +217,7 @@ def tune_malloc() -> None:
     such free and keeps later ones in per-thread heaps: a 200,000-file restore peaked
     at 360 MB instead of 250 MB. No effect where mallopt does not exist."""
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None)
+        libc = ctypes.CDLL(None)  # this process's own symbols, libc's among them
         libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
         libc.mallopt(-8, 4)  # M_ARENA_MAX
     except (OSError, AttributeError):

@@ -16,21 +16,12 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -83,6 +74,19 @@ def when(t: dt.datetime | None) -> str:
 
 def progress_columns(unit: str = "bytes") -> list[Any]:
     """What every bar shows: label, bar, percent, done/total, speed, elapsed and ETA."""
+    # Loaded only for a bar on a terminal: every command would pay for it at start.
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        MofNCompleteColumn,
+        SpinnerColumn,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     amount: list[Any] = (
         [DownloadColumn(), TransferSpeedColumn()] if unit == "bytes" else [MofNCompleteColumn()]
     )
@@ -139,6 +143,8 @@ def progress_bar(label: str, enabled: bool, *, unit: str = "bytes") -> Iterator[
     if not enabled or not err.is_terminal:
         yield Bar(None, label)
         return
+    from rich.progress import Progress
+
     bar = Progress(*progress_columns(unit), console=err, transient=True)
     with bar:
         yield Bar(bar, label)

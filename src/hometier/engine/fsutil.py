@@ -11,7 +11,6 @@ already reach themselves.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import os
 import resource
@@ -22,7 +21,7 @@ from collections.abc import Iterator
 _AT_FDCWD = -100
 RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_libc = ctypes.CDLL(None, use_errno=True)  # this process's symbols: libc's (no ldconfig run)
 _renameat2 = getattr(_libc, "renameat2", None)
 _syscall = _libc.syscall
 _SYS_OPENAT2 = {"x86_64": 437, "aarch64": 437}.get(os.uname().machine)
