@@ -41,6 +41,7 @@ import json
 import math
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -210,6 +211,15 @@ def helper_archive(a: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
+def _cpu_self_and_children() -> float:
+    """User + system seconds of this process and its waited-for children (writers)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def helper_service(a: argparse.Namespace) -> int:
     """A long-lived process with the repository open that restores on request.
 
@@ -243,6 +253,7 @@ def helper_service(a: argparse.Namespace) -> int:
             doc["seconds"] = time.perf_counter() - t
         elif cmd["op"] == "storm":
             done: dict[int, float] = {}
+            cpu0 = _cpu_self_and_children()
 
             def job(
                 i: int, user: str, target: str, done: dict[int, float] = done, t: float = t
@@ -254,7 +265,11 @@ def helper_service(a: argparse.Namespace) -> int:
             with ThreadPoolExecutor(max_workers=cmd["pool"]) as pool:
                 futs = [pool.submit(job, i, u, tg) for i, (u, tg) in enumerate(cmd["jobs"])]
                 rows = [f.result() for f in futs]
-            doc = {"seconds": time.perf_counter() - t, "jobs": rows}
+            doc = {
+                "seconds": time.perf_counter() - t,
+                "jobs": rows,
+                "cpu_s": _cpu_self_and_children() - cpu0,
+            }
             for i, r in enumerate(rows):
                 r["seconds"] = done[i]
         elif cmd["op"] == "quit":
@@ -885,9 +900,11 @@ class Bench:
             t.mkdir(parents=True)
         os.sync()
         pool = self.a.storm_pool or len(users)
+        srv0 = benchlib.proc_cpu(benchlib.SERVER_PID)
         doc = self.ask(
             p, {"op": "storm", "pool": pool, "jobs": [[u, str(targets[u])] for u in users]}
         )
+        srv = benchlib.proc_cpu(benchlib.SERVER_PID) - srv0
         peak = self.stop_service(p, rss)
         jobs = {}
         for u, j in zip(users, doc["jobs"], strict=True):
@@ -903,6 +920,8 @@ class Bench:
             "open_seconds": open_s,
             "requests": doc["server"],
             "own_requests": doc["store"],
+            "cpu_s": doc["cpu_s"],
+            "server_cpu_s": srv,
         }
 
     def storm_baseline(self, tool: str, users: list[str]) -> dict[str, Any]:
@@ -913,10 +932,12 @@ class Bench:
         }[tool]
         os.sync()
         m0 = scrape(self.metrics_url)
+        srv0 = benchlib.proc_cpu(benchlib.SERVER_PID)
         t0 = time.perf_counter()
         with ThreadPoolExecutor(max_workers=len(users)) as pool:
             results = list(pool.map(lambda u: fn(u, sync=False), users))
         total = time.perf_counter() - t0
+        srv = benchlib.proc_cpu(benchlib.SERVER_PID) - srv0
         jobs = {}
         rss = 0.0
         for u, (m, root) in zip(users, results, strict=True):
@@ -928,6 +949,8 @@ class Bench:
             "pool": len(users),
             "rss_mb": rss,
             "requests": diff(scrape(self.metrics_url), m0),
+            "cpu_s": sum(m.cpu_seconds for m, _root in results),
+            "server_cpu_s": srv,
         }
 
     # --- the whole run ----------------------------------------------------------------
@@ -1422,19 +1445,32 @@ def render(doc: dict[str, Any]) -> str:
         )
         out.append("")
         out.append(
-            "| tool | concurrency | p50 s | p95 s | max s | all done s | peak RSS MB | GETs | matching |"
+            "| tool | concurrency | p50 s | p95 s | max s | all done s | CPU s: tool + S3 server "
+            "| ÷ cores | peak RSS MB | GETs | matching |"
         )
-        out.append("|---|---|---:|---:|---:|---:|---:|---:|---|")
+        out.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
+        cores = doc["machine"]["nproc"]
         for t, r in doc["storms"].items():
             how = (
                 f"{r['pool']} threads, one process" if t == "hometier" else f"{r['pool']} pipelines"
             )
             rss = f"{r['rss_mb']:.0f}" + ("" if t == "hometier" else " (sum)")
             ok = len(r["jobs"]) - len(r["differences"])
+            cpu, srv = r.get("cpu_s"), r.get("server_cpu_s")
+            both = f"{cpu:.1f} + {srv:.1f}" if cpu is not None and srv is not None else "-"
+            bound = f"{(cpu + srv) / cores:.2f}" if cpu is not None and srv is not None else "-"
             out.append(
                 f"| {md(t)} | {how} | {r['p50']:.2f} | {r['p95']:.2f} | {r['max']:.2f} | "
-                f"{r['seconds']:.2f} | {rss} | {r['requests'].get('GET', 0)} | {ok}/{len(r['jobs'])} |"
+                f"{r['seconds']:.2f} | {both} | {bound} | {rss} | {r['requests'].get('GET', 0)} | "
+                f"{ok}/{len(r['jobs'])} |"
             )
+        out.append("")
+        out.append(
+            f"CPU s: user + system seconds of the tool's processes (hometier: the service "
+            f"process and its writers; a pipeline: every process of it) and of the S3 server "
+            f"during the storm. ÷ cores: that total over the machine's {cores} cores, the "
+            f"shortest the storm could take if it used every core all the time."
+        )
         out.append("")
     # Differences.
     diffs = []
