@@ -742,22 +742,8 @@ def _write_contents(
         if pool is not None:
             for rel, what in pool.close():
                 lost.add(rel, what)
-            for idx, bid in pool.failed:
-                # What any read does with a blob that fails verification: read it again,
-                # then from another copy the index knows; an error if none verifies.
-                log.warning(
-                    "blob %s failed verification in a writer process; reading it again",
-                    bid.hex()[:16],
-                )
-                data = repo.read_blob(BlobId(bid))
-                plan.check_size(idx, len(data))
-                rel = plan.files[idx][0]
-                fd = os.open(rel, _CREATE, 0o600, dir_fd=sfd)
-                try:
-                    _pwrite_all(fd, data, 0)
-                    lost.add(rel, finish(fd, idx))
-                finally:
-                    os.close(fd)
+            if pool.failed:
+                _read_failed_again(repo, plan, sfd, workers, lost, finish, pool.failed)
     finally:
         if pool is not None:
             pool.abort()
@@ -850,6 +836,42 @@ def _fetch_and_write(
         counted(1, len(data) * len(targets))
 
     repo.for_each_blob([BlobId(b) for b in plan.dest], write, workers=workers, stored=take)
+
+
+def _read_failed_again(
+    repo: Repository,
+    plan: _Plan,
+    sfd: int,
+    workers: int,
+    lost: _Lost,
+    finish: Callable[[int, int], list[str]],
+    failed: list[tuple[int, bytes]],
+) -> None:
+    """The files whose blob failed verification in a writer (which created nothing):
+    what any read does with such a blob, here, by pack and ``workers`` at a time: read
+    it again, then from another copy the index knows; ``IntegrityError`` if none
+    verifies."""
+    files = {bid: idx for idx, bid in failed}
+    shown = ", ".join(b.hex()[:16] for b in list(files)[:5])
+    log.warning(
+        "%d blob(s) failed verification in a writer process (%s%s); reading them again",
+        len(files),
+        shown,
+        ", ..." if len(files) > 5 else "",
+    )
+
+    def again(bid: BlobId, data: bytes) -> None:
+        idx = files[bid]
+        plan.check_size(idx, len(data))
+        rel = plan.files[idx][0]
+        fd = os.open(rel, _CREATE, 0o600, dir_fd=sfd)
+        try:
+            _pwrite_all(fd, data, 0)
+            lost.add(rel, finish(fd, idx))
+        finally:
+            os.close(fd)
+
+    repo.for_each_blob([BlobId(b) for b in files], again, workers=workers)
 
 
 def _pwrite_all(fd: int, data: bytes, off: int) -> None:
