@@ -5,8 +5,8 @@ process's one GIL.
 Most files of a home are one blob. For those the restore's fetch threads hand the blob
 as it is stored (compressed) to the writer that owns the file; the writer decompresses
 it and checks it against its keyed hash (``codec.decode``, ``ids.blob_id``: the same
-verification as a read in the restoring process, on another core and with a third of
-the bytes through the pipe), then creates the file (``O_CREAT|O_EXCL|O_NOFOLLOW``
+verification as a read in the restoring process, on another core, and the pipe carries
+the compressed bytes: a third as many on homes of real material), then creates the file (``O_CREAT|O_EXCL|O_NOFOLLOW``
 relative to the staging folder's descriptor, which it inherited), writes it and sets
 its metadata through the descriptor (``xattrs.apply_metadata``), exactly as the thread
 would have. A blob that fails the check is not written: the writer lists it, and the
