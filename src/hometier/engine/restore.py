@@ -813,22 +813,19 @@ def _fetch_and_write(
     def write(bid: BlobId, data: bytes) -> None:
         targets = plan.dests(bid)
         for idx, off in targets:
-            if idx not in created:
+            if idx not in created:  # a file of this one blob, at offset 0
                 plan.check_size(idx, len(data))
                 if pool is not None:
-                    pool.send(idx, data)  # a file of this one blob, at offset 0
-                    continue
-                fd = os.open(plan.files[idx][0], _CREATE, 0o600, dir_fd=sfd)
-            else:
-                fd = os.open(plan.files[idx][0], _REOPEN, dir_fd=sfd)
+                    pool.send(idx, data)
+                else:
+                    _write_whole(sfd, plan, idx, data, finish, lost)
+                continue
+            fd = os.open(plan.files[idx][0], _REOPEN, dir_fd=sfd)
             try:
                 _pwrite_all(fd, data, off)
-                if idx in created:
-                    with lock:
-                        left[idx] -= 1
-                        done = left[idx] == 0
-                else:
-                    done = True
+                with lock:
+                    left[idx] -= 1
+                    done = left[idx] == 0
                 if done:
                     lost.add(plan.files[idx][0], finish(fd, idx))
             finally:
@@ -861,17 +858,29 @@ def _read_failed_again(
     )
 
     def again(bid: BlobId, data: bytes) -> None:
-        idx = files[bid]
-        plan.check_size(idx, len(data))
-        rel = plan.files[idx][0]
-        fd = os.open(rel, _CREATE, 0o600, dir_fd=sfd)
-        try:
-            _pwrite_all(fd, data, 0)
-            lost.add(rel, finish(fd, idx))
-        finally:
-            os.close(fd)
+        plan.check_size(files[bid], len(data))
+        _write_whole(sfd, plan, files[bid], data, finish, lost)
 
     repo.for_each_blob([BlobId(b) for b in files], again, workers=workers)
+
+
+def _write_whole(
+    sfd: int,
+    plan: _Plan,
+    idx: int,
+    data: bytes,
+    finish: Callable[[int, int], list[str]],
+    lost: _Lost,
+) -> None:
+    """Create file ``idx`` of one blob (``O_EXCL``, never through a link), write it and
+    set its metadata."""
+    rel = plan.files[idx][0]
+    fd = os.open(rel, _CREATE, 0o600, dir_fd=sfd)
+    try:
+        _pwrite_all(fd, data, 0)
+        lost.add(rel, finish(fd, idx))
+    finally:
+        os.close(fd)
 
 
 def _pwrite_all(fd: int, data: bytes, off: int) -> None:
