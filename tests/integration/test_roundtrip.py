@@ -389,11 +389,16 @@ def test_an_unreadable_file_is_reported_not_fatal(
     if IS_ROOT:
         real_open = os.open
 
-        def squashed(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-            # The engine opens entries through their open folder (/proc/self/fd/N/name).
-            if os.path.realpath(os.fsencode(path)) == os.fsencode(os.path.realpath(secret)):
-                raise PermissionError(13, "Permission denied", os.fsdecode(path))
-            return real_open(path, flags, *args, **kwargs)
+        def squashed(
+            path: Any, flags: int, *args: Any, dir_fd: int | None = None, **kw: Any
+        ) -> int:
+            # The engine opens entries by name relative to their open folder (openat).
+            where = os.fsdecode(path)
+            if dir_fd is not None:
+                where = os.path.join(os.readlink(f"/proc/self/fd/{dir_fd}"), where)
+            if os.path.realpath(where) == os.path.realpath(secret):
+                raise PermissionError(13, "Permission denied", where)
+            return real_open(path, flags, *args, dir_fd=dir_fd, **kw)
 
         monkeypatch.setattr(archive_mod.os, "open", squashed)
     repo = memory_repo()

@@ -68,11 +68,11 @@ def _on_file(monkeypatch: pytest.MonkeyPatch, rel: bytes, change: Any) -> list[b
     fired: list[bool] = []
     real = engine_archive._Archiver._file
 
-    def _file(self: Any, full: bytes, r: bytes, *a: Any, **kw: Any) -> None:
+    def _file(self: Any, dfd: int, name: bytes, r: bytes, *a: Any, **kw: Any) -> None:
         if r == rel and not fired:
             fired.append(True)
             change()
-        return real(self, full, r, *a, **kw)
+        return real(self, dfd, name, r, *a, **kw)
 
     monkeypatch.setattr(engine_archive._Archiver, "_file", _file)
     return fired

@@ -151,13 +151,19 @@ class _Archiver:
     # --- one regular file (runs on a worker thread) ---------------------------------
 
     def read_file(
-        self, path: bytes, rel: bytes, st: os.stat_result, node: Node, fd: int | None = None
+        self,
+        dfd: int,
+        name: bytes,
+        rel: bytes,
+        st: os.stat_result,
+        node: Node,
+        fd: int | None = None,
     ) -> None:
-        """Read one file into ``node`` (from ``fd`` if given, which it then closes); a
-        file that cannot be read gets ``node.error`` (restore skips it) and is listed,
-        the backup goes on."""
+        """Read the file ``name`` of the open folder ``dfd`` into ``node`` (from ``fd``
+        if given, which it then closes); a file that cannot be read gets ``node.error``
+        (restore skips it) and is listed, the backup goes on."""
         try:
-            self._read_file(path, rel, st, node, fd)
+            self._read_file(dfd, name, rel, st, node, fd)
         except BackupError as exc:
             node.content, node.sparse, node.error = [], None, str(exc.args[1])
             self._note("changed", rel, node.error)
@@ -168,13 +174,14 @@ class _Archiver:
             node.error = f"unreadable: {exc.strerror or exc}"
             self._note("errors", rel, node.error)
 
-    def _open(self, path: bytes, rel: bytes, node: Node) -> int | None:
-        """Open a file to read it; None (and ``node`` emptied) if it vanished."""
+    def _open(self, dfd: int, name: bytes, rel: bytes, node: Node) -> int | None:
+        """Open a file of the open folder ``dfd`` to read it; None (and ``node``
+        emptied) if it vanished."""
         try:
             try:
-                return os.open(path, _READ_FLAGS | _O_NOATIME)
+                return os.open(name, _READ_FLAGS | _O_NOATIME, dir_fd=dfd)
             except PermissionError:
-                return os.open(path, _READ_FLAGS)
+                return os.open(name, _READ_FLAGS, dir_fd=dfd)
         except FileNotFoundError:
             self._note("changed", rel, "vanished")
             node.content = []
@@ -182,10 +189,10 @@ class _Archiver:
             return None
 
     def _read_file(
-        self, path: bytes, rel: bytes, st: os.stat_result, node: Node, fd: int | None
+        self, dfd: int, name: bytes, rel: bytes, st: os.stat_result, node: Node, fd: int | None
     ) -> None:
         if fd is None:
-            fd = self._open(path, rel, node)
+            fd = self._open(dfd, name, rel, node)
             if fd is None:
                 return
         try:
@@ -304,7 +311,8 @@ class _Archiver:
             full = path + b"/" + name
             sub = rel + b"/" + name if rel else name
             try:
-                st = os.lstat(full)
+                # Relative to the open folder (fstatat), never through a symlink.
+                st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
                 self._note("changed", sub, "vanished")
                 continue
@@ -343,7 +351,8 @@ class _Archiver:
                     self.stats.dirs += 1
                 elif fmt == stat.S_IFREG:
                     self._file(
-                        full,
+                        dfd,
+                        name,
                         sub,
                         st,
                         node,
@@ -353,7 +362,7 @@ class _Archiver:
                     )
                 elif fmt == stat.S_IFLNK:
                     node.type = "symlink"
-                    node.target = os.readlink(full)
+                    node.target = os.readlink(name, dir_fd=dfd)
                     self.stats.symlinks += 1
                 elif fmt in (stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK):
                     node.type = {
@@ -459,7 +468,8 @@ class _Archiver:
 
     def _file(
         self,
-        full: bytes,
+        dfd: int,
+        name: bytes,
         rel: bytes,
         st: os.stat_result,
         node: Node,
@@ -494,18 +504,18 @@ class _Archiver:
         if st.st_nlink > 1:
             # Read now, not on a worker: later names may link to this one only if it
             # really is in the snapshot with its content.
-            self.read_file(full, rel, st, node)
+            self.read_file(dfd, name, rel, st, node)
             if node.error is None:
                 self.hardlinks[key] = rel
             return
         if inline:
-            self.read_file(full, rel, st, node)
+            self.read_file(dfd, name, rel, st, node)
             return
         # Opened here, read by a reader: the reader owns the descriptor, so the folder's
         # own descriptor may close (and the walk go on) before the file is read.
         self.slots.acquire()
         try:
-            fd = self._open(full, rel, node)
+            fd = self._open(dfd, name, rel, node)
         except OSError as exc:
             self.slots.release()
             node.content, node.sparse = [], None
@@ -518,7 +528,7 @@ class _Archiver:
 
         def job() -> None:
             try:
-                self.read_file(full, rel, st, node, fd)
+                self.read_file(dfd, name, rel, st, node, fd)
             finally:
                 self.slots.release()
 
