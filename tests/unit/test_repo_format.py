@@ -15,6 +15,8 @@ import random
 import string
 import tracemalloc
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -814,10 +816,71 @@ def test_a_file_smaller_than_the_window_gets_a_buffer_of_its_size(
         return bytearray(n)
 
     monkeypatch.setattr(chunker, "bytearray", spy, raising=False)
-    chunks = _chunks(data, params, length=size)
+    chunks = _in_a_new_thread(lambda: _chunks(data, params, length=size))
     assert b"".join(chunks) == data[:size]
     assert [len(c) for c in chunks] == _whole_buffer_cuts(data[:size], params)
     assert sizes == [min(size, chunker.WINDOW + params.max)]
+
+
+def _in_a_new_thread(fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` on a thread of its own (no reading buffer kept yet); its result."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn).result()
+
+
+def test_a_thread_reads_file_after_file_into_one_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A thread keeps its reading buffer for the next file (a new one is faulted in page
+    by page) and grows it only for a larger file; the cuts are those of a fresh buffer."""
+    params = Chunking()
+    sizes_in = [3 * MiB, 2 * MiB + 5, 9 * MiB, 3 * MiB + 1, MiB + 1]
+    files = [random.Random(n).randbytes(n) for n in sizes_in]
+    made: list[int] = []
+
+    def spy(n: int) -> bytearray:
+        made.append(n)
+        return bytearray(n)
+
+    monkeypatch.setattr(chunker, "bytearray", spy, raising=False)
+    got = _in_a_new_thread(lambda: [_chunks(f, params) for f in files])
+    for data, chunks in zip(files, got, strict=True):
+        assert b"".join(chunks) == data
+        assert [len(c) for c in chunks] == _whole_buffer_cuts(data, params)
+    assert made == [3 * MiB, chunker.WINDOW + params.max]
+
+
+def test_a_second_or_unfinished_reader_of_a_thread_gets_its_own_buffer() -> None:
+    """Two files cut at once on one thread (or one left half read) never share the
+    thread's buffer: each chunk is still its file's bytes."""
+    params = Chunking()
+    a, b, c = (random.Random(n).randbytes(n) for n in (6 * MiB, 5 * MiB + 3, 4 * MiB + 9))
+
+    def interleaved() -> tuple[list[bytes], list[bytes], list[bytes]]:
+        fds = [_fd_with(x) for x in (a, b, c)]
+        _chunks(bytes(9 * MiB), params)  # the thread now keeps a buffer large enough for all
+        try:
+            left = iter_chunks(fds[0], len(a), params)
+            first = bytes(next(left))  # a is half read and stays so
+            ga, gb = iter_chunks(fds[1], len(b), params), iter_chunks(fds[2], len(c), params)
+            out_b: list[bytes] = []
+            out_c: list[bytes] = []
+            for x, y in zip(ga, gb, strict=False):
+                out_b.append(bytes(x))
+                out_c.append(bytes(y))
+            out_b += [bytes(x) for x in ga]
+            out_c += [bytes(y) for y in gb]
+            rest = [bytes(x) for x in left]
+            return [first, *rest], out_b, out_c
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+    got_a, got_b, got_c = _in_a_new_thread(interleaved)
+    assert b"".join(got_a) == a
+    assert b"".join(got_b) == b
+    assert b"".join(got_c) == c
+    # A thread that read one file reads the next, smaller, one correctly into its buffer.
+    got = _in_a_new_thread(lambda: [_chunks(x, params) for x in (a, c, b)])
+    assert [b"".join(x) for x in got] == [a, c, b]
 
 
 def test_chunk_sizes_stay_within_min_and_max(big_buffer: bytes) -> None:

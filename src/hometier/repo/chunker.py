@@ -9,8 +9,10 @@ if the whole file were in memory and an edit moves only the chunks around it.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 WINDOW = 4 * 1024 * 1024
 
@@ -53,11 +55,12 @@ def iter_chunks(
     each (a fresh allocation of a MiB, faulted in page by page) cost more than the hash.
 
     Reads with ``pread`` at explicit offsets, never from the descriptor's shared file
-    position (finding a sparse file's extents moves it). Reads into one buffer of
-    ``WINDOW + params.max`` bytes, reused for the whole file, so memory per reader stays
-    at that plus the chunk being yielded (a file smaller than that buffer gets one of
-    its own size, read whole). The caller decides what a short read means
-    (the file changed while being read).
+    position (finding a sparse file's extents moves it). Reads into one buffer of at
+    most ``WINDOW + params.max`` bytes (less for a smaller file, read whole), reused for
+    the whole file and kept by the thread for its next one, so memory per reading
+    thread stays at that plus the chunk being yielded. Cut points do not depend on the
+    buffer's size. The caller decides what a short read means (the file changed while
+    being read).
     """
     if length <= params.small:
         data = _read_exact(fd, length, offset)
@@ -68,16 +71,53 @@ def iter_chunks(
     # with it, 30 ms that every restore, fetch-home and status paid for nothing.
     from fastcdc.fastcdc_cy import chunk_generator
 
-    # No larger than the file: a new buffer is zeroed page by page, and most files cut
-    # into chunks are a few MiB, far below a whole window.
-    buf = bytearray(min(WINDOW + params.max, length))
-    view = memoryview(buf)
+    cap = min(WINDOW + params.max, length)
+    slot = _reading
+    if slot.busy or slot.buf is None or len(slot.buf) < cap:
+        buf = bytearray(cap)
+        mine = False
+    else:
+        buf, mine, slot.busy = slot.buf, True, True
+    try:
+        yield from _cut(fd, buf, cap, length, params, offset, chunk_generator)
+    finally:
+        if mine:
+            slot.busy = False
+        elif not slot.busy and (slot.buf is None or len(buf) > len(slot.buf)):
+            slot.buf = buf  # the next file of this thread reads into it
+
+
+class _Slot(threading.local):
+    """This thread's reading buffer, kept from file to file: a new one costs a page
+    fault for every 4 KiB read into it (a zeroed bytearray of the file's size, each time).
+    It grows to the largest file's need (at most ``WINDOW`` plus the largest chunk) and
+    goes with its thread. ``busy`` while a generator of this thread reads into it: a
+    second one at the same time (or one left unfinished) gets a buffer of its own."""
+
+    def __init__(self) -> None:
+        self.buf: bytearray | None = None
+        self.busy = False
+
+
+_reading = _Slot()
+
+
+def _cut(
+    fd: int,
+    buf: bytearray,
+    cap: int,
+    length: int,
+    params: Chunking,
+    offset: int,
+    chunk_generator: Callable[..., Iterator[Any]],
+) -> Iterator[memoryview]:
+    view = memoryview(buf)[:cap]
     filled = 0
     remaining = length
     while True:
         eof = False
-        while filled < len(buf) and remaining > 0:
-            n = os.preadv(fd, [view[filled : filled + min(len(buf) - filled, remaining)]], offset)
+        while filled < cap and remaining > 0:
+            n = os.preadv(fd, [view[filled : filled + min(cap - filled, remaining)]], offset)
             if n == 0:
                 eof = True
                 break
