@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -329,12 +330,16 @@ def test_two_backups_at_once_in_one_process_upload_shared_content_once(tmp_path:
         assert snapshot_of_tree(tmp_path / f"out-{u}") == snapshot_of_tree(h)
 
 
+@pytest.mark.parametrize("lanes", [0, 1], ids=["compressed-by-caller", "compressed-by-lane"])
 def test_a_blob_reserved_by_another_backup_is_waited_for_not_reported_missing(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, lanes: int
 ) -> None:
     """Backup A has reserved a blob (it is pending) but not put it in a pack yet when
     backup B, which found it pending, flushes. B must wait for it: it used to fail with
-    "written but is not indexed" (seen with 30 archives, 4 at a time, in one process)."""
+    "written but is not indexed" (seen with 30 archives, 4 at a time, in one process).
+
+    Without a lane A is still compressing it in its own ``add``; with one, A's ``add``
+    has returned and the blob waits in the lane's batch until B's flush hands it over."""
     from hometier.repo import writer as writer_mod
 
     repo = Repository.create(open_store(f"file://{tmp_path}/repo"))
@@ -349,7 +354,7 @@ def test_a_blob_reserved_by_another_backup_is_waited_for_not_reported_missing(
         return real_encode(data)
 
     monkeypatch.setattr(writer_mod.codec, "encode", slow_encode)
-    a, b = repo.writer(), repo.writer()
+    a, b = repo.writer(lanes=lanes), repo.writer()
     errors: list[BaseException] = []
 
     def run(fn: Any) -> None:
@@ -360,11 +365,16 @@ def test_a_blob_reserved_by_another_backup_is_waited_for_not_reported_missing(
 
     adder = threading.Thread(target=run, args=(lambda: a.add(index.BlobType.DATA, content),))
     adder.start()
-    assert in_encode.wait(30)
+    bid = repo.blob_id(content)
+    deadline = time.monotonic() + 30
+    while not a.shared.pending(bid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert a.shared is b.shared
     bid, new = b.add(index.BlobType.DATA, content)
     assert not new  # pending in A: B does not store it again
     flusher = threading.Thread(target=run, args=(b.flush,))
     flusher.start()
+    assert in_encode.wait(30)  # by A's add, or by the lane once B's flush handed it over
     flusher.join(0.5)
     still_waiting = flusher.is_alive()
     release.set()

@@ -67,7 +67,7 @@ from hometier.repo.locator import (
 from hometier.repo.pack import FOOTER, Entry, parse_trailer
 from hometier.repo.snapshot import Snapshot, user_key
 from hometier.repo.tree import Node, decode_tree
-from hometier.repo.writer import BlobWriter, SharedWriter
+from hometier.repo.writer import LANES, BlobWriter, SharedWriter
 from hometier.store import ObjectExists, ObjectInfo, ObjectNotFound, Store
 
 if TYPE_CHECKING:
@@ -327,15 +327,28 @@ class Repository:
         return parse_trailer(tail, size)
 
     def writer(
-        self, *, pack_size: int = 32 * 1024 * 1024, uploads: int = 2, locate: bool = True
+        self,
+        *,
+        pack_size: int = 32 * 1024 * 1024,
+        uploads: int = 2,
+        lanes: int | None = None,
+        locate: bool = True,
     ) -> BlobWriter:
         """A session on this process's shared writer (one per repository): concurrent
         backups never upload the same content twice. ``locate``: collect the location
-        of every blob (for a snapshot's locator; prune's repacking does not need them)."""
+        of every blob (for a snapshot's locator; prune's repacking does not need them).
+        ``lanes``: threads that compress new blobs beside their callers (0: each caller
+        compresses its own; default ``writer.LANES``); like the other sizes, it applies
+        when the shared writer is made, not to a session joining one already open."""
         with self._lock:
             w = self._writer
             if w is None or w.error is not None or w.closed:
-                w = self._writer = SharedWriter(self, pack_size=pack_size, uploads=uploads)
+                w = self._writer = SharedWriter(
+                    self,
+                    pack_size=pack_size,
+                    uploads=uploads,
+                    lanes=LANES if lanes is None else lanes,
+                )
             w.users += 1
         return BlobWriter(w, locate=locate)
 

@@ -45,9 +45,14 @@ class SnapshotView(Repository):
         return self.parent.load_index_for_backup(workers)
 
     def writer(
-        self, *, pack_size: int = 32 * 1024 * 1024, uploads: int = 2, locate: bool = True
+        self,
+        *,
+        pack_size: int = 32 * 1024 * 1024,
+        uploads: int = 2,
+        lanes: int | None = None,
+        locate: bool = True,
     ) -> BlobWriter:
-        return self.parent.writer(pack_size=pack_size, uploads=uploads, locate=locate)
+        return self.parent.writer(pack_size=pack_size, uploads=uploads, lanes=lanes, locate=locate)
 
     def pack_sizes(self) -> dict[bytes, int]:
         """Pack id -> size of the packs this snapshot's locator names."""

@@ -8,6 +8,7 @@ locations of every blob its snapshot reaches, for the snapshot's locator.
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from hometier import faults
 from hometier.errors import IntegrityError
 from hometier.repo import codec
-from hometier.repo.ids import BlobId, BlobType, PackId, pack_key
+from hometier.repo.ids import BlobId, BlobType, Compression, PackId, pack_key
 from hometier.repo.index import Location, PackRecord
 from hometier.repo.locator import LocatorBuilder
 from hometier.repo.pack import Entry, PackBuilder
@@ -26,6 +27,14 @@ if TYPE_CHECKING:
 
 INDEX_EVERY = 16
 """Write an index object every this many packs, so a crashed backup's packs are reused."""
+LANE_BATCH = 1024 * 1024
+"""Raw bytes of queued blobs handed to the lane as one job (one hand-off, not one a file)."""
+LANE_QUEUED = 16 * 1024 * 1024
+"""Raw bytes that may wait for the lane before ``add`` waits for it."""
+_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+LANES = max(1, min(4, (_CORES or 2) - 1))
+"""Compressing threads of a shared writer: one on two cores (beside the walk), up to
+four on larger machines (the readers of a large folder queue their files to them)."""
 
 
 @dataclass
@@ -48,16 +57,23 @@ class SharedWriter:
     """Adds blobs to a repository; thread-safe; shared by the sessions of one process.
 
     ``add`` returns at once for a blob the repository (or this writer) already has.
-    New blobs are compressed in the calling thread and appended to the open pack (one
-    for data, one for trees); a full pack is sealed and uploaded on a background thread,
-    ``uploads`` at a time. At most ``uploads + 1`` sealed packs wait or travel: ``add``
-    blocks, holding no pack, until one is durable. Memory is therefore bounded by about
-    ``(uploads + 3) * pack_size`` whatever the number of calling threads and sessions.
-    A blob is visible to readers only once the index object naming its pack is written
-    (every ``INDEX_EVERY`` packs, and at every ``flush``); until then it is *pending*.
+    A new blob given as ``bytes`` is reserved (pending) and queued; the *lane*, a
+    background thread, compresses queued blobs in batches and appends them to the open
+    pack (one for data, one for trees). Compression then runs beside the caller's own
+    work instead of after it: an archive's walker reads the small files of most folders
+    itself, and its Python per file and zstd per byte overlap on two cores. A blob
+    given as a view (a chunk of a larger file, in a buffer its caller reuses) is
+    compressed in the calling thread, as is every blob without a lane (``lanes=0``).
+    A full pack is sealed and uploaded on a background thread, ``uploads`` at a time.
+    At most ``uploads + 1`` sealed packs wait or travel: appending blocks, holding no
+    pack, until one is durable; and at most ``LANE_QUEUED`` raw bytes wait for the
+    lane. Memory is therefore bounded by about ``(uploads + 3) * pack_size +
+    LANE_QUEUED`` whatever the number of calling threads and sessions. A blob is
+    visible to readers only once the index object naming its pack is written (every
+    ``INDEX_EVERY`` packs, and at every ``flush``); until then it is *pending*.
     """
 
-    def __init__(self, repo: Repository, *, pack_size: int, uploads: int) -> None:
+    def __init__(self, repo: Repository, *, pack_size: int, uploads: int, lanes: int = 1) -> None:
         self.repo = repo
         self.pack_size = pack_size
         self._lock = threading.Lock()
@@ -69,6 +85,16 @@ class SharedWriter:
         self._sealed = 0
         self._room = threading.Condition(self._lock)
         self._pool = ThreadPoolExecutor(max_workers=uploads, thread_name_prefix="upload")
+        self._lane = (
+            ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="compress") if lanes else None
+        )
+        # Blobs reserved and not yet in a pack: the batch being filled, the raw bytes
+        # queued (filled and handed over), and the numbers of the batches not done.
+        self._batch: list[tuple[BlobWriter, BlobType, bytes, BlobId]] = []
+        self._batch_bytes = 0
+        self._queued = 0
+        self._batches = 0
+        self._lane_open: set[int] = set()
         # Every sealed pack has a number; ``_state`` holds those not indexed yet: 0 while
         # it uploads, 1 once durable (and in ``_unindexed``). A flush waits for the
         # numbers up to the last pack it sealed, whoever uploads and indexes them.
@@ -114,28 +140,125 @@ class SharedWriter:
             if not force and self.repo.known(bid):
                 return False
             self._pending.add(bid)
+        if self._lane is not None and type(data) is bytes:
+            self._queue(session, typ, data, bid)
+            return True
         try:
             comp, stored = codec.encode(data)
         except BaseException:
-            # Not reserved any more: a session waiting for it must not wait forever.
-            with self._room:
-                self._pending.discard(bid)
-                self._room.notify_all()
+            self._unreserve([bid])
             raise
+        self._append(session, typ, bid, comp, stored, len(data))
+        return True
+
+    def _unreserve(self, bids: list[BlobId]) -> None:
+        """Blobs that will not be stored are not pending any more: a session waiting for
+        one of them must not wait forever."""
+        with self._room:
+            self._pending.difference_update(bids)
+            self._room.notify_all()
+
+    def _append(
+        self,
+        session: BlobWriter,
+        typ: BlobType,
+        bid: BlobId,
+        comp: Compression,
+        stored: bytes,
+        raw_len: int,
+    ) -> None:
+        """Put one encoded blob in the open pack of its type; seal and upload it if full."""
         sealed: tuple[_Builder, int] | None = None
         with self._room:
             while self._sealed >= self._max_sealed and self.error is None:
                 self._room.wait()
+            if self.error is not None:
+                raise self.error
             builder = self._builders[typ]
-            builder.add(bid, typ, comp, stored, len(data))
+            builder.add(bid, typ, comp, stored, raw_len)
             builder.sessions.add(session)
-            session.count_new(len(data), len(stored))
+            session.count_new(raw_len, len(stored))
             if builder.size >= self.pack_size:
                 self._builders[typ] = _Builder()
                 sealed = builder, self._number()
         if sealed is not None:
             self._upload(*sealed)
-        return True
+
+    # --- the lane: compression beside the caller ---------------------------------------
+
+    def _queue(self, session: BlobWriter, typ: BlobType, data: bytes, bid: BlobId) -> None:
+        """Queue a reserved blob for the lane; hand the batch over once it is full."""
+        with self._room:
+            while self._queued >= LANE_QUEUED and self.error is None:
+                self._room.wait()
+            if self.error is not None:
+                self._pending.discard(bid)
+                self._room.notify_all()
+                raise self.error
+            self._batch.append((session, typ, data, bid))
+            self._batch_bytes += len(data)
+            self._queued += len(data)
+            job = self._take_batch() if self._batch_bytes >= LANE_BATCH else None
+        if job is not None:
+            self._submit(*job)
+
+    def _take_batch(self) -> tuple[int, list[tuple[BlobWriter, BlobType, bytes, BlobId]]]:
+        """The batch being filled, numbered, as a lane job (the caller holds the lock)."""
+        batch, self._batch, self._batch_bytes = self._batch, [], 0
+        seq = self._batches
+        self._batches += 1
+        self._lane_open.add(seq)
+        return seq, batch
+
+    def _submit(self, seq: int, batch: list[tuple[BlobWriter, BlobType, bytes, BlobId]]) -> None:
+        assert self._lane is not None
+        try:
+            self._lane.submit(self._compress, seq, batch)
+        except BaseException as exc:  # the lane is shut down: the writer was closed
+            self._lane_failed(exc, seq, batch)
+            raise
+
+    def _compress(self, seq: int, batch: list[tuple[BlobWriter, BlobType, bytes, BlobId]]) -> None:
+        """Run by the lane: encode and append a batch, in the order it was queued."""
+        done = 0
+        try:
+            for session, typ, data, bid in batch:
+                comp, stored = codec.encode(data)
+                self._append(session, typ, bid, comp, stored, len(data))
+                done += 1
+                with self._room:
+                    self._queued -= len(data)
+                    self._room.notify_all()
+        except BaseException as exc:  # noqa: BLE001 - every waiter sees it
+            self._lane_failed(exc, seq, batch[done:])
+            return
+        with self._room:
+            self._lane_open.discard(seq)
+            self._room.notify_all()
+
+    def _lane_failed(
+        self, exc: BaseException, seq: int, rest: list[tuple[BlobWriter, BlobType, bytes, BlobId]]
+    ) -> None:
+        """A batch that could not be stored fails the writer; its blobs stop being pending."""
+        self._fail(exc)
+        with self._room:
+            self._queued -= sum(len(data) for _s, _t, data, _b in rest)
+            self._pending.difference_update(bid for _s, _t, _d, bid in rest)
+            self._lane_open.discard(seq)
+            self._room.notify_all()
+
+    def _drain_lane(self) -> None:
+        """Hand over the batch being filled and wait for every batch handed over so far."""
+        with self._room:
+            job = self._take_batch() if self._batch else None
+            until = self._batches - 1
+        if job is not None:
+            self._submit(*job)
+        with self._room:
+            while self.error is None and any(s <= until for s in self._lane_open):
+                self._room.wait()
+            if self.error is not None:
+                raise self.error
 
     def _upload(self, builder: _Builder, seq: int) -> None:
         """Seal and queue one pack numbered ``seq``."""
@@ -219,6 +342,8 @@ class SharedWriter:
         After ``flush`` returns every blob added so far, by any session, is durable and
         indexed (concurrent flushes and uploads of other sessions included).
         """
+        if self._lane is not None:
+            self._drain_lane()
         sealed: list[tuple[_Builder, int]] = []
         with self._lock:
             for typ, builder in list(self._builders.items()):
@@ -242,6 +367,8 @@ class SharedWriter:
         """Stop the upload threads (after ``flush``, or to abandon the work)."""
         if not self.closed:
             self.closed = True
+            if self._lane is not None:
+                self._lane.shutdown(wait=True, cancel_futures=True)
             self._pool.shutdown(wait=True, cancel_futures=True)
 
 
