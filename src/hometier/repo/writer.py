@@ -129,15 +129,18 @@ class SharedWriter:
         bid: BlobId,
         *,
         force: bool = False,
+        checked: bool = False,
     ) -> bool:
         """Store ``data`` unless pending or (without ``force``) known; returns whether it
-        was new."""
+        was new. ``checked``: the caller has just found it absent from the index (one
+        lookup, not two, per new blob; a blob indexed in the instant since would only be
+        stored twice, which the index allows)."""
         if self.error is not None:
             raise self.error
         with self._lock:
             if bid in self._pending:
                 return False
-            if not force and self.repo.known(bid):
+            if not force and not checked and self.repo.known(bid):
                 return False
             self._pending.add(bid)
         if self._lane is not None and type(data) is bytes:
@@ -489,7 +492,7 @@ class BlobWriter:
         if self.locate:
             with self._lock:
                 self._waiting.add(bid)
-        if self.shared.add(self, typ, data, bid, force=force):
+        if self.shared.add(self, typ, data, bid, force=force, checked=not force):
             return bid, True
         # Indexed or pending meanwhile (another session): wait for it like any other.
         return bid, False
