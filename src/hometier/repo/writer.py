@@ -57,9 +57,9 @@ class SharedWriter:
     """Adds blobs to a repository; thread-safe; shared by the sessions of one process.
 
     ``add`` returns at once for a blob the repository (or this writer) already has.
-    A new blob given as ``bytes`` is reserved (pending) and queued; the *lane*, a
-    background thread, compresses queued blobs in batches and appends them to the open
-    pack (one for data, one for trees). Compression then runs beside the caller's own
+    A new blob given as ``bytes`` is reserved (pending) and queued; the *lane*,
+    ``lanes`` background threads, compresses queued blobs in batches and appends them to
+    the open pack (one for data, one for trees). Compression then runs beside the caller's own
     work instead of after it: an archive's walker reads the small files of most folders
     itself, and its Python per file and zstd per byte overlap on two cores. A blob
     given as a view (a chunk of a larger file, in a buffer its caller reuses) is
@@ -73,7 +73,9 @@ class SharedWriter:
     ``INDEX_EVERY`` packs, and at every ``flush``); until then it is *pending*.
     """
 
-    def __init__(self, repo: Repository, *, pack_size: int, uploads: int, lanes: int = 1) -> None:
+    def __init__(
+        self, repo: Repository, *, pack_size: int, uploads: int, lanes: int = LANES
+    ) -> None:
         self.repo = repo
         self.pack_size = pack_size
         self._lock = threading.Lock()
