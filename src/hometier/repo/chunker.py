@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 WINDOW = 4 * 1024 * 1024
 
@@ -67,10 +66,6 @@ def iter_chunks(
         if data:
             yield data
         return
-    # Imported at first use: the ``fastcdc`` package imports its command line (click)
-    # with it, 30 ms that every restore, fetch-home and status paid for nothing.
-    from fastcdc.fastcdc_cy import chunk_generator
-
     cap = min(WINDOW + params.max, length)
     slot = _reading
     if slot.busy or slot.buf is None or len(slot.buf) < cap:
@@ -79,7 +74,7 @@ def iter_chunks(
     else:
         buf, mine, slot.busy = slot.buf, True, True
     try:
-        yield from _cut(fd, buf, cap, length, params, offset, chunk_generator)
+        yield from _cut(fd, buf, cap, length, params, offset)
     finally:
         if mine:
             slot.busy = False
@@ -109,8 +104,11 @@ def _cut(
     length: int,
     params: Chunking,
     offset: int,
-    chunk_generator: Callable[..., Iterator[Any]],
 ) -> Iterator[memoryview]:
+    # Imported at first use: the ``fastcdc`` package imports its command line (click)
+    # with it, 30 ms that every restore, fetch-home and status paid for nothing.
+    from fastcdc.fastcdc_cy import chunk_generator
+
     view = memoryview(buf)[:cap]
     filled = 0
     remaining = length

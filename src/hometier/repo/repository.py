@@ -331,14 +331,14 @@ class Repository:
         *,
         pack_size: int = 32 * 1024 * 1024,
         uploads: int = 2,
-        lanes: int | None = None,
+        lanes: int = LANES,
         locate: bool = True,
     ) -> BlobWriter:
         """A session on this process's shared writer (one per repository): concurrent
         backups never upload the same content twice. ``locate``: collect the location
         of every blob (for a snapshot's locator; prune's repacking does not need them).
         ``lanes``: threads that compress new blobs beside their callers (0: each caller
-        compresses its own; default ``writer.LANES``); like the other sizes, it applies
+        compresses its own); like the other sizes, it applies
         when the shared writer is made, not to a session joining one already open."""
         with self._lock:
             w = self._writer
@@ -347,7 +347,7 @@ class Repository:
                     self,
                     pack_size=pack_size,
                     uploads=uploads,
-                    lanes=LANES if lanes is None else lanes,
+                    lanes=lanes,
                 )
             w.users += 1
         return BlobWriter(w, locate=locate)

@@ -20,7 +20,7 @@ from hometier.repo.index import Location
 from hometier.repo.locator import Locator
 from hometier.repo.repository import Repository
 from hometier.repo.tree import Node
-from hometier.repo.writer import BlobWriter
+from hometier.repo.writer import LANES, BlobWriter
 
 log = logging.getLogger("hometier.repo.repository")
 
@@ -49,7 +49,7 @@ class SnapshotView(Repository):
         *,
         pack_size: int = 32 * 1024 * 1024,
         uploads: int = 2,
-        lanes: int | None = None,
+        lanes: int = LANES,
         locate: bool = True,
     ) -> BlobWriter:
         return self.parent.writer(pack_size=pack_size, uploads=uploads, lanes=lanes, locate=locate)
