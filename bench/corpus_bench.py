@@ -220,12 +220,43 @@ def _cpu_self_and_children() -> float:
     return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
+def _storm(
+    jobs: list[list[str]], pool: int, adaptive: bool, one: Any, t0: float
+) -> tuple[list[dict[str, Any]], Any]:
+    """Restore every ``[user, target]`` of ``jobs`` as the service's restore pool does
+    (``service.tracker``): ``pool`` threads take the next home in arrival order once the
+    admission lets a download start. Per job its result, with the seconds from ``t0``
+    to its end."""
+    from hometier import cpu
+
+    admit = cpu.admission(adaptive)
+    todo = list(enumerate(jobs))
+    taken = threading.Lock()
+    rows: dict[int, dict[str, Any]] = {}
+
+    def job() -> None:
+        while not admit.enter():
+            admit.wait()
+        try:
+            with taken:
+                i, (user, target) = todo.pop(0)
+            rows[i] = one(user, target)
+            rows[i]["seconds"] = time.perf_counter() - t0
+        finally:
+            admit.leave()
+
+    with ThreadPoolExecutor(max_workers=pool) as ex:
+        for f in [ex.submit(job) for _ in jobs]:
+            f.result()
+    return [rows[i] for i in range(len(jobs))], admit
+
+
 def helper_service(a: argparse.Namespace) -> int:
     """A long-lived process with the repository open that restores on request.
 
     Reads one JSON command per line on stdin and answers one JSON line on stdout:
     ``{"op": "restore", "user", "target"}``, ``{"op": "storm", "jobs": [[user, target],
-    ...], "pool": N}`` (all submitted at once to a pool of N threads; per job the seconds
+    ...], "pool": N, "adaptive": bool}`` (see ``_storm``; per job the seconds
     from the common start to its end) and ``{"op": "quit"}``.
     """
     from hometier.engine import restore
@@ -252,26 +283,14 @@ def helper_service(a: argparse.Namespace) -> int:
             doc = one(cmd["user"], cmd["target"])
             doc["seconds"] = time.perf_counter() - t
         elif cmd["op"] == "storm":
-            done: dict[int, float] = {}
             cpu0 = _cpu_self_and_children()
-
-            def job(
-                i: int, user: str, target: str, done: dict[int, float] = done, t: float = t
-            ) -> dict[str, Any]:
-                r = one(user, target)
-                done[i] = time.perf_counter() - t
-                return r
-
-            with ThreadPoolExecutor(max_workers=cmd["pool"]) as pool:
-                futs = [pool.submit(job, i, u, tg) for i, (u, tg) in enumerate(cmd["jobs"])]
-                rows = [f.result() for f in futs]
+            rows, admit = _storm(cmd["jobs"], cmd["pool"], cmd.get("adaptive", True), one, t)
             doc = {
                 "seconds": time.perf_counter() - t,
                 "jobs": rows,
                 "cpu_s": _cpu_self_and_children() - cpu0,
+                "admission": {"floor": admit.floor, "peak": admit.peak, "held": admit.held},
             }
-            for i, r in enumerate(rows):
-                r["seconds"] = done[i]
         elif cmd["op"] == "quit":
             say({"vm_hwm_kb": benchlib.vm_hwm_kb()})
             return 0
@@ -901,9 +920,9 @@ class Bench:
         os.sync()
         pool = self.a.storm_pool or len(users)
         srv0 = benchlib.proc_cpu(benchlib.SERVER_PID)
-        doc = self.ask(
-            p, {"op": "storm", "pool": pool, "jobs": [[u, str(targets[u])] for u in users]}
-        )
+        adaptive = not self.a.storm_fixed_pool
+        jobs = [[u, str(targets[u])] for u in users]
+        doc = self.ask(p, {"op": "storm", "pool": pool, "adaptive": adaptive, "jobs": jobs})
         srv = benchlib.proc_cpu(benchlib.SERVER_PID) - srv0
         peak = self.stop_service(p, rss)
         jobs = {}
@@ -916,6 +935,7 @@ class Bench:
             "seconds": doc["seconds"],
             "jobs": jobs,
             "pool": pool,
+            "admission": doc.get("admission") if adaptive else None,
             "rss_mb": peak,
             "open_seconds": open_s,
             "requests": doc["server"],
@@ -1454,6 +1474,9 @@ def render(doc: dict[str, Any]) -> str:
             how = (
                 f"{r['pool']} threads, one process" if t == "hometier" else f"{r['pool']} pipelines"
             )
+            if r.get("admission"):
+                a = r["admission"]
+                how += f"; downloads {a['floor']} a core's worth, at most {a['peak']} at once"
             rss = f"{r['rss_mb']:.0f}" + ("" if t == "hometier" else " (sum)")
             ok = len(r["jobs"]) - len(r["differences"])
             cpu, srv = r.get("cpu_s"), r.get("server_cpu_s")
@@ -1578,6 +1601,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=8,
         help="hometier restore threads in the storm: 8 as in the service (0: one per home)",
+    )
+    p.add_argument(
+        "--storm-fixed-pool",
+        action="store_true",
+        help="every storm thread restores at once (c.Service.adaptive_restores = False)",
     )
     p.add_argument(
         "--storm-tools",

@@ -214,8 +214,21 @@ class Service(Configurable):
     restore_concurrency = Integer(
         8,
         help=(
-            "Restores run at once in this process; later logins wait in arrival order. "
-            "Each restore uses Hometier.workers threads; memory stays bounded either way."
+            "The most restores run at once in this process; later logins wait in arrival "
+            "order. Each restore uses Hometier.workers threads; memory stays bounded "
+            "either way. See adaptive_restores for how many of them download at once."
+        ),
+    ).tag(config=True)
+    adaptive_restores = Bool(
+        True,
+        help=(
+            "Download one home per core at any time, and more (up to restore_concurrency) "
+            "only while the CPU has room: while runnable tasks waited for a CPU less than "
+            "a quarter of the last 0.25 s (Linux pressure stall information, the "
+            "container's own under cgroup v2). Where the CPU is the bound (an S3 server "
+            "near by), fewer restores at once finish sooner; where the bucket is far away, "
+            "the CPU has room and more start. Without that information (a kernel without "
+            "PSI) restore_concurrency alone bounds them. False: always restore_concurrency."
         ),
     ).tag(config=True)
 

@@ -1,8 +1,10 @@
 """The service's restore queue (``Tracker``): first come, first served, except that a
 restore costing nothing (files on the volume, or still in the quarantine) may start
 before earlier ones that must download — and no waiting restore is passed by more than
-``overtake`` later ones. Real threads and a real executor; the restore itself is
-replaced by a recorder (this is the queue's test; restores are tested elsewhere)."""
+``overtake`` later ones. Downloads start only as the admission lets them (one per core,
+more while the CPU has room); restores costing nothing are not held back. Real threads
+and a real executor; the restore itself is replaced by a recorder (this is the queue's
+test; restores are tested elsewhere), the CPU's pressure by a fake."""
 
 from __future__ import annotations
 
@@ -11,21 +13,33 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
+from hometier.cpu import Admission
 from hometier.service.tracker import Job, Tracker, restore_cost
 
 
 class Recorder(Tracker):
-    def __init__(self, workers: int, overtake: int) -> None:
-        super().__init__(lc=None, executor=ThreadPoolExecutor(workers), overtake=overtake)  # type: ignore[arg-type]
+    def __init__(self, workers: int, overtake: int, admission: Admission | None = None) -> None:
+        super().__init__(
+            lc=None,  # type: ignore[arg-type]
+            executor=ThreadPoolExecutor(workers),
+            overtake=overtake,
+            admission=admission,
+        )
         self.order: list[str] = []
         self.gate = threading.Event()
         self.lock = threading.Lock()
+        self.running = 0
+        self.peak = 0
 
     def _run(self, job: Job, actor: str) -> None:
         with self.lock:
             self.order.append(job.user)
-        if job.user == "blocker":
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+        if job.user.startswith("blocker"):
             self.gate.wait(10)
+        with self.lock:
+            self.running -= 1
         with self._lock:
             job.state, job.finished = "done", time.time()
 
@@ -90,3 +104,55 @@ def test_what_a_restore_costs() -> None:
     # Downloads are equals whatever their size: they keep their arrival order.
     home.quarantine_path, home.hot_bytes = None, 10**12
     assert restore_cost(home) == 1
+
+
+def _saturated() -> Admission:
+    """One download at a time: the CPU never has room (every task always waited)."""
+    return Admission(1, stalled=time.monotonic, window=0.01)
+
+
+def test_downloads_wait_for_the_admission_while_cheap_restores_go_by() -> None:
+    t = Recorder(workers=4, overtake=8, admission=_saturated())
+    t.start("blocker", "x", cost=1)
+    time.sleep(0.05)
+    for user in ("big1", "big2"):
+        t.start(user, "x", cost=1)
+    for i in range(3):
+        t.start(f"cheap{i}", "x", cost=0)
+    deadline = time.monotonic() + 5
+    while len(t.order) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    held = (list(t.order), t.get("big1").queued, t.get("big2").queued)
+    _drain(t, 6)
+    print("while the blocker downloaded:", held[0], "then:", t.order[4:])
+    # Three pool threads were free, but the one download place was the blocker's.
+    assert held == (["blocker", "cheap0", "cheap1", "cheap2"], True, True)
+    assert t.order[4:] == ["big1", "big2"], "held-back downloads keep their arrival order"
+    assert t.admission.peak == 1 and t.admission.running == 0
+
+
+def test_downloads_go_beyond_one_per_core_while_the_cpu_has_room() -> None:
+    room = Admission(1, stalled=lambda: 0.0, window=0.01)
+    t = Recorder(workers=4, overtake=8, admission=room)
+    for i in range(6):
+        t.start(f"blocker{i}", "x", cost=1)
+    deadline = time.monotonic() + 5
+    while t.peak < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    peak = t.peak
+    _drain(t, 6)
+    assert peak == 4, "with room, the pool's 4 threads all download"
+    assert t.order == [f"blocker{i}" for i in range(6)]
+
+
+def test_a_failing_restore_gives_its_place_back() -> None:
+    class Failing(Recorder):
+        def _run(self, job: Job, actor: str) -> None:
+            super()._run(job, actor)
+            raise RuntimeError("the restore's own handler failed")
+
+    t = Failing(workers=2, overtake=8, admission=_saturated())
+    for i in range(3):
+        t.start(f"u{i}", "x", cost=1)
+    _drain(t, 3)
+    assert t.order == ["u0", "u1", "u2"] and t.admission.running == 0

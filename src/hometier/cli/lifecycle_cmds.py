@@ -257,6 +257,7 @@ def cmd_serve(args: argparse.Namespace, cfg: Hometier) -> int:
             metrics_public=svc.metrics_public,
             config=cfg.config,
             restore_concurrency=svc.restore_concurrency,
+            adaptive_restores=svc.adaptive_restores,
             spaces=spaces,
             spaces_interval=Spaces(config=cfg.config).sync_interval,
         )

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from hometier.cpu import cores
 from hometier.engine import writers
 from hometier.engine.export import find
 from hometier.engine.fsutil import (
@@ -636,7 +637,7 @@ def _writer_count(asked: int | None, files: int) -> int:
         return max(0, asked)
     if files < WRITERS_FROM:
         return 0  # a fork costs more than a few hundred files' creation
-    return max(1, min(MAX_WRITERS, len(os.sched_getaffinity(0)), files // WRITERS_FROM))
+    return max(1, min(MAX_WRITERS, cores(), files // WRITERS_FROM))
 
 
 def _move_into(

@@ -41,6 +41,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from hometier.cpu import cores
 from hometier.errors import IntegrityError
 from hometier.repo import codec
 from hometier.repo.ids import blob_id
@@ -352,12 +353,7 @@ class Budget:
             self.free = min(self.size, self.free + n)
 
 
-def _cores() -> int:
-    affinity = getattr(os, "sched_getaffinity", None)
-    return len(affinity(0)) if affinity is not None else os.cpu_count() or 1
-
-
-BUDGET = Budget(8 * _cores())
+BUDGET = Budget(8 * cores())
 """Eight per core: the service's pool of 8 restores with a writer per core each fits.
 Measured on 2 cores (16 real homes restored at once, 8 at a time, A/B twice): a budget
 of two per core, which left most restores writing from their threads, made the storm's

@@ -8,13 +8,13 @@ locations of every blob its snapshot reaches, for the snapshot's locator.
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from hometier import faults
+from hometier.cpu import cores
 from hometier.errors import IntegrityError
 from hometier.repo import codec
 from hometier.repo.ids import BlobId, BlobType, Compression, PackId, pack_key
@@ -31,8 +31,7 @@ LANE_BATCH = 1024 * 1024
 """Raw bytes of queued blobs handed to the lane as one job (one hand-off, not one a file)."""
 LANE_QUEUED = 16 * 1024 * 1024
 """Raw bytes that may wait for the lane before ``add`` waits for it."""
-_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-LANES = max(1, min(4, (_CORES or 2) - 1))
+LANES = max(1, min(4, cores() - 1))
 """Compressing threads of a shared writer: one on two cores (beside the walk), up to
 four on larger machines (the readers of a large folder queue their files to them)."""
 

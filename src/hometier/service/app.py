@@ -18,6 +18,7 @@ from sqlalchemy import text
 from tornado import web
 from tornado.httpserver import HTTPServer
 
+from hometier import cpu
 from hometier.lifecycle.context import Lifecycle
 from hometier.lifecycle.loop import run_forever
 from hometier.notify import Notifier
@@ -143,6 +144,7 @@ def make_context(
     metrics_public: bool = False,
     service_name: str = "hometier",
     restore_concurrency: int = 8,
+    adaptive_restores: bool = True,
     config: Any = None,
     notifier: Notifier | None = None,
 ) -> ServiceContext:
@@ -158,7 +160,10 @@ def make_context(
     # The loop's archives, the API's and the dashboard's alike.
     lc.on_archive = chain(metrics.archived, partial(archive_notice, notifier))
     tracker = Tracker(
-        lc, restores, on_finish=chain(metrics.restored, partial(restore_notice, notifier))
+        lc,
+        restores,
+        on_finish=chain(metrics.restored, partial(restore_notice, notifier)),
+        admission=cpu.admission(adaptive_restores),
     )
     ctx = ServiceContext(
         lc, executor, downloads, tracker, metrics, prefix, service_name, metrics_public
@@ -221,6 +226,7 @@ def run_service(
     metrics_public: bool = False,
     config: Any = None,
     restore_concurrency: int = 8,
+    adaptive_restores: bool = True,
     spaces: Any = None,
     spaces_interval: float = 0.0,
 ) -> None:
@@ -232,6 +238,7 @@ def run_service(
         prefix=prefix,
         metrics_public=metrics_public,
         restore_concurrency=restore_concurrency,
+        adaptive_restores=adaptive_restores,
         config=config,
     )
     ctx.spaces = spaces

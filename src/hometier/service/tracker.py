@@ -4,6 +4,10 @@ The database decides who restores (``restore_home`` joins a restore running in a
 replica); this tracker only lets several requests in *this* process share one job and
 watch its progress, and decides which waiting restore runs next.
 
+How many at once: at most the pool's threads (``Service.restore_concurrency``); of
+downloads, one per core at any time and more only while the CPU has room
+(``hometier.cpu.Admission``). A restore that costs nothing is not held back.
+
 Order: first come, first served, with a bounded overtake. A restore that costs nothing
 to speak of (the home is already on the volume, or its files are still in the quarantine:
 a few renames) may start before earlier ones that must download a home, but no waiting
@@ -29,6 +33,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
+from hometier.cpu import Admission
 from hometier.engine.restore import RestoreProgress
 from hometier.errors import Error
 from hometier.lifecycle.context import Lifecycle
@@ -112,11 +117,14 @@ class Tracker:
         on_finish: Callable[[Job, RestoreResult | None], None] | None = None,
         *,
         overtake: int = OVERTAKE,
+        admission: Admission | None = None,
     ) -> None:
         self.lc = lc
         self.executor = executor
         self.on_finish = on_finish
         self.overtake = overtake
+        self.admission = admission or Admission(floor=1, stalled=None)
+        """Holds downloads back while the CPU has no room; by default it never does."""
         self._jobs: dict[str, Job] = {}
         self._pending: list[Job] = []
         """Accepted, not started yet, in arrival order."""
@@ -172,19 +180,28 @@ class Tracker:
         return best if cost(pending[best]) < cost(head) else 0
 
     def _next(self) -> None:
-        """Run by a pool thread: start the job that is next, by ``_choice``."""
-        with self._lock:
-            if not self._pending:
-                return
-            i = self._choice(self._pending)
-            for j in self._pending[:i]:
-                j.overtaken += 1
-            job = self._pending.pop(i)
-            job.queued, job.ahead, job.began = False, 0, time.time()
-            job.message = "Restoring your files"
-            job.seq += 1
-            self._positions()
-        self._run(job, job.actor)
+        """Run by a pool thread: start the job that is next, by ``_choice``, once the
+        admission lets a download start (a job that costs nothing starts at once)."""
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return
+                i = self._choice(self._pending)
+                gated = self._pending[i].cost != 0
+                if not gated or self.admission.enter():
+                    for j in self._pending[:i]:
+                        j.overtaken += 1
+                    job = self._pending.pop(i)
+                    job.queued, job.ahead, job.began = False, 0, time.time()
+                    job.message = "Restoring your files"
+                    job.seq += 1
+                    self._positions()
+                    break
+            self.admission.wait()
+        try:
+            self._run(job, job.actor)
+        finally:
+            pass
 
     def waiting(self) -> int:
         with self._lock:
