@@ -40,6 +40,7 @@ import datetime as dt
 import json
 import math
 import os
+import random
 import re
 import resource
 import shutil
@@ -1003,6 +1004,8 @@ class Bench:
         if many not in sample:
             sample = sorted([*sample, many], key=lambda u: (self.sizes[u][1], u))
         storm = spread(by_size, a.storm)
+        if a.storm_order == "shuffled":
+            random.Random(1).shuffle(storm)  # logins do not arrive sorted by size
         # The median home, and the largest (whose first archive is not mostly dedup).
         incr = list(dict.fromkeys([by_size[len(by_size) // 2], by_size[-1]]))
         gen_seconds = time.monotonic() - t_start
@@ -1461,7 +1464,12 @@ def render(doc: dict[str, Any]) -> str:
         tot = sum(doc["sizes"][u][1] for u in doc["storm_homes"]) / MB
         out.append(
             f"**Login storm**: {n} distinct homes ({tot:.0f} MB in all, sizes spread over the "
-            f"corpus) restored at once:"
+            f"corpus) restored at once, arriving "
+            + (
+                "in a shuffled order:"
+                if doc["params"].get("storm_order") == "shuffled"
+                else "smallest first:"
+            )
         )
         out.append("")
         out.append(
@@ -1601,6 +1609,13 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=8,
         help="hometier restore threads in the storm: 8 as in the service (0: one per home)",
+    )
+    p.add_argument(
+        "--storm-order",
+        choices=("size", "shuffled"),
+        default="size",
+        help="the order the storm's logins arrive in: smallest home first (as in every "
+        "run before), or shuffled (seeded)",
     )
     p.add_argument(
         "--storm-fixed-pool",

@@ -201,7 +201,8 @@ class Tracker:
         try:
             self._run(job, job.actor)
         finally:
-            pass
+            if gated:
+                self.admission.leave()
 
     def waiting(self) -> int:
         with self._lock:
