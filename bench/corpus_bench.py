@@ -1484,7 +1484,7 @@ def render(doc: dict[str, Any]) -> str:
             )
             if r.get("admission"):
                 a = r["admission"]
-                how += f"; downloads {a['floor']} a core's worth, at most {a['peak']} at once"
+                how += f"; downloads: one per core ({a['floor']}), at most {a['peak']} at once"
             rss = f"{r['rss_mb']:.0f}" + ("" if t == "hometier" else " (sum)")
             ok = len(r["jobs"]) - len(r["differences"])
             cpu, srv = r.get("cpu_s"), r.get("server_cpu_s")

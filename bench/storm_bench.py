@@ -262,6 +262,7 @@ def run_storm(
     files: int = 40,
     file_size: int = 5000,
     restore_concurrency: int = 8,
+    adaptive: bool = True,
     timeout: float = 600.0,
     workdir: str | None = None,
     verbose: bool = True,
@@ -346,7 +347,11 @@ def run_storm(
         )
         (root / "hometier_config.py").write_text(
             f"c.Service.restore_concurrency = {restore_concurrency}\n"
+            f"c.Service.adaptive_restores = {adaptive}\n"
         )
+        # The service reads ./hometier_config.py of its own working folder, which is not
+        # ``root``: name the file, or the settings above are never read.
+        env["HOMETIER_CONFIG"] = str(root / "hometier_config.py")
         env["PYTHONPATH"] = str(REPO / "src")
         svc = Service(None, root, port, token, env)  # type: ignore[arg-type]
         svc.start()
@@ -396,6 +401,7 @@ def run_storm(
                 restored_p95=round(percentile(res_v, 95), 2),
                 restored_max=round(max(res_v, default=float("nan")), 2),
                 restore_concurrency=restore_concurrency,
+                adaptive_restores=adaptive,
             )
             figures["targets_met"] = bool(
                 acc_v
@@ -492,6 +498,7 @@ def run_storm(
             restored_p95=round(percentile(restored, 95), 2),
             restored_max=round(max(restored, default=float("nan")), 2),
             restore_concurrency=restore_concurrency,
+            adaptive_restores=adaptive,
             targets_met=bool(
                 accepted
                 and not failed
@@ -530,6 +537,11 @@ def main() -> int:
     p.add_argument(
         "--restore-concurrency", type=int, default=8, help="c.Service.restore_concurrency"
     )
+    p.add_argument(
+        "--fixed-pool",
+        action="store_true",
+        help="c.Service.adaptive_restores = False: every pool thread restores at once",
+    )
     p.add_argument("--json", action="store_true", help="print the figures as JSON")
     p.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (logs, database)")
     p.add_argument(
@@ -554,6 +566,7 @@ def main() -> int:
     figures = run_storm(
         logins,
         restore_concurrency=args.restore_concurrency,
+        adaptive=not args.fixed_pool,
         direct=args.direct,
         workdir=args.keep,
         volume=args.volume,

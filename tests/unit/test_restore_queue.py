@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 from hometier.cpu import Admission
+from hometier.service.metrics import RestoreQueueCollector
 from hometier.service.tracker import Job, Tracker, restore_cost
 
 
@@ -123,11 +124,17 @@ def test_downloads_wait_for_the_admission_while_cheap_restores_go_by() -> None:
     while len(t.order) < 4 and time.monotonic() < deadline:
         time.sleep(0.01)
     held = (list(t.order), t.get("big1").queued, t.get("big2").queued)
+    scraped = {
+        sample.labels["state"]: sample.value
+        for family in RestoreQueueCollector(t).collect()
+        for sample in family.samples
+    }
     _drain(t, 6)
     print("while the blocker downloaded:", held[0], "then:", t.order[4:])
     # Three pool threads were free, but the one download place was the blocker's.
     assert held == (["blocker", "cheap0", "cheap1", "cheap2"], True, True)
     assert t.order[4:] == ["big1", "big2"], "held-back downloads keep their arrival order"
+    assert scraped == {"waiting": 2, "downloading": 1}
     assert t.admission.peak == 1 and t.admission.running == 0
 
 

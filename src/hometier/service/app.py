@@ -165,6 +165,7 @@ def make_context(
         on_finish=chain(metrics.restored, partial(restore_notice, notifier)),
         admission=cpu.admission(adaptive_restores),
     )
+    metrics.watch(tracker)
     ctx = ServiceContext(
         lc, executor, downloads, tracker, metrics, prefix, service_name, metrics_public
     )

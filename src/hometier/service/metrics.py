@@ -123,6 +123,25 @@ class _StateCollector:
         yield retries
 
 
+class RestoreQueueCollector:
+    """This process's restore queue at the scrape: logins waiting (for a pool thread, or
+    held back while the CPU has no room) and restores downloading a home."""
+
+    def __init__(self, tracker: Any) -> None:
+        self.tracker = tracker
+
+    def collect(self) -> Iterator[Any]:
+        restores = GaugeMetricFamily(
+            "hometier_restores",
+            "Restores of this process: waiting to start, and downloading a home (one per "
+            "core, more while the CPU has room).",
+            labels=["state"],
+        )
+        restores.add_metric(["waiting"], self.tracker.waiting())
+        restores.add_metric(["downloading"], self.tracker.admission.running)
+        yield restores
+
+
 class Metrics:
     def __init__(self, lc: Lifecycle) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -153,6 +172,10 @@ class Metrics:
             ["operation", "kind"],
             registry=self.registry,
         )
+
+    def watch(self, tracker: Any) -> None:
+        """Report ``tracker``'s queue (``hometier_restores``) at every scrape."""
+        self.registry.register(RestoreQueueCollector(tracker))
 
     def totals(self) -> listing.TierTotals:
         """The homes' totals, shared with the gauges: at most ``CACHE_SECONDS`` old, and
