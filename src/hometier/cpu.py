@@ -141,7 +141,8 @@ class Admission:
         self.running = 0
         self.peak = 0
         self.held = 0
-        """Times a restore beyond the floor was held back (the CPU had no room)."""
+        """Refused starts beyond the floor (the CPU had no room, or the window was not
+        over yet): every poll of a waiting thread counts."""
         self._since: tuple[float, float] | None = None
         self._cond = threading.Condition()
 
