@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 WINDOW = 0.25
@@ -95,7 +96,7 @@ def stall_reader(root: str = "/") -> Callable[[], float | None] | None:
     candidates.append(base / "proc/pressure/cpu")
     for path in candidates:
         if _stalled(path) is not None:
-            return lambda path=path: _stalled(path)  # type: ignore[misc]
+            return partial(_stalled, path)
     return None
 
 

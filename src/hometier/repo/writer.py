@@ -195,14 +195,16 @@ class SharedWriter:
         with self._room:
             while self._queued >= LANE_QUEUED and self.error is None:
                 self._room.wait()
-            if self.error is not None:
-                self._pending.discard(bid)
-                self._room.notify_all()
-                raise self.error
-            self._batch.append((session, typ, data, bid))
-            self._batch_bytes += len(data)
-            self._queued += len(data)
-            job = self._take_batch() if self._batch_bytes >= LANE_BATCH else None
+            failed = self.error
+            if failed is None:
+                self._batch.append((session, typ, data, bid))
+                self._batch_bytes += len(data)
+                self._queued += len(data)
+            full = failed is None and self._batch_bytes >= LANE_BATCH
+            job = self._take_batch() if full else None
+        if failed is not None:
+            self._unreserve([bid])
+            raise failed
         if job is not None:
             self._submit(*job)
 

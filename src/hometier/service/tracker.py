@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hometier.cpu import Admission
+from hometier.cpu import admission as make_admission
 from hometier.engine.restore import RestoreProgress
 from hometier.errors import Error
 from hometier.lifecycle.context import Lifecycle
@@ -123,7 +124,7 @@ class Tracker:
         self.executor = executor
         self.on_finish = on_finish
         self.overtake = overtake
-        self.admission = admission or Admission(floor=1, stalled=None)
+        self.admission = admission or make_admission(adaptive=False)
         """Holds downloads back while the CPU has no room; by default it never does."""
         self._jobs: dict[str, Job] = {}
         self._pending: list[Job] = []
