@@ -222,34 +222,46 @@ def _cpu_self_and_children() -> float:
 
 
 def _storm(
-    jobs: list[list[str]], pool: int, adaptive: bool, one: Any, t0: float
+    jobs: list[list[str]], pool: int, adaptive: bool, one: Any, t0: float, size: Any
 ) -> tuple[list[dict[str, Any]], Any]:
-    """Restore every ``[user, target]`` of ``jobs`` as the service's restore pool does
-    (``service.tracker``): ``pool`` threads take the next home in arrival order once the
-    admission lets a download start. Per job its result, with the seconds from ``t0``
-    to its end."""
+    """Restore every ``[user, target]`` of ``jobs`` through the service's own restore
+    queue (``service.tracker.Tracker``, its ``_run`` replaced): ``pool`` threads, logins
+    in arrival order, downloads started as the admission lets them, small homes (by
+    ``size(user)``: files, bytes of the home's latest snapshot) without waiting for it.
+    Per job its result, with the seconds from ``t0`` to its end."""
+    from types import SimpleNamespace
+
     from hometier import cpu
+    from hometier.service.tracker import Job, Tracker, light_download
 
-    admit = cpu.admission(adaptive)
-    todo = list(enumerate(jobs))
-    taken = threading.Lock()
-    rows: dict[int, dict[str, Any]] = {}
+    targets = dict(map(tuple, jobs))
+    rows: dict[str, dict[str, Any]] = {}
 
-    def job() -> None:
-        while not admit.enter():
-            admit.wait()
-        try:
-            with taken:
-                i, (user, target) = todo.pop(0)
-            rows[i] = one(user, target)
-            rows[i]["seconds"] = time.perf_counter() - t0
-        finally:
-            admit.leave()
+    failed: list[BaseException] = []
 
-    with ThreadPoolExecutor(max_workers=pool) as ex:
-        for f in [ex.submit(job) for _ in jobs]:
-            f.result()
-    return [rows[i] for i in range(len(jobs))], admit
+    class Queue(Tracker):
+        def _run(self, job: Job, actor: str) -> None:
+            try:
+                row = one(job.user, targets[job.user])
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+            row["seconds"] = time.perf_counter() - t0
+            rows[job.user] = row
+
+    ex = ThreadPoolExecutor(max_workers=pool)
+    q = Queue(None, ex, admission=cpu.admission(adaptive))  # type: ignore[arg-type]
+    for user, _target in jobs:
+        files, nbytes = size(user)
+        home = SimpleNamespace(hot_files=files, hot_bytes=nbytes)
+        q.start(user, "bench", cost=1, light=light_download(home))
+    ex.shutdown(wait=True)
+    if failed:
+        raise failed[0]
+    missing = [u for u, _t in jobs if u not in rows]
+    if missing:
+        raise RuntimeError(f"storm: no restore of {missing}")
+    return [rows[u] for u, _t in jobs], q.admission
 
 
 def helper_service(a: argparse.Namespace) -> int:
@@ -285,7 +297,12 @@ def helper_service(a: argparse.Namespace) -> int:
             doc["seconds"] = time.perf_counter() - t
         elif cmd["op"] == "storm":
             cpu0 = _cpu_self_and_children()
-            rows, admit = _storm(cmd["jobs"], cmd["pool"], cmd.get("adaptive", True), one, t)
+
+            def size(user: str) -> tuple[int, int]:
+                st = repo.find_snapshot("latest", user).stats
+                return st.files, st.bytes
+
+            rows, admit = _storm(cmd["jobs"], cmd["pool"], cmd.get("adaptive", True), one, t, size)
             doc = {
                 "seconds": time.perf_counter() - t,
                 "jobs": rows,

@@ -15,7 +15,14 @@ from types import SimpleNamespace
 
 from hometier.cpu import Admission
 from hometier.service.metrics import RestoreQueueCollector
-from hometier.service.tracker import Job, Tracker, restore_cost
+from hometier.service.tracker import (
+    LIGHT_BYTES,
+    LIGHT_FILES,
+    Job,
+    Tracker,
+    light_download,
+    restore_cost,
+)
 
 
 class Recorder(Tracker):
@@ -107,6 +114,19 @@ def test_what_a_restore_costs() -> None:
     assert restore_cost(home) == 1
 
 
+def test_which_downloads_are_light() -> None:
+    home = SimpleNamespace(hot_files=41, hot_bytes=200_000)
+    assert light_download(home)
+    home.hot_files = LIGHT_FILES + 1
+    assert not light_download(home), "many files: CPU to create them"
+    home.hot_files, home.hot_bytes = 10, LIGHT_BYTES + 1
+    assert not light_download(home), "many bytes: CPU to decompress and verify them"
+    home.hot_files, home.hot_bytes = 0, 0
+    assert not light_download(home), "a home of unknown size is not light"
+    home.hot_files, home.hot_bytes = None, None
+    assert not light_download(home)
+
+
 def _saturated() -> Admission:
     """One download at a time: the CPU never has room (every task always waited)."""
     return Admission(1, stalled=time.monotonic, window=0.01)
@@ -150,6 +170,56 @@ def test_downloads_go_beyond_one_per_core_while_the_cpu_has_room() -> None:
     _drain(t, 6)
     assert peak == 4, "with room, the pool's 4 threads all download"
     assert t.order == [f"blocker{i}" for i in range(6)]
+
+
+def test_light_downloads_do_not_wait_for_the_admission() -> None:
+    t = Recorder(workers=4, overtake=8, admission=_saturated())
+    t.start("blocker", "x", cost=1)
+    time.sleep(0.05)
+    t.start("big", "x", cost=1)
+    for i in range(2):
+        t.start(f"small{i}", "x", cost=1, light=True)
+    deadline = time.monotonic() + 5
+    while len(t.order) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)
+    held = (list(t.order), t.get("big").queued)
+    _drain(t, 4)
+    print("while the blocker downloaded:", held[0], "then:", t.order[3:])
+    # The heavy one waits for the one download place; the small ones, behind it in the
+    # queue, do not wait for it (the head gives way: it could not start anyway).
+    assert held == (["blocker", "small0", "small1"], True)
+    assert t.order[3:] == ["big"]
+    assert t.admission.peak == 1 and t.admission.running == 0
+    assert "light" not in t.get("big").doc()
+
+
+def test_light_downloads_pass_a_held_download_a_bounded_number_of_times() -> None:
+    t = Recorder(workers=4, overtake=2, admission=_saturated())
+    t.start("blocker", "x", cost=1)
+    time.sleep(0.05)
+    t.start("big", "x", cost=1)
+    for i in range(4):
+        t.start(f"small{i}", "x", cost=1, light=True)
+    deadline = time.monotonic() + 5
+    while len(t.order) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    held = list(t.order), t.get("big").overtaken, t.get("small2").queued
+    _drain(t, 6)
+    print("while the blocker downloaded:", held[0], "then:", t.order[3:])
+    assert held == (["blocker", "small0", "small1"], 2, True)
+    assert set(t.order[3:]) == {"big", "small2", "small3"}
+
+
+def test_a_light_download_waits_its_turn_for_a_pool_thread() -> None:
+    t = Recorder(workers=1, overtake=8, admission=_saturated())
+    t.start("blocker", "x")
+    time.sleep(0.05)
+    t.start("big", "x", cost=1)
+    t.start("small", "x", cost=1, light=True)
+    _drain(t, 3)
+    assert t.order == ["blocker", "big", "small"], "light is not cheap: no overtaking"
 
 
 def test_a_failing_restore_gives_its_place_back() -> None:

@@ -6,7 +6,9 @@ watch its progress, and decides which waiting restore runs next.
 
 How many at once: at most the pool's threads (``Service.restore_concurrency``); of
 downloads, one per core at any time and more only while the CPU has room
-(``hometier.cpu.Admission``). A restore that costs nothing is not held back.
+(``hometier.cpu.Admission``). A restore that costs nothing is not held back, nor is the
+download of a small home (``light``): it waits on requests more than on the CPU, and
+several at once finish sooner.
 
 Order: first come, first served, with a bounded overtake. A restore that costs nothing
 to speak of (the home is already on the volume, or its files are still in the quarantine:
@@ -56,6 +58,12 @@ KEEP_FINISHED = 600.0
 OVERTAKE = 8
 """How many later restores may start before a waiting one."""
 
+LIGHT_FILES = 1000
+LIGHT_BYTES = 16 * 1024 * 1024
+"""A home of at most this many files and bytes (as last archived) downloads without
+waiting for the admission: a few requests and a few hundred files, tens of
+milliseconds of CPU."""
+
 
 def restore_cost(home: Any) -> int:
     """0 when restoring ``home`` costs nothing to speak of (it is on the volume, or its
@@ -67,6 +75,18 @@ def restore_cost(home: Any) -> int:
     if quarantine and os.path.isdir(quarantine):
         return 0
     return 1
+
+
+def light_download(home: Any) -> bool:
+    """Whether downloading ``home`` is too small to wait for the CPU (``LIGHT_FILES``,
+    ``LIGHT_BYTES``). A home whose size is not known (0 files) is not light."""
+    files, size = home.hot_files or 0, home.hot_bytes or 0
+    return 0 < files <= LIGHT_FILES and size <= LIGHT_BYTES
+
+
+def _gated(job: Job) -> bool:
+    """Whether ``job`` must wait for the admission: a download that is not light."""
+    return job.cost != 0 and not job.light
 
 
 @dataclass
@@ -96,12 +116,13 @@ class Job:
     began: float | None = None
     """When it left the queue and started."""
     cost: int | None = field(default=None, repr=False)
+    light: bool = field(default=False, repr=False)
     overtaken: int = field(default=0, repr=False)
     actor: str = field(default="", repr=False)
 
     def doc(self, admin: bool = False) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        del d["cost"], d["overtaken"], d["actor"]
+        del d["cost"], d["light"], d["overtaken"], d["actor"]
         if not admin:
             del d["detail"]
         d["progress"] = (
@@ -139,15 +160,18 @@ class Tracker:
                 return None
             return job
 
-    def start(self, user: str, actor: str, cost: int | None = None) -> tuple[Job, bool]:
+    def start(
+        self, user: str, actor: str, cost: int | None = None, *, light: bool = False
+    ) -> tuple[Job, bool]:
         """The job for ``user`` (joined, whether it waits or runs) or a new one, queued;
         (job, started here). ``cost`` (``restore_cost``) lets a cheap restore overtake;
-        None counts as expensive."""
+        None counts as expensive. A ``light`` download (of a small home) keeps its place
+        in the queue but does not wait for the admission."""
         with self._lock:
             job = self._jobs.get(user)
             if job is not None and job.state == "running":
                 return job, False
-            job = Job(user, queued=True, cost=cost, actor=actor)
+            job = Job(user, queued=True, cost=cost, light=light, actor=actor)
             self._jobs[user] = job
             self._pending.append(job)
             self._positions()
@@ -180,16 +204,30 @@ class Tracker:
         best = min(range(len(pending)), key=lambda i: (cost(pending[i]), i))
         return best if cost(pending[best]) < cost(head) else 0
 
+    def _ungated(self, pending: list[Job]) -> int | None:
+        """Index of the first waiting job that need not wait for the admission, if the
+        jobs before it may still be passed."""
+        for i, job in enumerate(pending):
+            if not _gated(job):
+                return i if i == 0 or pending[0].overtaken < self.overtake else None
+        return None
+
     def _next(self) -> None:
         """Run by a pool thread: start the job that is next, by ``_choice``, once the
-        admission lets a download start (a job that costs nothing starts at once)."""
+        admission lets a download start (a job that costs nothing, or a light one, starts
+        at once)."""
         while True:
             with self._lock:
                 if not self._pending:
                     return
-                i = self._choice(self._pending)
-                gated = self._pending[i].cost != 0
-                if not gated or self.admission.enter():
+                first = self._choice(self._pending)
+                i: int | None = first
+                gated = _gated(self._pending[first])
+                if gated and not self.admission.enter():
+                    # The download next in line waits for the CPU; a restore that need
+                    # not (a light download) may go meanwhile, within the overtake bound.
+                    i, gated = self._ungated(self._pending), False
+                if i is not None:
                     for j in self._pending[:i]:
                         j.overtaken += 1
                     job = self._pending.pop(i)

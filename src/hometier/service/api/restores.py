@@ -10,7 +10,7 @@ from tornado.iostream import StreamClosedError
 
 from hometier.service.api.base import BaseHandler
 from hometier.service.outages import stand_in
-from hometier.service.tracker import restore_cost
+from hometier.service.tracker import light_download, restore_cost
 from hometier.state import queries
 
 KEEPALIVE = 15.0
@@ -32,7 +32,9 @@ class RestoreHandler(BaseHandler):
             cost = await self.blocking(restore_cost, home)  # looks at the quarantine folder
         else:
             cost = restore_cost(home)
-        job, started = self.ctx.tracker.start(user, f"api:{who.name}", cost)
+        job, started = self.ctx.tracker.start(
+            user, f"api:{who.name}", cost, light=cost != 0 and light_download(home)
+        )
         doc = job.doc(who.is_admin)
         doc["joined"] = not started
         self.send(doc, status=202)
