@@ -12,22 +12,31 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from hometier import __version__, faults
 from hometier.engine.trees import TreeCache
 from hometier.engine.xattrs import read_xattrs
-from hometier.errors import Error
+from hometier.errors import Error, IntegrityError
 from hometier.repo import BlobId, BlobType, Repository
 from hometier.repo.chunker import Chunking, iter_chunks
 from hometier.repo.codec import MAX_BLOB
 from hometier.repo.snapshot import Snapshot, Stats
-from hometier.repo.tree import Node, encode_tree
+from hometier.repo.tree import (
+    Node,
+    encode_tree,
+    node_from_json,
+    raw_content,
+    raw_name,
+    raw_sparse,
+    raw_subtree,
+    raw_xattrs,
+)
 from hometier.repo.writer import BlobWriter
 
 if TYPE_CHECKING:
-    from hometier.repo.views import SnapshotWhere
+    from hometier.repo.index import Location
 
 log = logging.getLogger(__name__)
 
@@ -113,9 +122,63 @@ class _Pending:
     nodes: list[Node]
     jobs: list[tuple[Future[None], int]]
     parent_tree: BlobId | None
-    nodes_then: list[Node] | None
+    same: bool
+    """Every entry is the parent tree's, attributes and content (subfolders: but for
+    their trees, which ``dirs`` compares once they are encoded)."""
     entry: Node | None
+    dirs: list[tuple[Node, BlobId | None]] = field(default_factory=list)
+    """Each subfolder's node and its tree in the parent snapshot."""
     bid: BlobId | None = None
+
+
+def _by_name(then: list[Any]) -> dict[bytes, dict[str, Any]]:
+    """The parent tree's undecoded entries by name. Names are not checked as a restore
+    checks them: an entry is only ever looked up by a name read from the folder on disk,
+    which no unsafe name equals."""
+    old: dict[bytes, dict[str, Any]] = {}
+    for d in then:
+        if type(d) is not dict:
+            raise IntegrityError("tree node is not an object")
+        name = d.get("name")
+        old[name.encode() if type(name) is str and name.isascii() else raw_name(d)] = d
+    if len(old) != len(then):
+        raise IntegrityError("tree holds the same name twice")
+    return old
+
+
+def _same(node: Node, d: dict[str, Any], reused: bool) -> bool:
+    """Whether ``node`` encodes as the parent's undecoded entry ``d`` (a folder's tree
+    aside: ``_finish_dir`` compares it). Attributes must be integers, not merely equal
+    (JSON's ``true`` or ``1.0`` equal 1 in Python, and would not decode). A file is the
+    parent's only if its content was reused from it; other entries (symlinks, hardlinks,
+    devices) are rarer, and decoded whole."""
+    get = d.get
+    mode, uid, gid = get("mode", 0), get("uid", 0), get("gid", 0)
+    mtime, atime, ctime, ino = get("mtime", 0), get("atime", 0), get("ctime", 0), get("ino", 0)
+    if not (
+        get("type") == node.type
+        and mtime == node.mtime_ns
+        and ctime == node.ctime_ns
+        and ino == node.ino
+        and atime == node.atime_ns
+        and mode == node.mode
+        and uid == node.uid
+        and gid == node.gid
+        and type(mtime) is int
+        and type(ctime) is int
+        and type(ino) is int
+        and type(atime) is int
+        and type(mode) is int
+        and type(uid) is int
+        and type(gid) is int
+    ):
+        return False
+    if "xattrs" in d or node.xattrs is not None:
+        if node.xattrs != raw_xattrs(d):
+            return False
+    if node.type == "file" and node.link is None:
+        return reused
+    return node.type == "dir" or node_from_json(d) == node
 
 
 class _Archiver:
@@ -140,8 +203,8 @@ class _Archiver:
         self.lock = threading.Lock()
         self.hardlinks: dict[tuple[int, int], bytes] = {}
         self.parent_trees: TreeCache | None = None
-        self.parent_where: SnapshotWhere | None = None
-        """The parent snapshot's locator: where its blobs were (``BlobWriter.reuse``)."""
+        self.where_then: Callable[[BlobId], Location | None] | None = None
+        """Where the parent snapshot's locator put a blob (``BlobWriter.reuse``)."""
         self.trust_ctime_before = 0
         """Entries whose ctime is older than this and unchanged since the parent keep the
         parent's extended attributes without listing them again (0: never)."""
@@ -291,13 +354,16 @@ class _Archiver:
         dfd: int,
         entry: Node | None,
     ) -> _Pending:
-        old: dict[bytes, Node] = {}
-        nodes_then: list[Node] | None = None
+        # The parent's entries stay undecoded: each is compared with what is on disk
+        # field by field, and only what is reused from it is validated and decoded.
+        old: dict[bytes, dict[str, Any]] = {}
+        same = False
         if parent_tree is not None and self.parent_trees is not None:
             if parent_tree in self.parent_trees:
                 # Each parent folder is visited once: drop its tree after reading it.
-                nodes_then = self.parent_trees.nodes(parent_tree, consume=True)
-                old = {n.name: n for n in nodes_then}
+                then = self.parent_trees.raw_nodes(parent_tree, consume=True)
+                old = _by_name(then)
+                same = True
         with os.scandir(path) as it:
             entries = sorted(it, key=lambda e: e.name)
         # A folder of a few files (most folders of a home: caches, packages, .git) reads
@@ -306,8 +372,11 @@ class _Archiver:
         inline = sum(1 for e in entries if e.is_file(follow_symlinks=False)) <= INLINE_FILES
         nodes: list[Node] = []
         jobs: list[tuple[Future[None], int]] = []
+        dirs: list[tuple[Node, BlobId | None]] = []
         for ent in entries:
             name = ent.name
+            prev = old.get(name)
+            reused = False
             full = path + b"/" + name
             sub = rel + b"/" + name if rel else name
             try:
@@ -334,12 +403,16 @@ class _Archiver:
                         self._note("skipped", sub, MOUNTED)
                         continue
                     node.type = "dir"
-                    prev = old.get(name)
+                    then_tree = (
+                        raw_subtree(prev)
+                        if prev is not None and prev.get("type") == "dir"
+                        else None
+                    )
                     try:
                         self.archive_dir(
                             name if _PROC else full,
                             sub,
-                            prev.subtree if prev and prev.type == "dir" else None,
+                            then_tree,
                             depth + 1,
                             expect=st,
                             parent_fd=dfd if _PROC else None,
@@ -349,14 +422,15 @@ class _Archiver:
                         self._note("changed", sub, "replaced while being archived")
                         continue
                     self.stats.dirs += 1
+                    dirs.append((node, then_tree))
                 elif fmt == stat.S_IFREG:
-                    self._file(
+                    reused = self._file(
                         dfd,
                         name,
                         sub,
                         st,
                         node,
-                        old.get(name),
+                        prev,
                         jobs,
                         inline=inline and st.st_size <= INLINE_BYTES,
                     )
@@ -387,15 +461,14 @@ class _Archiver:
                 # through the folder's descriptor and never through a symlink -- unless
                 # the entry's ctime, which every change of an attribute moves, is the
                 # parent's and old enough not to hide a change in the same clock tick.
-                prev = old.get(name)
                 if (
                     prev is not None
-                    and prev.ctime_ns == st.st_ctime_ns
-                    and prev.ino == st.st_ino
-                    and prev.type == node.type
+                    and prev.get("ctime") == st.st_ctime_ns
+                    and prev.get("ino") == st.st_ino
+                    and prev.get("type") == node.type
                     and st.st_ctime_ns < self.trust_ctime_before
                 ):
-                    node.xattrs = prev.xattrs
+                    node.xattrs = raw_xattrs(prev)
                 else:
                     try:
                         node.xattrs = read_xattrs(full)
@@ -408,7 +481,10 @@ class _Archiver:
                 self._note("errors", sub, f"unreadable: {exc.strerror}")
                 continue
             nodes.append(node)
-        pending = _Pending(rel, nodes, jobs, parent_tree, nodes_then, entry)
+            if same:
+                same = prev is not None and _same(node, prev, reused)
+        same = same and len(nodes) == len(old)  # and no entry of the parent's is gone
+        pending = _Pending(rel, nodes, jobs, parent_tree, same, entry, dirs)
         self.pending.append(pending)
         self._drain(until=MAX_PENDING)
         return pending
@@ -434,7 +510,12 @@ class _Archiver:
         self.progress.files = self.stats.files
         self.progress.bytes = self.stats.bytes
         self._report()
-        if p.nodes == p.nodes_then and p.parent_tree is not None and self._reuse(p.parent_tree):
+        if (
+            p.same
+            and all(n.subtree == then for n, then in p.dirs)
+            and p.parent_tree is not None
+            and self._reuse(p.parent_tree)
+        ):
             # Nothing in this folder changed: its tree is the parent's, byte for byte
             # (encoding is a function of the entries), so skip encoding and hashing it.
             bid = p.parent_tree
@@ -451,8 +532,8 @@ class _Archiver:
 
     def _reuse(self, bid: BlobId) -> bool:
         """May the new snapshot reference a blob of the parent's without storing it?"""
-        where = self.parent_where
-        return self.writer.reuse(bid, where.get(bid) if where is not None else None)
+        then = self.where_then
+        return self.writer.reuse(bid, then(bid) if then is not None else None)
 
     def abandon(self) -> None:
         """After a failure: cancel readers not started (closing their files), wait for
@@ -473,44 +554,50 @@ class _Archiver:
         rel: bytes,
         st: os.stat_result,
         node: Node,
-        prev: Node | None,
+        prev: dict[str, Any] | None,
         jobs: list[tuple[Future[None], int]],
         *,
         inline: bool = False,
-    ) -> None:
-        node.size = st.st_size
+    ) -> bool:
+        """Archive a regular file's content into ``node``: the parent's (``prev``, its
+        undecoded entry) if size, mtime, ctime and inode say it is unchanged and its
+        blobs are still there (then True), else read now or by a reader."""
+        node.size = size = st.st_size
         key = (st.st_dev, st.st_ino)
         if st.st_nlink > 1:
             first = self.hardlinks.get(key)
             if first is not None:
                 node.link = first
-                return
+                return False
         if (
             prev is not None
-            and prev.type == "file"
-            and prev.link is None
-            and prev.error is None  # an unreadable file is read again, never reused
-            and prev.size == st.st_size
-            and prev.mtime_ns == st.st_mtime_ns
-            and prev.ctime_ns == st.st_ctime_ns
-            and prev.ino == st.st_ino
-            and all(self._reuse(b) for b in prev.content)
+            and prev.get("type") == "file"
+            and "link" not in prev
+            and "link_b64" not in prev
+            and "error" not in prev  # an unreadable file is read again, never reused
+            and type(then_size := prev.get("size")) is int
+            and then_size == size
+            and prev.get("mtime") == st.st_mtime_ns
+            and prev.get("ctime") == st.st_ctime_ns
+            and prev.get("ino") == st.st_ino
         ):
-            node.content = prev.content
-            node.sparse = prev.sparse
-            if st.st_nlink > 1:
-                self.hardlinks[key] = rel
-            return
+            content = raw_content(prev)
+            if all(self._reuse(b) for b in content):
+                node.content = content
+                node.sparse = raw_sparse(prev, size)
+                if st.st_nlink > 1:
+                    self.hardlinks[key] = rel
+                return True
         if st.st_nlink > 1:
             # Read now, not on a worker: later names may link to this one only if it
             # really is in the snapshot with its content.
             self.read_file(dfd, name, rel, st, node)
             if node.error is None:
                 self.hardlinks[key] = rel
-            return
+            return False
         if inline:
             self.read_file(dfd, name, rel, st, node)
-            return
+            return False
         # Opened here, read by a reader: the reader owns the descriptor, so the folder's
         # own descriptor may close (and the walk go on) before the file is read.
         self.slots.acquire()
@@ -521,10 +608,10 @@ class _Archiver:
             node.content, node.sparse = [], None
             node.error = f"unreadable: {exc.strerror or exc}"
             self._note("errors", rel, node.error)
-            return
+            return False
         if fd is None:
             self.slots.release()
-            return
+            return False
 
         def job() -> None:
             try:
@@ -538,6 +625,7 @@ class _Archiver:
             os.close(fd)
             self.slots.release()
             raise
+        return False
 
     @staticmethod
     def _wait(futures: list[Future[None]]) -> None:
@@ -612,7 +700,7 @@ def backup(
                 cache = TreeCache(view, [parent.tree], workers=workers)
                 arch.parent_trees = cache
                 if view.where.has_locator:
-                    arch.parent_where = view.where
+                    arch.where_then = view.where.getter()
                 if parent.stats.complete:
                     arch.trust_ctime_before = parent.time_ns - RACY_NS
             top = arch.archive_dir(src, b"", parent.tree if parent else None, 0)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import zstandard
 
 from hometier.errors import IntegrityError
 from hometier.repo import BlobId, BlobType, Repository
 from hometier.repo.fetch import Where
-from hometier.repo.tree import Node, decode_tree, subtrees
+from hometier.repo.tree import Node, decode_tree, raw_nodes, subtrees
 
 MAX_TREES = 5_000_000
 
@@ -88,6 +89,14 @@ class TreeCache:
     def nodes(self, bid: BlobId, *, consume: bool = False) -> list[Node]:
         """The decoded entries of a tree. With ``consume`` the caller will not ask for
         this occurrence again: the tree is dropped after its last expected reader."""
+        return decode_tree(self._data(bid, consume))
+
+    def raw_nodes(self, bid: BlobId, *, consume: bool = False) -> list[Any]:
+        """A tree's entries parsed but not validated (``repo.tree.raw_nodes``): for a
+        reader that validates only what it uses (``raw_name``, ``node_from_json``)."""
+        return raw_nodes(self._data(bid, consume))
+
+    def _data(self, bid: BlobId, consume: bool) -> bytes:
         data = self.raw.get(bid)
         if data is None:
             raise IntegrityError(f"tree {bid.hex()[:16]} was not loaded")
@@ -96,7 +105,7 @@ class TreeCache:
             self._refs[bid] = left
             if left <= 0:
                 del self.raw[bid]
-        return decode_tree(_dctx().decompress(data))
+        return _dctx().decompress(data)
 
     def ids(self) -> list[BlobId]:
         return [BlobId(b) for b in self.raw]

@@ -170,7 +170,9 @@ _FIELDS = (
 a restore decodes a node per file)."""
 
 
-def node_from_json(d: Any) -> Node:
+def raw_name(d: Any) -> bytes:
+    """The name of an undecoded node (an object of ``raw_nodes``), validated as
+    ``node_from_json`` does."""
     if not isinstance(d, dict):
         raise IntegrityError("tree node is not an object")
     name = d.get("name")
@@ -181,6 +183,62 @@ def node_from_json(d: Any) -> Node:
     if name is None or not valid_name(name):
         shown = repr(name[:64]) + ("..." if len(name) > 64 else "") if name else repr(name)
         raise IntegrityError(f"tree holds an unsafe name {shown}")
+    return name
+
+
+def raw_content(d: dict[str, Any]) -> list[BlobId]:
+    """A file node's content ids, validated."""
+    content = d.get("content", [])
+    if not isinstance(content, list):
+        raise IntegrityError("tree node content is not a list")
+    if len(content) == 1:
+        return [_blob_id(content[0])]
+    return [_blob_id(c) for c in content]
+
+
+def raw_sparse(d: dict[str, Any], size: int) -> list[tuple[int, int]] | None:
+    """A file node's data extents (None: not sparse), validated against ``size``."""
+    if "sparse" not in d:
+        return None
+    sp = d["sparse"]
+    if not isinstance(sp, list):
+        raise IntegrityError("tree node sparse map is not a list")
+    extents: list[tuple[int, int]] = []
+    prev_end = 0
+    for x in sp:
+        if not (isinstance(x, list) and len(x) == 2 and all(type(i) is int for i in x)):
+            raise IntegrityError("tree node sparse extent is malformed")
+        off, ln = x
+        if off < prev_end or ln < 0 or off + ln > size:
+            raise IntegrityError("tree node sparse extents overlap or exceed the size")
+        prev_end = off + ln
+        extents.append((off, ln))
+    return extents
+
+
+def raw_xattrs(d: dict[str, Any]) -> dict[bytes, bytes] | None:
+    """A node's extended attributes (None: none recorded), validated."""
+    if "xattrs" not in d:
+        return None
+    xa = d["xattrs"]
+    if not isinstance(xa, dict):
+        raise IntegrityError("tree node xattrs is not an object")
+    try:
+        return {
+            base64.b64decode(k, validate=True): base64.b64decode(v, validate=True)
+            for k, v in xa.items()
+        }
+    except (ValueError, TypeError) as exc:
+        raise IntegrityError("tree node xattrs are not base64") from exc
+
+
+def raw_subtree(d: dict[str, Any]) -> BlobId:
+    """A folder node's tree id, validated."""
+    return _blob_id(d.get("subtree"))
+
+
+def node_from_json(d: Any) -> Node:
+    name = raw_name(d)
     typ = d.get("type")
     if typ not in TYPES:
         raise IntegrityError(f"tree node {name!r} has unknown type {typ!r}")
@@ -216,30 +274,10 @@ def node_from_json(d: Any) -> Node:
         elif link is not None:
             n.link = _link_path(name, link)
         else:
-            content = d.get("content", [])
-            if not isinstance(content, list):
-                raise IntegrityError("tree node content is not a list")
-            if len(content) == 1:
-                n.content = [_blob_id(content[0])]
-            elif content:
-                n.content = [_blob_id(c) for c in content]
-        if "sparse" in d:
-            sp = d["sparse"]
-            if not isinstance(sp, list):
-                raise IntegrityError("tree node sparse map is not a list")
-            extents: list[tuple[int, int]] = []
-            prev_end = 0
-            for x in sp:
-                if not (isinstance(x, list) and len(x) == 2 and all(type(i) is int for i in x)):
-                    raise IntegrityError("tree node sparse extent is malformed")
-                off, ln = x
-                if off < prev_end or ln < 0 or off + ln > n.size:
-                    raise IntegrityError("tree node sparse extents overlap or exceed the size")
-                prev_end = off + ln
-                extents.append((off, ln))
-            n.sparse = extents
+            n.content = raw_content(d)
+        n.sparse = raw_sparse(d, n.size)
     elif typ == "dir":
-        n.subtree = _blob_id(d.get("subtree"))
+        n.subtree = raw_subtree(d)
     elif typ == "symlink":
         target = _get_bytes(d, "target")
         if target is None or not target or b"\0" in target or len(target) > MAX_NAME:
@@ -258,21 +296,12 @@ def node_from_json(d: Any) -> Node:
         link = _get_bytes(d, "link")
         if link is not None:
             n.link = _link_path(name, link)
-    if "xattrs" in d:
-        xa = d["xattrs"]
-        if not isinstance(xa, dict):
-            raise IntegrityError("tree node xattrs is not an object")
-        try:
-            n.xattrs = {
-                base64.b64decode(k, validate=True): base64.b64decode(v, validate=True)
-                for k, v in xa.items()
-            }
-        except (ValueError, TypeError) as exc:
-            raise IntegrityError("tree node xattrs are not base64") from exc
+    n.xattrs = raw_xattrs(d)
     return n
 
 
-def _raw_nodes(data: bytes) -> list[Any]:
+def raw_nodes(data: bytes) -> list[Any]:
+    """A tree's node objects, parsed but not validated (``node_from_json`` does)."""
     try:
         doc = json.loads(data)
     except (ValueError, RecursionError) as exc:
@@ -291,14 +320,14 @@ def subtrees(data: bytes) -> list[BlobId]:
     still validates every entry before anything uses it)."""
     return [
         _blob_id(d.get("subtree"))
-        for d in _raw_nodes(data)
+        for d in raw_nodes(data)
         if isinstance(d, dict) and d.get("type") == "dir"
     ]
 
 
 def decode_tree(data: bytes) -> list[Node]:
     """Parse and validate a tree: unsafe names, duplicates and bad fields raise."""
-    nodes = [node_from_json(d) for d in _raw_nodes(data)]
+    nodes = [node_from_json(d) for d in raw_nodes(data)]
     names = [n.name for n in nodes]
     if len(set(names)) != len(names):
         raise IntegrityError("tree holds the same name twice")

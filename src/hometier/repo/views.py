@@ -131,6 +131,12 @@ class SnapshotWhere:
             return self.repo.blobs.get(bid)
         return loc.get(bid)
 
+    def getter(self) -> Callable[[BlobId], Location | None]:
+        """``get`` without its indirections, for a caller that looks up many blobs. It
+        reads the locator as loaded now: a later ``refresh`` is not seen."""
+        loc = self._locator()
+        return self.repo.blobs.get if loc is None else loc.index.get
+
     def trees(self) -> list[BlobId]:
         """Every tree the locator names ([] without one)."""
         loc = self._locator()

@@ -34,6 +34,8 @@ LANE_QUEUED = 16 * 1024 * 1024
 LANES = max(1, min(4, cores() - 1))
 """Compressing threads of a shared writer: one on two cores (beside the walk), up to
 four on larger machines (the readers of a large folder queue their files to them)."""
+_UNJUDGED = -1
+"""Not a pack size: ``BlobWriter.reuse`` has not judged the pack yet."""
 
 
 @dataclass
@@ -456,17 +458,22 @@ class BlobWriter:
                     # every pack is judged again.
                     self._usable.clear()
                     self._doomed = self.repo.doomed
-                known = then.pack in self._usable
-                size = self._usable.get(then.pack)
-            if not known:
+                size = self._usable.get(then.pack, _UNJUDGED)
+                if size != _UNJUDGED:
+                    # The common case, under one lock: the pack was judged already.
+                    if size is not None and then.offset + then.stored_len <= size:
+                        if self.locate:
+                            self.locations.note_location(bid, then, size)
+                        return True
+            if size == _UNJUDGED:
                 size = self._usable_pack(bid, then)
                 with self._lock:
                     self._usable[then.pack] = size
-            if size is not None and then.offset + then.stored_len <= size:
-                if self.locate:
-                    with self._lock:
-                        self.locations.note_location(bid, then, size)
-                return True
+                if size is not None and then.offset + then.stored_len <= size:
+                    if self.locate:
+                        with self._lock:
+                            self.locations.note_location(bid, then, size)
+                    return True
         return self.has(bid)
 
     def _usable_pack(self, bid: BlobId, then: Location) -> int | None:
