@@ -212,6 +212,25 @@ def test_light_downloads_pass_a_held_download_a_bounded_number_of_times() -> Non
     assert set(t.order[3:]) == {"big", "small2", "small3"}
 
 
+def test_the_gauge_counts_light_downloads_too() -> None:
+    t = Recorder(workers=3, overtake=8, admission=_saturated())
+    t.start("blocker", "x", cost=1)
+    t.start("blocker-small", "x", cost=1, light=True)
+    t.start("blocker-on-the-volume", "x", cost=0)
+    deadline = time.monotonic() + 5
+    while t.running < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    scraped = {
+        sample.labels["state"]: sample.value
+        for family in RestoreQueueCollector(t).collect()
+        for sample in family.samples
+    }
+    admitted = t.admission.running
+    _drain(t, 3)
+    assert scraped == {"waiting": 0, "downloading": 2} and admitted == 1
+    assert t.downloading() == 0
+
+
 def test_a_light_download_waits_its_turn_for_a_pool_thread() -> None:
     t = Recorder(workers=1, overtake=8, admission=_saturated())
     t.start("blocker", "x")

@@ -134,11 +134,11 @@ class RestoreQueueCollector:
         restores = GaugeMetricFamily(
             "hometier_restores",
             "Restores of this process: waiting to start, and downloading a home (one per "
-            "core, more while the CPU has room).",
+            "core, more while the CPU has room; small homes whenever a thread is free).",
             labels=["state"],
         )
         restores.add_metric(["waiting"], self.tracker.waiting())
-        restores.add_metric(["downloading"], self.tracker.admission.running)
+        restores.add_metric(["downloading"], self.tracker.downloading())
         yield restores
 
 

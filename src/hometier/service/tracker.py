@@ -150,6 +150,8 @@ class Tracker:
         self._jobs: dict[str, Job] = {}
         self._pending: list[Job] = []
         """Accepted, not started yet, in arrival order."""
+        self._downloading = 0
+        """Started restores that download a home (through the admission or light)."""
         self._lock = threading.Lock()
 
     def get(self, user: str) -> Job | None:
@@ -231,6 +233,8 @@ class Tracker:
                     for j in self._pending[:i]:
                         j.overtaken += 1
                     job = self._pending.pop(i)
+                    downloads = job.cost != 0
+                    self._downloading += downloads
                     job.queued, job.ahead, job.began = False, 0, time.time()
                     job.message = "Restoring your files"
                     job.seq += 1
@@ -242,10 +246,16 @@ class Tracker:
         finally:
             if gated:
                 self.admission.leave()
+            with self._lock:
+                self._downloading -= downloads
 
     def waiting(self) -> int:
         with self._lock:
             return len(self._pending)
+
+    def downloading(self) -> int:
+        with self._lock:
+            return self._downloading
 
     def _run(self, job: Job, actor: str) -> None:
         def progress(p: RestoreProgress) -> None:
