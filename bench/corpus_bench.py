@@ -273,6 +273,7 @@ def helper_service(a: argparse.Namespace) -> int:
     from the common start to its end) and ``{"op": "quit"}``.
     """
     from hometier.engine import restore
+    from hometier.service import tracker  # noqa: F401 - imported at start, as the service does
 
     t0 = time.perf_counter()
     store, repo = _open_repo(a.url, create=False)
