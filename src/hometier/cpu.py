@@ -187,6 +187,11 @@ class Admission:
         with self._cond:
             self._cond.wait(self.window)
 
+    def wake(self) -> None:
+        """Wake the threads in ``wait`` now (work they may start without a place came)."""
+        with self._cond:
+            self._cond.notify_all()
+
 
 def admission(adaptive: bool = True) -> Admission:
     """The service's admission: one restore per core, more while the CPU has room

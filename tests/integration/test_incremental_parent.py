@@ -187,3 +187,43 @@ def test_a_symlink_whose_target_the_parent_recorded_otherwise(
     again = _then_backup(repo, home, forged, tmp_path)
     assert again.tree == first.tree != forged.tree
     assert os.readlink(tmp_path / "out" / "link") == "a.txt"
+
+
+def test_a_parent_tree_out_of_order_is_written_again(repo: Repository, tmp_path: Path) -> None:
+    """Trees are canonical (sorted by name): one that is not is never kept, even for a
+    folder that did not change."""
+    home = _home(tmp_path)
+    first = _settled(repo, home)
+    forged = _forged_parent(repo, first, lambda nodes: nodes[::-1])
+    again = _then_backup(repo, home, forged, tmp_path)
+    assert again.tree == first.tree != forged.tree
+
+
+def test_a_file_whose_inode_the_parent_gives_as_a_float_is_read_again(
+    repo: Repository, tmp_path: Path
+) -> None:
+    home = _home(tmp_path)
+    first = _settled(repo, home)
+
+    def edit(nodes: list[dict]) -> list[dict]:  # type: ignore[type-arg]
+        d = _entry(nodes, "a.txt")
+        d["ino"] = float(d["ino"])
+        assert d["ino"] == os.lstat(home / "a.txt").st_ino
+        return nodes
+
+    forged = _forged_parent(repo, first, edit)
+    again = _then_backup(repo, home, forged, tmp_path)
+    assert again.stats.files_read == 1, "its content is not taken from that entry"
+    assert again.tree == first.tree
+
+
+def test_an_unsafe_name_in_the_parent_is_refused(repo: Repository, tmp_path: Path) -> None:
+    home = _home(tmp_path)
+    first = backup(repo, home, user="u")
+
+    def edit(nodes: list[dict]) -> list[dict]:  # type: ignore[type-arg]
+        return [*nodes, {**_entry(nodes, "a.txt"), "name": "../escape"}]
+
+    forged = _forged_parent(repo, first, edit)
+    with pytest.raises(IntegrityError, match="unsafe name"):
+        backup(repo, home, user="u", parent=forged)

@@ -231,6 +231,26 @@ def test_the_gauge_counts_light_downloads_too() -> None:
     assert t.downloading() == 0
 
 
+def test_a_light_download_wakes_threads_waiting_for_the_admission() -> None:
+    """Every pool thread waits for a place (one long window): a small home arriving then
+    starts at once, not at the threads' next look."""
+    t = Recorder(workers=2, overtake=8, admission=Admission(1, stalled=time.monotonic, window=30))
+    t.start("blocker", "x", cost=1)
+    t.start("big", "x", cost=1)
+    time.sleep(0.2)  # the second thread is waiting for the admission's window
+    began = time.monotonic()
+    t.start("small", "x", cost=1, light=True)
+    deadline = began + 10
+    while "small" not in t.order and time.monotonic() < deadline:
+        time.sleep(0.01)
+    waited = time.monotonic() - began
+    t.gate.set()
+    t.admission.wake()
+    t.executor.shutdown(wait=False, cancel_futures=True)
+    print(f"the small home started {waited:.3f} s after it arrived")
+    assert waited < 5, "it waited for the window, not for a thread"
+
+
 def test_a_light_download_waits_its_turn_for_a_pool_thread() -> None:
     t = Recorder(workers=1, overtake=8, admission=_saturated())
     t.start("blocker", "x")

@@ -32,6 +32,7 @@ from hometier.repo.tree import (
     raw_sparse,
     raw_subtree,
     raw_xattrs,
+    valid_name,
 )
 from hometier.repo.writer import BlobWriter
 
@@ -131,19 +132,33 @@ class _Pending:
     bid: BlobId | None = None
 
 
-def _by_name(then: list[Any]) -> dict[bytes, dict[str, Any]]:
-    """The parent tree's undecoded entries by name. Names are not checked as a restore
-    checks them: an entry is only ever looked up by a name read from the folder on disk,
-    which no unsafe name equals."""
+def _by_name(then: list[Any]) -> tuple[dict[bytes, dict[str, Any]], bool]:
+    """The parent tree's undecoded entries by name (each name validated as a restore
+    validates it), and whether they are in canonical order: a tree out of order is never
+    reused, even for an unchanged folder, so that it is written again as it should be."""
     old: dict[bytes, dict[str, Any]] = {}
+    ordered = True
+    last = b""
     for d in then:
         if type(d) is not dict:
             raise IntegrityError("tree node is not an object")
         name = d.get("name")
-        old[name.encode() if type(name) is str and name.isascii() else raw_name(d)] = d
+        key = name.encode() if type(name) is str and name.isascii() else b""
+        if not valid_name(key):
+            key = raw_name(d)  # the other names, and the error for an unsafe one
+        if key <= last:
+            ordered = False
+        last = key
+        old[key] = d
     if len(old) != len(then):
         raise IntegrityError("tree holds the same name twice")
-    return old
+    return old, ordered
+
+
+def _int_equal(then: Any, now: int) -> bool:
+    """``then`` (from the parent's JSON) is the integer ``now``: not ``true`` nor ``1.0``,
+    which equal 1 in Python and which the decoder refuses."""
+    return type(then) is int and then == now
 
 
 def _same(node: Node, d: dict[str, Any], reused: bool) -> bool:
@@ -362,8 +377,7 @@ class _Archiver:
             if parent_tree in self.parent_trees:
                 # Each parent folder is visited once: drop its tree after reading it.
                 then = self.parent_trees.raw_nodes(parent_tree, consume=True)
-                old = _by_name(then)
-                same = True
+                old, same = _by_name(then)
         with os.scandir(path) as it:
             entries = sorted(it, key=lambda e: e.name)
         # A folder of a few files (most folders of a home: caches, packages, .git) reads
@@ -463,8 +477,8 @@ class _Archiver:
                 # parent's and old enough not to hide a change in the same clock tick.
                 if (
                     prev is not None
-                    and prev.get("ctime") == st.st_ctime_ns
-                    and prev.get("ino") == st.st_ino
+                    and _int_equal(prev.get("ctime"), st.st_ctime_ns)
+                    and _int_equal(prev.get("ino"), st.st_ino)
                     and prev.get("type") == node.type
                     and st.st_ctime_ns < self.trust_ctime_before
                 ):
@@ -577,9 +591,9 @@ class _Archiver:
             and "error" not in prev  # an unreadable file is read again, never reused
             and type(then_size := prev.get("size")) is int
             and then_size == size
-            and prev.get("mtime") == st.st_mtime_ns
-            and prev.get("ctime") == st.st_ctime_ns
-            and prev.get("ino") == st.st_ino
+            and _int_equal(prev.get("mtime"), st.st_mtime_ns)
+            and _int_equal(prev.get("ctime"), st.st_ctime_ns)
+            and _int_equal(prev.get("ino"), st.st_ino)
         ):
             content = raw_content(prev)
             if all(self._reuse(b) for b in content):

@@ -178,6 +178,10 @@ class Tracker:
             self._pending.append(job)
             self._positions()
         self.executor.submit(self._next)
+        if not _gated(job):
+            # Pool threads may all be waiting for the admission: one of them takes this
+            # job now rather than at its next look.
+            self.admission.wake()
         return job, True
 
     def _positions(self) -> None:
