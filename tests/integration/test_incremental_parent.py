@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,6 +64,16 @@ def _forged_parent(repo: Repository, real: Snapshot, edit) -> Snapshot:  # type:
 
 def _entry(nodes: list[dict], name: str) -> dict:  # type: ignore[type-arg]
     return next(d for d in nodes if d.get("name") == name)
+
+
+def _with(name: str, **fields: Any) -> Callable[[list[dict]], list[dict]]:  # type: ignore[type-arg]
+    """An edit for ``_forged_parent``: the entry ``name`` with ``fields`` set."""
+
+    def edit(nodes: list[dict]) -> list[dict]:  # type: ignore[type-arg]
+        _entry(nodes, name).update(fields)
+        return nodes
+
+    return edit
 
 
 def _then_backup(repo: Repository, home: Path, parent: Snapshot, tmp_path: Path) -> Snapshot:
@@ -127,12 +139,7 @@ def test_an_unknown_field_in_the_parent_changes_nothing(repo: Repository, tmp_pa
     home = _home(tmp_path)
     first = _settled(repo, home)
     assert backup(repo, home, user="u", parent=first).tree == first.tree
-
-    def edit(nodes: list[dict]) -> list[dict]:  # type: ignore[type-arg]
-        _entry(nodes, "a.txt")["future"] = {"x": 1}
-        return nodes
-
-    forged = _forged_parent(repo, first, edit)
+    forged = _forged_parent(repo, first, _with("a.txt", future={"x": 1}))
     assert [n.name for n in decode_tree(repo.read_blob(forged.tree))] == [
         n.name for n in decode_tree(repo.read_blob(first.tree))
     ]
@@ -147,12 +154,7 @@ def test_a_malformed_content_id_of_an_unchanged_file_is_refused(
 ) -> None:
     home = _home(tmp_path)
     first = backup(repo, home, user="u")
-
-    def edit(nodes: list[dict]) -> list[dict]:  # type: ignore[type-arg]
-        _entry(nodes, "a.txt")["content"] = ["not-a-blob-id"]
-        return nodes
-
-    forged = _forged_parent(repo, first, edit)
+    forged = _forged_parent(repo, first, _with("a.txt", content=["not-a-blob-id"]))
     before = set(repo.snapshot_keys("u"))
     with pytest.raises(IntegrityError, match="malformed blob id"):
         backup(repo, home, user="u", parent=forged)
@@ -178,12 +180,7 @@ def test_a_symlink_whose_target_the_parent_recorded_otherwise(
     """Same attributes, inode and times, another target in the parent: the disk wins."""
     home = _home(tmp_path)
     first = _settled(repo, home)
-
-    def edit(nodes: list[dict]) -> list[dict]:  # type: ignore[type-arg]
-        _entry(nodes, "link")["target"] = "sub/b.txt"
-        return nodes
-
-    forged = _forged_parent(repo, first, edit)
+    forged = _forged_parent(repo, first, _with("link", target="sub/b.txt"))
     again = _then_backup(repo, home, forged, tmp_path)
     assert again.tree == first.tree != forged.tree
     assert os.readlink(tmp_path / "out" / "link") == "a.txt"

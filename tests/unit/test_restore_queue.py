@@ -172,17 +172,25 @@ def test_downloads_go_beyond_one_per_core_while_the_cpu_has_room() -> None:
     assert t.order == [f"blocker{i}" for i in range(6)]
 
 
-def test_light_downloads_do_not_wait_for_the_admission() -> None:
-    t = Recorder(workers=4, overtake=8, admission=_saturated())
+def _small_ones_behind_a_held_download(overtake: int, small: int) -> Recorder:
+    """A blocker downloading (the one place), ``big`` waiting for the admission behind
+    it, then ``small`` light downloads; returns once three restores have started (or
+    after 5 s) and the queue has had a moment to settle."""
+    t = Recorder(workers=4, overtake=overtake, admission=_saturated())
     t.start("blocker", "x", cost=1)
     time.sleep(0.05)
     t.start("big", "x", cost=1)
-    for i in range(2):
+    for i in range(small):
         t.start(f"small{i}", "x", cost=1, light=True)
     deadline = time.monotonic() + 5
     while len(t.order) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
-    time.sleep(0.05)
+    time.sleep(0.1)
+    return t
+
+
+def test_light_downloads_do_not_wait_for_the_admission() -> None:
+    t = _small_ones_behind_a_held_download(overtake=8, small=2)
     held = (list(t.order), t.get("big").queued)
     _drain(t, 4)
     print("while the blocker downloaded:", held[0], "then:", t.order[3:])
@@ -195,16 +203,7 @@ def test_light_downloads_do_not_wait_for_the_admission() -> None:
 
 
 def test_light_downloads_pass_a_held_download_a_bounded_number_of_times() -> None:
-    t = Recorder(workers=4, overtake=2, admission=_saturated())
-    t.start("blocker", "x", cost=1)
-    time.sleep(0.05)
-    t.start("big", "x", cost=1)
-    for i in range(4):
-        t.start(f"small{i}", "x", cost=1, light=True)
-    deadline = time.monotonic() + 5
-    while len(t.order) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(0.1)
+    t = _small_ones_behind_a_held_download(overtake=2, small=4)
     held = list(t.order), t.get("big").overtaken, t.get("small2").queued
     _drain(t, 6)
     print("while the blocker downloaded:", held[0], "then:", t.order[3:])

@@ -32,7 +32,6 @@ from hometier.repo.tree import (
     raw_sparse,
     raw_subtree,
     raw_xattrs,
-    valid_name,
 )
 from hometier.repo.writer import BlobWriter
 
@@ -140,12 +139,7 @@ def _by_name(then: list[Any]) -> tuple[dict[bytes, dict[str, Any]], bool]:
     ordered = True
     last = b""
     for d in then:
-        if type(d) is not dict:
-            raise IntegrityError("tree node is not an object")
-        name = d.get("name")
-        key = name.encode() if type(name) is str and name.isascii() else b""
-        if not valid_name(key):
-            key = raw_name(d)  # the other names, and the error for an unsafe one
+        key = raw_name(d)
         if key <= last:
             ordered = False
         last = key

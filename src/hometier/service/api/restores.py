@@ -33,7 +33,7 @@ class RestoreHandler(BaseHandler):
         else:
             cost = restore_cost(home)
         job, started = self.ctx.tracker.start(
-            user, f"api:{who.name}", cost, light=cost != 0 and light_download(home)
+            user, f"api:{who.name}", cost, light=light_download(home)
         )
         doc = job.doc(who.is_admin)
         doc["joined"] = not started
