@@ -19,6 +19,7 @@ import hashlib
 import os
 import platform
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -253,6 +254,16 @@ def proc_cpu(pid: int | None) -> float:
     except OSError:
         return 0.0
     return sum(int(x) for x in fields[11:15]) / _TICK
+
+
+def self_cpu() -> float:
+    """User + system seconds of this process and of its waited-for children (a
+    restore's writer processes, ``tar``, ``zstd``)."""
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def timed_argv(argv: list[str], rss_file: Path) -> list[str]:

@@ -42,7 +42,6 @@ import math
 import os
 import random
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -212,15 +211,6 @@ def helper_archive(a: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
-def _cpu_self_and_children() -> float:
-    """User + system seconds of this process and its waited-for children (writers)."""
-    me, kids = (
-        resource.getrusage(resource.RUSAGE_SELF),
-        resource.getrusage(resource.RUSAGE_CHILDREN),
-    )
-    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
-
-
 def _storm(
     jobs: list[list[str]], pool: int, adaptive: bool, one: Any, t0: float, size: Any
 ) -> tuple[list[dict[str, Any]], Any]:
@@ -303,7 +293,7 @@ def helper_service(a: argparse.Namespace) -> int:
             for user, _target in cmd["jobs"]:
                 st = repo.find_snapshot("latest", user).stats
                 sizes[user] = (st.files, st.bytes)
-            cpu0 = _cpu_self_and_children()
+            cpu0 = benchlib.self_cpu()
             t = time.perf_counter()
             rows, admit = _storm(
                 cmd["jobs"], cmd["pool"], cmd.get("adaptive", True), one, t, sizes.__getitem__
@@ -311,7 +301,7 @@ def helper_service(a: argparse.Namespace) -> int:
             doc = {
                 "seconds": time.perf_counter() - t,
                 "jobs": rows,
-                "cpu_s": _cpu_self_and_children() - cpu0,
+                "cpu_s": benchlib.self_cpu() - cpu0,
                 "admission": {"floor": admit.floor, "peak": admit.peak, "held": admit.held},
             }
         elif cmd["op"] == "quit":

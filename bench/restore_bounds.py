@@ -17,9 +17,17 @@ cache warm, ``sync`` before each, best of ``--runs``:
 
 A restore cannot be faster than the slower of (2) and (4) run one after the other on
 the same cores, only as fast as their overlap allows; on 2 cores shared with the S3
-server the sum is the honest bound. It prints one Markdown table with ``uptime``.
+server the sum is the honest bound. It prints one Markdown table with ``uptime``, then
+a second with the CPU each figure spent (user + system seconds of this process and of
+the children it waited for: the restore's writer processes, ``tar``, ``zstd``; and of
+the S3 server meanwhile): a storm of restores on a few cores cannot end before their
+CPU seconds divided by the cores, so the restore's CPU against ``zstd -dc | tar -x``'s
+is what bounds a storm's ratio to as many pipelines.
 
-    python3 bench/restore_bounds.py /var/tmp/hb-real/homes/lab-env-09 --runs 2
+    python3 bench/restore_bounds.py /var/tmp/hb-real/homes/lab-env-09 --runs 2 [--volume ext4]
+
+Restores go into a folder of the scratch disk, or with ``--volume ext4`` onto a fresh
+loop-mounted ext4 image, where ``corpus_bench.py`` restores as root.
 """
 
 from __future__ import annotations
@@ -46,15 +54,24 @@ def uptime() -> str:
     return os.getloadavg().__repr__()
 
 
+CPU: dict[str, tuple[float, float]] = {}
+"""The last ``best`` call's CPU seconds (its fastest run): (ours, the S3 server's)."""
+
+
 def best(runs: int, fn: Any, before: Any = None) -> float:
+    """The fastest of ``runs`` runs of ``fn``, in seconds; its CPU seconds in ``CPU["last"]``."""
     out = []
     for _ in range(runs):
         if before is not None:
             before()
         subprocess.run(["sync"], check=True)
+        c0, s0 = benchlib.self_cpu(), benchlib.proc_cpu(benchlib.SERVER_PID)
         t = time.perf_counter()
         fn()
         out.append(time.perf_counter() - t)
+        cpu = (benchlib.self_cpu() - c0, benchlib.proc_cpu(benchlib.SERVER_PID) - s0)
+        if out[-1] == min(out):
+            CPU["last"] = cpu
     return min(out)
 
 
@@ -74,7 +91,7 @@ def data_blobs(repo: Any, snap: Any) -> list[Any]:
     return list(ids)
 
 
-def one_home(home: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
+def one_home(home: Path, work: Path, restored: Path, a: argparse.Namespace) -> dict[str, Any]:
     import obstore
 
     from hometier.engine import backup, restore
@@ -86,7 +103,7 @@ def one_home(home: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
     repo, _ = Repository.open_or_create(open_store(f"s3://{BUCKET}/{prefix}"))
     snap = backup(repo, home, user=name, workers=a.workers)
     files, size = benchlib.tree_size(home)
-    target = work / f"r-{name}"
+    target = restored / f"r-{name}"
 
     def clear() -> None:
         if target.exists():
@@ -94,12 +111,14 @@ def one_home(home: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
 
     row: dict[str, Any] = {"home": name, "files": files, "mb": size / MB}
     row["restore"] = best(a.runs, lambda: restore(repo, snap, target, workers=a.workers), clear)
+    row["restore_cpu"] = CPU["last"]
     clear()
     ids = data_blobs(repo, snap)
     view = repo.for_snapshot(snap)
     row["fetch"] = best(
         a.runs, lambda: view.for_each_blob(ids, lambda _b, _d: None, workers=a.workers)
     )
+    row["fetch_cpu"] = CPU["last"]
     store = benchlib.s3store()
     packs = [
         m["path"]
@@ -144,12 +163,14 @@ def one_home(home: Path, work: Path, a: argparse.Namespace) -> dict[str, Any]:
     row["create"] = best(
         a.runs, lambda: untar(["tar", "--numeric-owner", "--xattrs", "-xf", f"'{tar}'"]), clear
     )
+    row["create_cpu"] = CPU["last"]
     clear()
     row["zstd_local"] = best(
         a.runs,
         lambda: untar([f"zstd -dc '{zst}' |", "tar", "--numeric-owner", "--xattrs", "-xf", "-"]),
         clear,
     )
+    row["zstd_local_cpu"] = CPU["last"]
     clear()
     tar.unlink()
     zst.unlink()
@@ -163,22 +184,39 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", type=int, default=2, help="best of this many runs per figure")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--work-dir", help="scratch folder (default: a new one in /var/tmp)")
+    p.add_argument(
+        "--volume",
+        choices=["ext4", "dir"],
+        default="dir",
+        help="restore onto a fresh loop-mounted ext4 image (as corpus_bench.py does as "
+        "root), or into a folder of the scratch disk",
+    )
     a = p.parse_args(argv)
     sys.path.insert(0, str(HERE))
     import corpus_bench
 
     work = Path(a.work_dir or tempfile.mkdtemp(prefix="hb-bounds-", dir="/var/tmp"))
     work.mkdir(parents=True, exist_ok=True)
+    restored, volume = work / "restored", None
+    if a.volume == "ext4":
+        from semester_volume import Volume
+
+        volume = Volume.create(restored, work / "restored.img", size="16G")
+    else:
+        restored.mkdir()
     server = corpus_bench.start_server(work)
+    benchlib.SERVER_PID = server.pid
     rows = []
     try:
         os.environ.update(server.env())
         for home in a.homes:
-            rows.append(one_home(home.resolve(), work, a))
+            rows.append(one_home(home.resolve(), work, restored, a))
             r = rows[-1]
             print(f"{r['home']}: {r}", file=sys.stderr, flush=True)
     finally:
         server.close()
+        if volume is not None:
+            volume.destroy()
         shutil.rmtree(work, ignore_errors=True)
     print(
         "| home | files | MB | stored MB | restore s | fetch only s | S3 GET floor s (MB/s) "
@@ -194,6 +232,20 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['create']:.2f} | {r['zstd_local']:.2f} "
             f"| {r['restore'] / (r['fetch'] + r['create']):.2f} "
             f"| {' '.join(f'{x:.2f}' for x in r['load'])} |"
+        )
+    print()
+    print(
+        "| home | restore CPU s (+ S3) | fetch only CPU s (+ S3) | create floor CPU s "
+        "| zstd -dc \\| tar -x CPU s | restore CPU ÷ zstd -dc \\| tar -x CPU |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
+    for r in rows:
+        (rc, rs), (fc, fs) = r["restore_cpu"], r["fetch_cpu"]
+        cc, zc = r["create_cpu"][0], r["zstd_local_cpu"][0]
+        ratio = f"{rc / zc:.2f}" if zc else "-"
+        print(
+            f"| {r['home']} | {rc:.2f} (+ {rs:.2f}) | {fc:.2f} (+ {fs:.2f}) | {cc:.2f} "
+            f"| {zc:.2f} | {ratio} |"
         )
     return 0
 
