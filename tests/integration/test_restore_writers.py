@@ -87,19 +87,26 @@ def test_fidelity_roundtrip_through_writers(store_url: str, tmp_path: Path, spy:
 
 
 def test_a_home_of_many_files_gets_writers_by_itself(tmp_path: Path, spy: list[Any]) -> None:
-    src = many_files(tmp_path / "home")
+    # One file in 50 is empty (created by the plan, not by a writer): enough above the
+    # threshold that the files of one blob reach it.
+    n = restore_mod.WRITERS_FROM * 51 // 50 + 50
+    src = many_files(tmp_path / "home", n=n, size=200)
     expected = snapshot_of_tree(src)
     repo = open_repo(f"memory://{uuid.uuid4().hex}")
     snap = backup(repo, src, user="bob")
     restore(repo, snap, tmp_path / "r")
     assert_same_tree(expected, snapshot_of_tree(tmp_path / "r"))
-    assert spy and spy[1], "a 600-file restore forks writers"
-    # A handful of files: not worth a fork.
+    assert spy and spy[1], f"a {n}-file restore forks writers"
+    # Just below the threshold, or a handful of files: not worth a fork.
     spy.clear()
+    fewer = many_files(tmp_path / "fewer", n=restore_mod.WRITERS_FROM - 1, size=200)
+    restore(repo, backup(repo, fewer, user="carol"), tmp_path / "r-fewer")
+    assert spy == [], "below the threshold: written from the fetch threads"
+    assert_same_tree(snapshot_of_tree(fewer), snapshot_of_tree(tmp_path / "r-fewer"))
     small = tmp_path / "small"
     small.mkdir()
     (small / "a").write_bytes(b"x")
-    restore(repo, backup(repo, small, user="carol"), tmp_path / "r2")
+    restore(repo, backup(repo, small, user="dave"), tmp_path / "r2")
     assert spy == []
 
 
