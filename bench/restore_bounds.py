@@ -54,13 +54,13 @@ def uptime() -> str:
     return os.getloadavg().__repr__()
 
 
-CPU: dict[str, tuple[float, float]] = {}
-"""The last ``best`` call's CPU seconds (its fastest run): (ours, the S3 server's)."""
+Cpu = tuple[float, float]
+"""CPU seconds of one run: (this process and its waited-for children, the S3 server)."""
 
 
-def best(runs: int, fn: Any, before: Any = None) -> float:
-    """The fastest of ``runs`` runs of ``fn``, in seconds; its CPU seconds in ``CPU["last"]``."""
-    out = []
+def best(runs: int, fn: Any, before: Any = None) -> tuple[float, Cpu]:
+    """The fastest of ``runs`` runs of ``fn``: its seconds and its CPU seconds."""
+    out: list[tuple[float, Cpu]] = []
     for _ in range(runs):
         if before is not None:
             before()
@@ -68,11 +68,10 @@ def best(runs: int, fn: Any, before: Any = None) -> float:
         c0, s0 = benchlib.self_cpu(), benchlib.proc_cpu(benchlib.SERVER_PID)
         t = time.perf_counter()
         fn()
-        out.append(time.perf_counter() - t)
+        seconds = time.perf_counter() - t
         cpu = (benchlib.self_cpu() - c0, benchlib.proc_cpu(benchlib.SERVER_PID) - s0)
-        if out[-1] == min(out):
-            CPU["last"] = cpu
-    return min(out)
+        out.append((seconds, cpu))
+    return min(out, key=lambda r: r[0])
 
 
 def data_blobs(repo: Any, snap: Any) -> list[Any]:
@@ -110,15 +109,15 @@ def one_home(home: Path, work: Path, restored: Path, a: argparse.Namespace) -> d
             shutil.rmtree(target)
 
     row: dict[str, Any] = {"home": name, "files": files, "mb": size / MB}
-    row["restore"] = best(a.runs, lambda: restore(repo, snap, target, workers=a.workers), clear)
-    row["restore_cpu"] = CPU["last"]
+    row["restore"], row["restore_cpu"] = best(
+        a.runs, lambda: restore(repo, snap, target, workers=a.workers), clear
+    )
     clear()
     ids = data_blobs(repo, snap)
     view = repo.for_snapshot(snap)
-    row["fetch"] = best(
+    row["fetch"], row["fetch_cpu"] = best(
         a.runs, lambda: view.for_each_blob(ids, lambda _b, _d: None, workers=a.workers)
     )
-    row["fetch_cpu"] = CPU["last"]
     store = benchlib.s3store()
     packs = [
         m["path"]
@@ -134,7 +133,7 @@ def one_home(home: Path, work: Path, restored: Path, a: argparse.Namespace) -> d
         with ThreadPoolExecutor(max_workers=a.workers) as pool:
             list(pool.map(lambda k: len(obstore.get(store, k).bytes()), packs))
 
-    row["s3_get"] = best(a.runs, get_all)
+    row["s3_get"], _cpu = best(a.runs, get_all)
     row["stored_mb"] = stored / MB
     row["packs"] = len(packs)
     tar = work / f"{name}.tar"
@@ -160,17 +159,15 @@ def one_home(home: Path, work: Path, restored: Path, a: argparse.Namespace) -> d
         target.mkdir()
         subprocess.run(["bash", "-c", " ".join(argv) + f" -C '{target}'"], check=True)
 
-    row["create"] = best(
+    row["create"], row["create_cpu"] = best(
         a.runs, lambda: untar(["tar", "--numeric-owner", "--xattrs", "-xf", f"'{tar}'"]), clear
     )
-    row["create_cpu"] = CPU["last"]
     clear()
-    row["zstd_local"] = best(
+    row["zstd_local"], row["zstd_local_cpu"] = best(
         a.runs,
         lambda: untar([f"zstd -dc '{zst}' |", "tar", "--numeric-owner", "--xattrs", "-xf", "-"]),
         clear,
     )
-    row["zstd_local_cpu"] = CPU["last"]
     clear()
     tar.unlink()
     zst.unlink()
